@@ -1,0 +1,184 @@
+"""Checkpoints: safe loading, format detection, official-key remapping, architecture inference, saving."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from robustlab.errors import RobustlabError
+from robustlab.models import ARCHS, ModelConfig, RobustModel, build_net
+from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+
+FORMAT = "robustlab"
+FORMAT_VERSION = 1
+ZOO_PREFIX = "zoo:"
+_ZOO_PACKAGE = "robustlab.zoo"
+
+
+def zoo_names() -> list[str]:
+    """Names of the checkpoints shipped inside the package (`zoo:NAME`)."""
+    return sorted(p.name[:-3] for p in resources.files(_ZOO_PACKAGE).iterdir() if p.name.endswith(".pt"))
+
+
+def resolve_path(ckpt: str | os.PathLike) -> Path:
+    """The file behind a checkpoint argument: a path, or `zoo:NAME` for a shipped checkpoint."""
+    text = str(ckpt)
+    if text.startswith(ZOO_PREFIX):
+        name = text[len(ZOO_PREFIX):]
+        if name not in zoo_names():
+            raise RobustlabError(f"unknown zoo checkpoint {name!r}; shipped: {', '.join(zoo_names()) or 'none'}")
+        return Path(str(resources.files(_ZOO_PACKAGE).joinpath(f"{name}.pt")))
+    path = Path(text).expanduser()
+    if not path.is_file():
+        what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise RobustlabError(f"checkpoint {text} {what}; give a checkpoint file or a zoo name "
+                             f"({', '.join(ZOO_PREFIX + n for n in zoo_names())})")
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True, turning every failure into a one-line RobustlabError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise RobustlabError(
+                f"refusing to load {path}: it holds pickled objects beyond tensors and plain containers, which "
+                "could run code; if you trust its source, re-save just its state_dict with torch.save") from None
+        raise RobustlabError(f"{path} is not a PyTorch checkpoint ({_first_line(e)}); check the file") from None
+    except Exception as e:  # torch's unpickler fails on garbage with whatever error its parser hits first
+        raise RobustlabError(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
+                             "download or copy it again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def official_state_dict(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a plain state_dict or a dict with 'state_dict', keys without 'module.' and in our layout."""
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise RobustlabError(f"{path} holds no state_dict (expected a dict of tensors, or a dict with 'state_dict')")
+    out = {}
+    for key, value in sd.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        # official "-all" models nest each stage's blocks in `.layers`; ours are plain Sequentials
+        out[re.sub(r"^(layer[1-4])\.layers\.", r"\1.", key)] = value
+    return out
+
+
+def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig | None:
+    """Recognize an official SDNet / ResNet state_dict; None when the keys fit neither."""
+    stem_key = next((k for k in ("layer0.0.dn.weight", "layer0.0.weight") if k in sd), None)
+    if stem_key is None or "linear.weight" not in sd:
+        return None
+    sparse = stem_key.endswith(".dn.weight")
+    stem_w = sd[stem_key]
+    blocks = [len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    depth = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}.get(tuple(blocks))
+    if depth is None:
+        return None
+    imagenet = stem_w.shape[-1] == 7
+    num_classes = int(sd["linear.weight"].shape[0])
+    kwargs: dict[str, Any] = {"stem": "imagenet" if imagenet else "cifar", "width": stem_w.shape[0] / 64}
+    if sparse:
+        all_layers = "layer1.0.conv1.dn.weight" in sd
+        shortcut = any(".shortcut." in k for k in sd)
+        arch = f"sdnet{depth}" + ("-all" if all_layers else "") + ("" if shortcut or not all_layers else "-noshortcut")
+        n_dict = stem_w.shape[1] // 3
+        if n_dict != 1:
+            kwargs["n_dict"] = n_dict
+    else:
+        arch = f"resnet{depth}"
+    dataset = "imagenet" if imagenet else {10: "cifar10", 100: "cifar100"}.get(num_classes)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (CIFAR_MEAN, CIFAR_STD)
+    return ModelConfig(arch=arch, num_classes=num_classes, input_size=224 if imagenet else 32, mean=mean, std=std,
+                       dataset=dataset, arch_kwargs=kwargs)
+
+
+def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, guess: ModelConfig | None) -> None:
+    own = net.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if own[k].numel() != sd[k].numel())
+    if not (missing or unexpected or shapes):
+        net.load_state_dict(sd)
+        return
+    parts = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        if keys:
+            parts.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+    hint = f"the keys look like --arch {guess.arch}" if guess and guess.arch != arch else \
+        f"check --arch (known: {', '.join(ARCHS)})"
+    raise RobustlabError(f"checkpoint does not fit arch {arch}: {'; '.join(parts)}; {hint}")
+
+
+def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = None) -> RobustModel:
+    """Build the model a loaded checkpoint object describes (robustlab format or official state_dict)."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        if obj.get("format_version", 0) > FORMAT_VERSION:
+            raise RobustlabError(f"{path} has checkpoint format {obj['format_version']}, newer than this "
+                                 f"robustlab reads ({FORMAT_VERSION}); upgrade robustlab")
+        config = ModelConfig.from_dict(obj["config"])
+        sd, guess = obj["state_dict"], config
+        if arch and arch != config.arch:
+            config = ModelConfig(**{**config.__dict__, "arch": arch})
+    else:
+        sd = official_state_dict(obj, path)
+        guess = infer_config(sd)
+        if guess is None and arch is None:
+            raise RobustlabError(f"cannot tell the architecture of {path} from its keys "
+                                 f"(first: {', '.join(list(sd)[:3])}); pass --arch (known: {', '.join(ARCHS)})")
+        config = guess if arch is None else ModelConfig(
+            **{**(guess.__dict__ if guess else _default_config(arch, sd).__dict__), "arch": arch})
+    net = build_net(config)
+    _load_weights(net, sd, config.arch, guess)
+    return RobustModel(net, config)
+
+
+def _default_config(arch: str, sd: dict[str, torch.Tensor]) -> ModelConfig:
+    """A config for a state_dict of an unrecognized layout: classes from the last 2-d weight, CIFAR input."""
+    last = [v for v in sd.values() if v.dim() == 2]
+    num_classes = int(last[-1].shape[0]) if last else 1000
+    return ModelConfig(arch=arch, num_classes=num_classes, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
+
+
+def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu") -> RobustModel:
+    """Load a checkpoint (path or zoo name) as a pixel-space [0, 1] -> logits model in eval mode."""
+    text = str(ckpt)
+    if text.startswith("robustbench:"):
+        from robustlab.models.external import load_robustbench
+        model = load_robustbench(text[len("robustbench:"):])
+    else:
+        path = resolve_path(ckpt)
+        model = model_from_checkpoint(read_checkpoint(path), path, arch)
+        model.name = text[len(ZOO_PREFIX):] if text.startswith(ZOO_PREFIX) else path.stem.split(".")[0]
+        model.checkpoint_path = path
+    return model.to(device).eval()
+
+
+def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:
+    """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()}, **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)

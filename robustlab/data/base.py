@@ -1,0 +1,48 @@
+"""The dataset interface the runner reads: uint8 NCHW batches and int64 labels."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
+
+
+class ImageSet(ABC):
+    """A labelled image split. `n` limits every reader to its first n images."""
+
+    name: str
+    split: str
+    num_classes: int
+    image_size: tuple[int, int]
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+        """Batches of the first n images, or of the images at `order` (a permutation, for training)."""
+
+
+class ArrayImageSet(ImageSet):
+    """Images held as one uint8 NHWC array (CIFAR, digits, CIFAR-C blocks)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, name: str, split: str, num_classes: int,
+                 hflip: bool = False) -> None:
+        self.images, self.labels = images, labels.astype(np.int64)
+        self.name, self.split, self.num_classes = name, split, num_classes
+        self.image_size = (int(images.shape[1]), int(images.shape[2]))
+        self.hflip = hflip  # whether horizontal flips are a valid training augmentation
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+        stop = len(self) if n is None else min(n, len(self))
+        for i in range(0, stop, batch_size):
+            j = min(i + batch_size, stop)
+            idx = slice(i, j) if order is None else order[i:j]  # slices are views: no copy on the eval path
+            yield (torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).contiguous(),
+                   torch.from_numpy(self.labels[idx]))

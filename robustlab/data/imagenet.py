@@ -1,0 +1,72 @@
+"""ImageNet-style class folders (`<root>/<wnid>/<file>.JPEG`), decoded and center-cropped to 224x224."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from robustlab.data.base import Batch, ImageSet
+from robustlab.errors import RobustlabError
+
+EXTENSIONS = {".jpeg", ".jpg", ".png"}
+RESIZE, CROP = 256, 224
+
+
+def list_class_folders(root: Path) -> list[tuple[Path, int]]:
+    """(file, label) for every image, labels the sorted index of the class folder."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted((root / c).iterdir())
+             if f.suffix.lower() in EXTENSIONS]
+    if not files:
+        raise RobustlabError(f"no images in {root}: expected class folders <wnid>/<file>.JPEG; check --data-dir")
+    return files
+
+
+class _Decoded(Dataset):
+    def __init__(self, files: list[tuple[Path, int]]) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2 import functional as TF
+        path, label = self.files[i]
+        try:
+            img = decode_image(str(path), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise RobustlabError(f"cannot decode {path} ({e}); remove or replace the file") from None
+        return TF.center_crop(TF.resize(img, RESIZE, antialias=True), [CROP, CROP]), label
+
+
+class FolderImageSet(ImageSet):
+    """A split stored as class folders; decoding runs in DataLoader workers."""
+
+    def __init__(self, root: Path, *, name: str, split: str, workers: int = 2) -> None:
+        self.files = list_class_folders(root)
+        self.root, self.name, self.split, self.workers = root, name, split, workers
+        self.num_classes = self.files[-1][1] + 1
+        self.image_size = (CROP, CROP)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+        files = self.files if order is None else [self.files[i] for i in order]
+        files = files if n is None else files[:n]
+        loader = DataLoader(_Decoded(files), batch_size=batch_size, num_workers=self.workers,
+                            persistent_workers=False)
+        for images, labels in loader:
+            yield images, labels.to(torch.int64)
+
+
+def load_imagenet(data_dir: str | Path, split: str) -> FolderImageSet:
+    data_dir = Path(data_dir)
+    if split not in ("val", "train"):
+        raise RobustlabError(f"imagenet has splits val and train, not {split!r}")
+    root = data_dir / split if (data_dir / split).is_dir() else data_dir
+    return FolderImageSet(root, name="imagenet", split=split)

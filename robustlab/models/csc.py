@@ -1,0 +1,196 @@
+"""The convolutional sparse coding (CSC) layer of SDNet, its lambda control and residual.
+
+The layer solves min_c 1/2 ||x - A^T c||^2 + lambda ||c||_1 + mu/2 ||c||^2 (c >= 0 optionally)
+with `n_steps` unrolled FISTA iterations, exactly as design.md states the official code does.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustlab.errors import RobustlabError
+
+GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
+
+
+def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], kernel: int, stride: int,
+                            padding: int) -> tuple[int, int]:
+    # The official code hard-codes output_padding 1 for stride 2; deriving it from the sizes gives the
+    # same value on even inputs and stays the exact adjoint on odd ones.
+    return tuple(h - ((c - 1) * stride - 2 * padding + kernel) for h, c in zip(in_hw, code_hw))
+
+
+def largest_eigenvalue(weight: torch.Tensor, in_shape: tuple[int, int, int], *, stride: int, padding: int,
+                       iters: int = 50, tol: float = 1e-5) -> float:
+    """Largest eigenvalue of A^T A (A = conv2d with `weight`) on inputs of `in_shape`, by power iteration."""
+    gen = torch.Generator().manual_seed(0)  # fixed start: the same weights always give the same step
+    v = torch.randn((1, *in_shape), generator=gen).to(weight)
+    v = v / v.norm()
+    k = weight.shape[-1]
+    eig = 0.0
+    for _ in range(iters):
+        code = F.conv2d(v, weight, stride=stride, padding=padding)
+        op = _adjoint_output_padding(in_shape[1:], code.shape[-2:], k, stride, padding)
+        w = F.conv_transpose2d(code, weight, stride=stride, padding=padding, output_padding=op)
+        new = float(w.norm())
+        v = w / new
+        if abs(new - eig) <= tol * new:
+            return new
+        eig = new
+    return eig
+
+
+class Dictionary(nn.Module):
+    """The dictionary A (a conv2d weight) and its FISTA step size 0.9 / L.
+
+    The step is recomputed only when the weight changes or the input size differs from the one it
+    was computed for; a step loaded from a checkpoint is trusted for any input size.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,
+                 w_norm: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.register_buffer("step_size", torch.ones(1))
+        self.stride, self.padding, self.w_norm = stride, padding, w_norm
+        self._valid_for: tuple[int, tuple[int, ...] | None] | None = None  # (weight version, input shape)
+
+    def atoms(self) -> torch.Tensor:
+        """The weight as used: every atom rescaled to unit L2 norm when w_norm is set."""
+        if not self.w_norm:
+            return self.weight
+        norms = self.weight.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return self.weight / norms.view(-1, 1, 1, 1)
+
+    def step(self, atoms: torch.Tensor, in_shape: tuple[int, int, int]) -> torch.Tensor:
+        valid = self._valid_for
+        if valid is None or valid[0] != self.weight._version or valid[1] not in (None, in_shape):
+            with torch.no_grad():
+                eig = largest_eigenvalue(atoms.detach(), in_shape, stride=self.stride, padding=self.padding)
+                self.step_size.fill_(0.9 / eig)
+            self._valid_for = (self.weight._version, in_shape)
+        return self.step_size
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "step_size"
+        if key in state_dict:  # official checkpoints may store it with shape [] or [1]
+            state_dict[key] = state_dict[key].reshape(self.step_size.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in state_dict:
+            self._valid_for = (self.weight._version, None)
+
+    def _apply(self, fn, recurse=True):
+        valid = self._valid_for
+        out = super()._apply(fn, recurse)
+        if valid is not None:  # moving devices or dtypes does not change A, so the step stays valid
+            self._valid_for = (self.weight._version, valid[1])
+        return out
+
+
+class CSCConv2d(nn.Module):
+    """A drop-in replacement for Conv2d whose output is the sparse code of its input (design.md)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0, *,
+                 lmbda: float = 0.1, mu: float = 0.0, n_steps: int = 2, non_negative: bool = True,
+                 w_norm: bool = True, n_dict: int = 1) -> None:
+        super().__init__()
+        if n_steps < 1:
+            raise RobustlabError(f"CSC n_steps must be at least 1, got {n_steps}")
+        self.dn = Dictionary(in_channels * n_dict, out_channels, kernel_size, stride=stride, padding=padding,
+                             w_norm=w_norm)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.stride, self.padding = stride, padding
+        self.lmbda, self.mu, self.n_steps = float(lmbda), float(mu), n_steps
+        self.non_negative, self.n_dict = non_negative, n_dict
+        self.record_residual = False
+        self.residual: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, lmbda={self.lmbda}, mu={self.mu}, n_steps={self.n_steps}, "
+                f"non_negative={self.non_negative}, n_dict={self.n_dict}")
+
+    def _prox(self, v: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        scale = 1 + self.mu * step
+        v, theta = v / scale, self.lmbda * step / scale
+        if self.non_negative:  # relu(softshrink(v, theta)) == relu(v - theta) for theta >= 0
+            return F.relu(v - theta)
+        return torch.sign(v) * F.relu(v.abs() - theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.n_dict > 1:
+            x = x.repeat(1, self.n_dict, 1, 1)
+        A = self.dn.atoms()
+        s = self.dn.step(A, tuple(x.shape[1:]))
+        conv = lambda v: F.conv2d(v, A, stride=self.stride, padding=self.padding)  # noqa: E731
+        op = None
+
+        def decode(code: torch.Tensor) -> torch.Tensor:
+            nonlocal op
+            if op is None:
+                op = _adjoint_output_padding(x.shape[-2:], code.shape[-2:], self.kernel_size, self.stride,
+                                             self.padding)
+            return F.conv_transpose2d(code, A, stride=self.stride, padding=self.padding, output_padding=op)
+
+        c = self._prox(s * conv(x), s)
+        if self.n_steps >= 2:
+            c_prev = c
+            c = self._prox(c + s * conv(x - decode(c)), s)
+            t = GOLDEN
+            for _ in range(self.n_steps - 2):
+                t_prev, t = t, (1 + math.sqrt(1 + 4 * t * t)) / 2
+                a = (t_prev + t - 1) / t * c + (1 - t_prev) / t * c_prev
+                c_prev = c
+                c = self._prox(a + s * conv(x - decode(c)), s)
+        if self.record_residual:
+            with torch.no_grad():
+                self.residual = (x - decode(c)).pow(2).sum(dim=(1, 2, 3)) / self.n_dict
+        return c
+
+
+def csc_layers(model: nn.Module) -> list[CSCConv2d]:
+    """The model's CSC layers in definition order (layer 0 is the first)."""
+    return [m for m in model.modules() if isinstance(m, CSCConv2d)]
+
+
+def csc_layer(model: nn.Module, layer: int = 0) -> CSCConv2d:
+    """The `layer`-th CSC layer, with a clear error when the model has none or fewer."""
+    layers = csc_layers(model)
+    if not layers:
+        raise RobustlabError(f"model {type(model).__name__} has no CSC layer; lambda and the residual exist only "
+                             "for SDNet models (sdnet18, sdnet34, ...)")
+    if not -len(layers) <= layer < len(layers):
+        raise RobustlabError(f"CSC layer {layer} does not exist: the model has {len(layers)} (0..{len(layers) - 1})")
+    return layers[layer]
+
+
+def set_lambda(model: nn.Module, value: float, layer: int | None = 0) -> None:
+    """Set the sparsity weight lambda of one CSC layer (or of all with layer=None)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise RobustlabError(f"lambda must be a finite number >= 0, got {value!r}")
+    targets = csc_layers(model) if layer is None else [csc_layer(model, layer)]
+    if not targets:
+        csc_layer(model, 0)  # raises the "no CSC layer" message
+    for m in targets:
+        m.lmbda = float(value)
+
+
+def get_lambda(model: nn.Module, layer: int = 0) -> float:
+    return csc_layer(model, layer).lmbda
+
+
+def last_residual(model: nn.Module, layer: int = 0) -> torch.Tensor:
+    """Per-image reconstruction residual of a CSC layer from the model's last forward."""
+    m = csc_layer(model, layer)
+    if not m.record_residual:
+        raise RobustlabError(f"CSC layer {layer} does not record its residual (only the first does by default); set "
+                             f"robustlab.models.csc_layer(model, {layer}).record_residual = True before the forward")
+    if m.residual is None:
+        raise RobustlabError("no residual yet: run a forward pass through the model first")
+    return m.residual

@@ -1,0 +1,139 @@
+"""Independent references written from design.md's formulas, used only by the tests.
+
+The CSC layer is re-derived with dense matrices: the convolution is the matrix D whose columns are
+conv2d applied to the basis images, so D^T is the exact adjoint and eig(D^T D) gives L directly.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def conv_matrix(weight: torch.Tensor, in_shape: tuple[int, int, int], stride: int, padding: int) -> torch.Tensor:
+    """D with D @ vec(x) == vec(conv2d(x, weight)) for one image of in_shape (float64)."""
+    n = int(np.prod(in_shape))
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    cols = F.conv2d(basis, weight.double(), stride=stride, padding=padding)
+    return cols.reshape(n, -1).T.contiguous(), cols.shape[1:]
+
+
+def unit_atoms(weight: torch.Tensor) -> torch.Tensor:
+    return weight / weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def dense_step(weight: torch.Tensor, in_shape, stride: int, padding: int) -> float:
+    D, _ = conv_matrix(weight, in_shape, stride, padding)
+    return 0.9 / float(np.linalg.eigvalsh((D.T @ D).numpy()).max())
+
+
+def dense_csc(x: torch.Tensor, weight: torch.Tensor, *, stride: int, padding: int, lmbda: float, mu: float = 0.0,
+              n_steps: int = 2, non_negative: bool = True, w_norm: bool = True, n_dict: int = 1,
+              step: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code, residual) of design.md's FISTA, per image with dense matrices in float64."""
+    x = x.double().repeat(1, n_dict, 1, 1)
+    A = unit_atoms(weight.double()) if w_norm else weight.double()
+    D, code_shape = conv_matrix(A, tuple(x.shape[1:]), stride, padding)
+    s = dense_step(A, tuple(x.shape[1:]), stride, padding) if step is None else step
+    theta = lmbda * s
+
+    def prox(v: np.ndarray) -> np.ndarray:
+        v, t = v / (1 + mu * s), theta / (1 + mu * s)
+        out = np.sign(v) * np.maximum(np.abs(v) - t, 0)
+        return np.maximum(out, 0) if non_negative else out
+
+    codes, residuals = [], []
+    Dn = D.numpy()
+    for img in x.reshape(len(x), -1).numpy():
+        c = prox(s * Dn @ img)
+        if n_steps >= 2:
+            c_prev = c
+            c = prox(c + s * Dn @ (img - Dn.T @ c))
+            t = (1 + math.sqrt(5)) / 2
+            for _ in range(n_steps - 2):
+                t_prev = t
+                t = (1 + math.sqrt(1 + 4 * t_prev ** 2)) / 2
+                a = (t_prev + t - 1) / t * c + (1 - t_prev) / t * c_prev
+                c_prev = c
+                c = prox(a + s * Dn @ (img - Dn.T @ c))
+        codes.append(c.reshape(code_shape))
+        residuals.append(((img - Dn.T @ c) ** 2).sum() / n_dict)
+    return torch.from_numpy(np.stack(codes)), torch.tensor(residuals)
+
+
+def _bn(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
+    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
+                        training=False, eps=1e-5)
+
+
+def _csc_conv(x: torch.Tensor, sd: dict, p: str, stride: int, padding: int, lmbda: float) -> torch.Tensor:
+    """design.md's two FISTA steps with convolutions and the checkpoint's stored step size."""
+    A = unit_atoms(sd[p + ".dn.weight"])
+    s = float(sd[p + ".dn.step_size"].reshape(-1)[0])
+    conv = lambda v: F.conv2d(v, A, stride=stride, padding=padding)  # noqa: E731
+    op = 1 if stride == 2 else 0
+    deconv = lambda c: F.conv_transpose2d(c, A, stride=stride, padding=padding, output_padding=op)  # noqa: E731
+    c = F.relu(F.softshrink(s * conv(x), lmbda * s))
+    return F.relu(F.softshrink(c + s * conv(x - deconv(c)), lmbda * s))
+
+
+def official_sdnet18_forward(x: torch.Tensor, sd: dict, *, lmbda: float, mean, std) -> torch.Tensor:
+    """SDNet-18 (CIFAR stem) from an official state_dict (keys without 'module.'), pixels in [0, 1]."""
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    out = _bn(_csc_conv(x, sd, "layer0.0", 1, 1, lmbda), sd, "layer0.1")  # no relu after the stem
+    for stage in range(1, 5):
+        for b in range(2):
+            p = f"layer{stage}.{b}"
+            stride = 2 if stage > 1 and b == 0 else 1
+            y = F.relu(_bn(F.conv2d(out, sd[p + ".conv1.weight"], stride=stride, padding=1), sd, p + ".bn1"))
+            y = _bn(F.conv2d(y, sd[p + ".conv2.weight"], padding=1), sd, p + ".bn2")
+            short = out
+            if p + ".shortcut.0.weight" in sd:
+                short = _bn(F.conv2d(out, sd[p + ".shortcut.0.weight"], stride=stride), sd, p + ".shortcut.1")
+            out = F.relu(y + short)
+    out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+    return F.linear(out, sd["linear.weight"], sd["linear.bias"])
+
+
+def official_sdnet18_state_dict(*, width: float = 0.25, num_classes: int = 10, seed: int = 0,
+                                all_layers: bool = False, shortcut: bool = True, stem: str = "cifar",
+                                sparse_stem: bool = True) -> dict[str, torch.Tensor]:
+    """Random tensors under the official key names of design.md (SDNet-18, -18-all, or the ResNet-18 baseline)."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def conv(key: str, out_c: int, in_c: int, k: int, sparse: bool) -> None:
+        w = torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2 / (in_c * k * k))
+        if sparse:
+            sd[key + ".dn.weight"] = w
+            sd[key + ".dn.step_size"] = torch.tensor([0.05 + 0.1 * torch.rand(1, generator=g).item()])
+        else:
+            sd[key + ".weight"] = w
+
+    def bn(key: str, c: int) -> None:
+        sd[key + ".weight"] = 0.5 + torch.rand(c, generator=g)
+        sd[key + ".bias"] = 0.1 * torch.randn(c, generator=g)
+        sd[key + ".running_mean"] = 0.1 * torch.randn(c, generator=g)
+        sd[key + ".running_var"] = 0.5 + torch.rand(c, generator=g)
+        sd[key + ".num_batches_tracked"] = torch.tensor(100)
+
+    widths = [round(w * width) for w in (64, 128, 256, 512)]
+    conv("layer0.0", widths[0], 3, 7 if stem == "imagenet" else 3, sparse_stem)
+    bn("layer0.1", widths[0])
+    in_c = widths[0]
+    for stage, planes in enumerate(widths, start=1):
+        for b in range(2):
+            p = f"layer{stage}.layers.{b}" if all_layers else f"layer{stage}.{b}"
+            conv(p + ".conv1", planes, in_c, 3, all_layers)
+            bn(p + ".bn1", planes)
+            conv(p + ".conv2", planes, planes, 3, all_layers)
+            bn(p + ".bn2", planes)
+            if shortcut and stage > 1 and b == 0:
+                conv(p + ".shortcut.0", planes, in_c, 1, False)
+                bn(p + ".shortcut.1", planes)
+            in_c = planes
+    sd["linear.weight"] = torch.randn(num_classes, in_c, generator=g) / math.sqrt(in_c)
+    sd["linear.bias"] = 0.1 * torch.randn(num_classes, generator=g)
+    return sd

@@ -1,0 +1,127 @@
+"""The CSC layer against the dense-matrix reference of design.md's formulas."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlab
+from robustlab.errors import RobustlabError
+from robustlab.models import CSCConv2d, csc_layer
+from robustlab.models import csc as csc_module
+from tests.reference import dense_csc, dense_step, unit_atoms
+
+CASES = [
+    dict(in_channels=3, out_channels=8, kernel_size=3, stride=1, padding=1),
+    dict(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1),
+    dict(in_channels=2, out_channels=6, kernel_size=3, stride=1, padding=1, n_steps=1),
+    dict(in_channels=2, out_channels=6, kernel_size=3, stride=1, padding=1, n_steps=4, mu=0.3),
+    dict(in_channels=2, out_channels=6, kernel_size=3, stride=2, padding=1, non_negative=False, n_steps=3),
+    dict(in_channels=2, out_channels=6, kernel_size=3, stride=1, padding=0, w_norm=False),
+    dict(in_channels=2, out_channels=6, kernel_size=3, stride=1, padding=1, n_dict=2),
+    dict(in_channels=2, out_channels=4, kernel_size=5, stride=2, padding=2, lmbda=0.5),
+]
+
+
+def make_layer(**kw) -> CSCConv2d:
+    torch.manual_seed(0)
+    layer = CSCConv2d(**kw).double()
+    layer.record_residual = True
+    return layer
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_layer_matches_dense_reference(kw):
+    layer = make_layer(**kw)
+    x = torch.rand(3, kw["in_channels"], 8, 8, dtype=torch.float64)
+    code = layer(x)
+    ref_kw = {k: v for k, v in kw.items() if k not in ("in_channels", "out_channels", "kernel_size")}
+    # the step is checked against the exact eigenvalue separately; here both use the layer's
+    ref_code, ref_res = dense_csc(x, layer.dn.weight.detach(), step=float(layer.dn.step_size),
+                                  **{"lmbda": 0.1, **ref_kw})
+    assert code.shape == ref_code.shape
+    assert torch.allclose(code, ref_code, rtol=1e-4, atol=1e-7), (code - ref_code).abs().max()
+    assert torch.allclose(layer.residual, ref_res, rtol=1e-4)
+    assert (code > 0).any(), "the test input must give a non-trivial code"
+
+
+def test_step_size_is_power_iteration_of_the_true_largest_eigenvalue():
+    layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1)
+    layer(torch.rand(1, 3, 8, 8, dtype=torch.float64))
+    expected = dense_step(unit_atoms(layer.dn.weight.detach()), (3, 8, 8), 2, 1)
+    assert float(layer.dn.step_size) == pytest.approx(expected, rel=1e-3)
+
+
+def test_step_size_computed_once_per_weight_change(monkeypatch):
+    calls = []
+    real = csc_module.largest_eigenvalue
+    monkeypatch.setattr(csc_module, "largest_eigenvalue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = CSCConv2d(3, 8, 3, 1, 1)
+    x = torch.rand(4, 3, 8, 8)
+    for _ in range(3):
+        layer(x)
+    assert len(calls) == 1, "the step must not be recomputed per batch"
+    layer(torch.rand(4, 3, 10, 10))
+    assert len(calls) == 2, "a new input size needs its own step"
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.rand(4, 3, 10, 10)).sum().backward()
+    opt.step()
+    layer(torch.rand(4, 3, 10, 10))
+    assert len(calls) == 3, "a weight update must refresh the step"
+
+
+def test_loaded_step_size_is_used_and_survives_device_moves(monkeypatch):
+    src = CSCConv2d(3, 8, 3, 1, 1)
+    sd = src.state_dict()
+    sd["dn.step_size"] = torch.tensor(0.0123)  # official files may store a 0-d tensor
+    layer = CSCConv2d(3, 8, 3, 1, 1)
+    layer.load_state_dict(sd)
+    monkeypatch.setattr(csc_module, "largest_eigenvalue", lambda *a, **k: pytest.fail("recomputed a loaded step"))
+    layer.to(torch.float64)
+    layer(torch.rand(2, 3, 12, 12, dtype=torch.float64))
+    assert float(layer.dn.step_size) == pytest.approx(0.0123)
+
+
+def test_gradients_reach_the_input():
+    layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=1, padding=1)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    layer(x).pow(2).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def _tiny_sdnet():
+    from robustlab.models import ModelConfig, RobustModel, build_net
+    cfg = ModelConfig(arch="sdnet18", num_classes=10, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+                      arch_kwargs={"width": 0.125})
+    torch.manual_seed(0)
+    return RobustModel(build_net(cfg), cfg).eval()
+
+
+def test_lambda_changes_threshold_output_and_residual():
+    model = _tiny_sdnet()
+    x = torch.rand(4, 3, 32, 32)
+    outs, residuals, sparsity = [], [], []
+    first = csc_layer(model, 0)
+    hook = first.register_forward_hook(lambda m, i, o: sparsity.append(float((o > 0).float().mean())))
+    for lam in (0.1, 0.5, 1.0):
+        robustlab.set_lambda(model, lam)
+        with torch.no_grad():
+            outs.append(model(x))
+        residuals.append(robustlab.last_residual(model).clone())
+    hook.remove()
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    assert (residuals[0] < residuals[1]).all() and (residuals[1] < residuals[2]).all()
+    assert sparsity[0] > sparsity[1] > sparsity[2]
+    assert residuals[0].shape == (4,)
+
+
+def test_lambda_api_errors_are_clear():
+    model = _tiny_sdnet()
+    with pytest.raises(RobustlabError, match="finite number"):
+        robustlab.set_lambda(model, float("nan"))
+    with pytest.raises(RobustlabError, match="does not exist"):
+        robustlab.set_lambda(model, 0.2, layer=5)
+    with pytest.raises(RobustlabError, match="no residual yet"):
+        robustlab.last_residual(model)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3))
+    with pytest.raises(RobustlabError, match="no CSC layer"):
+        robustlab.set_lambda(plain, 0.2)
