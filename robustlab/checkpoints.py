@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import pickletools
+import zipfile
 import re
 from importlib import resources
 from pathlib import Path
@@ -56,14 +58,37 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
+        names = pickled_globals(path)
+        if names:
             raise RobustlabError(
-                f"refusing to load {path}: it holds pickled objects beyond tensors and plain containers, which "
-                "could run code; if you trust its source, re-save just its state_dict with torch.save") from None
+                f"refusing to load {path}: it pickles {', '.join(names[:3])}, which could run code; if you trust "
+                "its source, re-save just its state_dict (tensors) with torch.save") from None
         raise RobustlabError(f"{path} is not a PyTorch checkpoint ({_first_line(e)}); check the file") from None
     except Exception as e:  # torch's unpickler fails on garbage with whatever error its parser hits first
         raise RobustlabError(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
                              "download or copy it again") from None
+
+
+def pickled_globals(path: str | os.PathLike) -> list[str]:
+    """The callables a pickle (or a torch zip's data.pkl) names beyond torch's own; [] if it does not parse."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+        else:
+            data = Path(path).read_bytes()
+        strings: list[str] = []
+        names = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            if op.name == "GLOBAL":
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle at all
+        return []
+    return sorted({n for n in names if not n.startswith(("torch.", "collections.OrderedDict"))})
 
 
 def _first_line(e: BaseException) -> str:

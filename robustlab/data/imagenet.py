@@ -33,14 +33,16 @@ class _Decoded(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from torchvision.io import ImageReadMode, decode_image
+        from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import functional as TF
         path, label = self.files[i]
         try:
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as e:
             raise RobustlabError(f"cannot decode {path} ({e}); remove or replace the file") from None
-        return TF.center_crop(TF.resize(img, RESIZE, antialias=True), [CROP, CROP]), label
+        # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
+        return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label
 
 
 class FolderImageSet(ImageSet):

@@ -1,0 +1,191 @@
+"""`robustlab eval/train/demo/list` end to end on tiny files in the real formats."""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from robustlab.checkpoints import load_model, save_checkpoint
+from robustlab.cli import main
+from robustlab.results import COLUMNS
+from tests.conftest import tiny_model, write_cifar, write_imagenet
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def direct_accuracy(ckpt, images_nhwc: np.ndarray, labels) -> int:
+    model = load_model(ckpt)
+    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        return int((model(x).argmax(1) == torch.as_tensor(labels)).sum())
+
+
+def test_eval_end_to_end_on_cifar10_pickles(tmp_path, cifar10_dir, sdnet_ckpt, capsys):
+    out = tmp_path / "run"
+    assert run_cli("eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", cifar10_dir,
+                   "--out", out, "--batch-size", 7, "--quiet") == 0
+    printed = capsys.readouterr().out
+    assert "top-1 %" in printed and "results:" in printed
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns) == COLUMNS and len(df) == 1
+    row = df.iloc[0]
+    with open(cifar10_dir / "test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    images = raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    assert row["n"] == 24 and row["correct"] == direct_accuracy(sdnet_ckpt, images, raw[b"labels"])
+    assert row["accuracy"] == pytest.approx(row["correct"] / 24)
+    assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0.1
+    assert 0 <= row["top5_accuracy"] <= 1 and row["top5_correct"] >= row["correct"]
+    assert row["corruption"] == "none" and row["severity"] == 0 and row["attack"] == "none"
+    assert row["lambda_mode"] == "fixed" and row["lambda"] == pytest.approx(0.1) and row["residual_mean"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    sha = hashlib.sha256(sdnet_ckpt.read_bytes()).hexdigest()
+    assert row["checkpoint_sha256"] == sha and manifest["models"]["sdnet"]["sha256"] == sha
+    assert manifest["status"] == "finished" and manifest["device"].startswith("cpu")
+    assert manifest["arguments"]["dataset"] == "cifar10" and torch.__version__.startswith(manifest["versions"]["torch"])
+
+
+def test_batch_size_and_n_and_parent_dir(tmp_path, cifar10_dir, sdnet_ckpt):
+    results = []
+    for i, (bs, n) in enumerate([(5, None), (24, None), (4, 10)]):
+        out = tmp_path / f"r{i}"
+        args = ["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", cifar10_dir.parent,
+                "--out", out, "--batch-size", bs, "--quiet"]
+        assert run_cli(*args, *(["--n", n] if n else [])) == 0
+        results.append(pd.read_csv(out / "results.csv").iloc[0])
+    assert results[0]["correct"] == results[1]["correct"]
+    assert results[0]["residual_mean"] == pytest.approx(results[1]["residual_mean"], rel=1e-5)
+    assert results[2]["n"] == 10
+
+
+def test_cifar100_and_imagenet_layouts(tmp_path):
+    c100 = write_cifar(tmp_path / "c100", classes=100, n_test=12)
+    ck = tmp_path / "r100.pt"
+    save_checkpoint(tiny_model("resnet18", num_classes=100), ck)
+    assert run_cli("eval", "--ckpt", ck, "--dataset", "cifar100", "--data-dir", c100, "--out", tmp_path / "a",
+                   "--quiet") == 0
+    row = pd.read_csv(tmp_path / "a" / "results.csv").iloc[0]
+    assert row["n"] == 12 and row["lambda_mode"] == "n.a." and np.isnan(row["lambda"])
+
+    inet = write_imagenet(tmp_path / "val")
+    ck = tmp_path / "inet.pt"
+    save_checkpoint(tiny_model("sdnet18", num_classes=3, size=224), ck)
+    assert run_cli("eval", "--ckpt", ck, "--dataset", "imagenet", "--data-dir", inet, "--out", tmp_path / "b",
+                   "--batch-size", 4, "--quiet") == 0
+    row = pd.read_csv(tmp_path / "b" / "results.csv").iloc[0]
+    assert row["n"] == 6 and row["split"] == "val" and np.isnan(row["top5_accuracy"])
+
+
+def test_shipped_digits_models_and_demo(tmp_path, capsys):
+    for name in ("sdnet18-digits", "resnet18-digits"):
+        model = load_model(f"zoo:{name}")
+        assert model.config.dataset == "digits"
+    assert run_cli("demo", "--out", tmp_path / "demo", "--quiet") == 0
+    printed = capsys.readouterr().out
+    df = pd.read_csv(tmp_path / "demo" / "results.csv")
+    assert set(df["model"]) == {"sdnet18-digits", "resnet18-digits"}
+    assert (df["n"] == 450).all() and (df["accuracy"] > 0.95).all()
+    assert "sdnet18-digits" in printed and "resnet18-digits" in printed
+
+
+def test_train_is_reproducible_and_its_checkpoint_evaluates(tmp_path):
+    data = write_cifar(tmp_path / "data", n_train=8, n_test=8)
+    paths = []
+    for name in ("a.pt", "b.pt"):
+        path = tmp_path / name
+        assert run_cli("train", "--arch", "sdnet18", "--dataset", "cifar10", "--data-dir", data, "--width", 0.125,
+                       "--epochs", 1, "--batch-size", 16, "--out", path, "--quiet") == 0
+        paths.append(path)
+    a, b = (torch.load(p, weights_only=True) for p in paths)
+    assert a["training"]["epochs"] == 1 and a["config"]["arch_kwargs"]["width"] == 0.125
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert run_cli("eval", "--ckpt", paths[0], "--dataset", "cifar10", "--data-dir", data, "--out",
+                   tmp_path / "run", "--quiet") == 0
+
+
+def test_list(capsys):
+    assert run_cli("list", "models") == 0
+    out = capsys.readouterr().out
+    assert "sdnet18-all" in out and "resnet34" in out
+    assert run_cli("list", "zoo") == 0
+    assert "zoo:sdnet18-digits" in capsys.readouterr().out
+
+
+# ---- bad input: one line naming the problem, exit code 2, nothing written ----
+
+def _bad_inputs(tmp_path, cifar10_dir, sdnet_ckpt):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "garbage.pt").write_bytes(b"\x00\x01 not a checkpoint")
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"state_dict": Exploit()}, f)
+    c100 = write_cifar(tmp_path / "c100", classes=100, n_test=4)
+    inet = write_imagenet(tmp_path / "inet", classes=10, per_class=1)
+    base = ["eval", "--dataset", "cifar10", "--data-dir", cifar10_dir, "--quiet"]
+    return {
+        "missing file": (["eval", "--ckpt", tmp_path / "nope.pt", *base[1:]], "does not exist"),
+        "not a checkpoint": (["eval", "--ckpt", tmp_path / "garbage.pt", *base[1:]], "not a PyTorch checkpoint"),
+        "code pickle": (["eval", "--ckpt", tmp_path / "evil.pt", *base[1:]], "refusing to load"),
+        "wrong arch": (["eval", "--ckpt", sdnet_ckpt, "--arch", "resnet18", *base[1:]], "--arch sdnet18"),
+        "unknown arch": (["eval", "--ckpt", sdnet_ckpt, "--arch", "sdnet81", *base[1:]], "did you mean"),
+        "wrong classes": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar100", "--data-dir", c100],
+                          "predicts 10 classes but cifar100 has 100"),
+        "wrong image size": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "imagenet", "--data-dir", inet],
+                             "expects 32x32 images but imagenet has 224x224"),
+        "empty data dir": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", tmp_path / "empty"],
+                           "no test_batch"),
+        "empty imagenet dir": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "imagenet", "--data-dir",
+                                tmp_path / "empty"], "no images"),
+        "unknown dataset": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar11"], "did you mean cifar10"),
+        "no data dir": (["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10"], "pass --data-dir"),
+        "no cuda": (["eval", "--ckpt", sdnet_ckpt, *base[1:], "--device", "cuda"], "no CUDA device"),
+    }
+
+
+CASES = ["missing file", "not a checkpoint", "code pickle", "wrong arch", "unknown arch", "wrong classes",
+         "wrong image size", "empty data dir", "empty imagenet dir", "unknown dataset", "no data dir", "no cuda"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, cifar10_dir, sdnet_ckpt, capsys, case):
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    argv, expected = _bad_inputs(tmp_path, cifar10_dir, sdnet_ckpt)[case]
+    out = tmp_path / "out"
+    assert run_cli(*argv, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustlab: error: ") and "\n" not in err, err
+    assert expected in err, err
+    assert not out.exists(), "nothing may be written on bad input"
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "robustlab", "eval", "--ckpt", str(tmp_path / "nope.pt"),
+                           "--dataset", "digits"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_existing_run_is_never_overwritten(tmp_path, cifar10_dir, sdnet_ckpt, capsys):
+    out = tmp_path / "run"
+    args = ["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", cifar10_dir, "--out", out, "--quiet"]
+    assert run_cli(*args) == 0
+    before = (out / "results.csv").read_bytes()
+    assert run_cli(*args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "results.csv").read_bytes() == before
