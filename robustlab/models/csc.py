@@ -58,6 +58,7 @@ class Dictionary(nn.Module):
         self.register_buffer("step_size", torch.ones(1))
         self.stride, self.padding, self.w_norm = stride, padding, w_norm
         self._valid_for: tuple[int, tuple[int, ...] | None] | None = None  # (weight version, input shape)
+        self._step_value = 1.0
 
     def atoms(self) -> torch.Tensor:
         """The weight as used: every atom rescaled to unit L2 norm when w_norm is set."""
@@ -66,14 +67,16 @@ class Dictionary(nn.Module):
         norms = self.weight.flatten(1).norm(dim=1).clamp_min(1e-12)
         return self.weight / norms.view(-1, 1, 1, 1)
 
-    def step(self, atoms: torch.Tensor, in_shape: tuple[int, int, int]) -> torch.Tensor:
+    def step(self, atoms: torch.Tensor, in_shape: tuple[int, int, int]) -> float:
+        """0.9 / L as a Python number (kept beside the buffer so the forward never waits on the device)."""
         valid = self._valid_for
         if valid is None or valid[0] != self.weight._version or valid[1] not in (None, in_shape):
             with torch.no_grad():
                 eig = largest_eigenvalue(atoms.detach(), in_shape, stride=self.stride, padding=self.padding)
                 self.step_size.fill_(0.9 / eig)
             self._valid_for = (self.weight._version, in_shape)
-        return self.step_size
+            self._step_value = 0.9 / eig
+        return self._step_value
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -84,6 +87,7 @@ class Dictionary(nn.Module):
                                       error_msgs)
         if key in state_dict:
             self._valid_for = (self.weight._version, None)
+            self._step_value = float(self.step_size)
 
     def _apply(self, fn, recurse=True):
         valid = self._valid_for
@@ -116,20 +120,24 @@ class CSCConv2d(nn.Module):
                 f"padding={self.padding}, lmbda={self.lmbda}, mu={self.mu}, n_steps={self.n_steps}, "
                 f"non_negative={self.non_negative}, n_dict={self.n_dict}")
 
-    def _prox(self, v: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        scale = 1 + self.mu * step
-        v, theta = v / scale, self.lmbda * step / scale
-        if self.non_negative:  # relu(softshrink(v, theta)) == relu(v - theta) for theta >= 0
-            return F.relu(v - theta)
-        return torch.sign(v) * F.relu(v.abs() - theta)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.n_dict > 1:
             x = x.repeat(1, self.n_dict, 1, 1)
         A = self.dn.atoms()
         s = self.dn.step(A, tuple(x.shape[1:]))
-        conv = lambda v: F.conv2d(v, A, stride=self.stride, padding=self.padding)  # noqa: E731
+        # prox(base + s * conv(v)) with the step, the elastic-net scale 1 / (1 + mu s) and, for non-negative
+        # codes, the threshold folded into the (small) conv weight and bias instead of the (large) code maps
+        scale = 1 / (1 + self.mu * s)
+        theta = self.lmbda * s * scale
+        W = A * (s * scale)
+        bias = A.new_full((A.shape[0],), -theta) if self.non_negative else None
         op = None
+
+        def prox_step(v: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+            z = F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
+            if base is not None:
+                z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
+            return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
 
         def decode(code: torch.Tensor) -> torch.Tensor:
             nonlocal op
@@ -138,16 +146,16 @@ class CSCConv2d(nn.Module):
                                              self.padding)
             return F.conv_transpose2d(code, A, stride=self.stride, padding=self.padding, output_padding=op)
 
-        c = self._prox(s * conv(x), s)
+        c = prox_step(x, None)
         if self.n_steps >= 2:
             c_prev = c
-            c = self._prox(c + s * conv(x - decode(c)), s)
+            c = prox_step(x - decode(c), c)
             t = GOLDEN
             for _ in range(self.n_steps - 2):
                 t_prev, t = t, (1 + math.sqrt(1 + 4 * t * t)) / 2
                 a = (t_prev + t - 1) / t * c + (1 - t_prev) / t * c_prev
                 c_prev = c
-                c = self._prox(a + s * conv(x - decode(c)), s)
+                c = prox_step(x - decode(c), a)
         if self.record_residual:
             with torch.no_grad():
                 self.residual = (x - decode(c)).pow(2).sum(dim=(1, 2, 3)) / self.n_dict
