@@ -1,0 +1,80 @@
+"""The corruption engine: a registry of the 19 corruptions and seeded, batch-size-independent application."""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from robustlab.corruptions import batched, per_image
+from robustlab.corruptions.tables import BENCHMARK, EXTRA, TABLES
+from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str
+    family: str
+    fn: Callable[..., Any]
+    batched: bool  # torch on whole batches (CPU or GPU), else numpy one image at a time
+
+
+CORRUPTIONS: Registry[Corruption] = Registry("corruption")
+_FAMILIES = {
+    "noise": ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"],
+    "blur": ["gaussian_blur", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur"],
+    "weather": ["snow", "frost", "fog", "brightness", "spatter"],
+    "digital": ["contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"],
+}
+for _family, _names in _FAMILIES.items():
+    for _name in _names:
+        _batched = hasattr(batched, _name)
+        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(batched if _batched else per_image, _name),
+                                               _batched))
+assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
+
+
+def parameter(name: str, severity: int, table: str) -> Any:
+    """The published parameter of a corruption at a severity in a table ('cifar' or 'imagenet')."""
+    if table not in TABLES:
+        raise RobustlabError(f"unknown parameter table {table!r}; use cifar or imagenet")
+    CORRUPTIONS.get(name)
+    if severity not in (1, 2, 3, 4, 5):
+        raise RobustlabError(f"severity must be 1..5, got {severity}")
+    return TABLES[table][name][severity - 1]
+
+
+def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:
+    """The random stream of one image: depends on (seed, corruption, severity, image index) only."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), severity, index])
+
+
+def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar", seed: int = 0,
+            start: int = 0, device: str | torch.device = "cpu", param: Any = None) -> np.ndarray:
+    """Corrupt uint8 images (N, H, W, 3) or grayscale (N, H, W[, 1]); image i uses index start + i for its seed.
+
+    `param` overrides the table's value (suite files may define their own levels).
+    """
+    spec = CORRUPTIONS.get(name)
+    p = parameter(name, severity, table) if param is None else param
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise RobustlabError(f"corrupt() takes uint8 images, got {images.dtype}; convert with (x * 255).astype(uint8)")
+    gray = images.ndim == 3 or images.shape[-1] == 1
+    rgb = np.repeat(images.reshape(*images.shape[:3], 1), 3, axis=-1) if gray else images
+    if rgb.ndim != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < 28:
+        raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
+    rngs = [image_rng(seed, name, severity, start + i) for i in range(len(rgb))]
+    if spec.batched:
+        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).double() / 255
+        out = spec.fn(x, p, rngs).permute(0, 2, 3, 1).cpu().numpy()
+    else:
+        out = np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)])
+    out = np.clip(out, 0, 255).astype(np.uint8)  # truncation, as the published generators do
+    if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
+        out = np.clip(np.floor(out @ np.array([0.299, 0.587, 0.114]) + 0.5), 0, 255).astype(np.uint8)
+        out = out.reshape(images.shape)
+    return out
