@@ -11,6 +11,7 @@ from robustlab.errors import RobustlabError
 
 EXIT_BAD_INPUT = 2
 DEMO_MODELS = ("sdnet18-digits", "resnet18-digits")
+DEMO_CORRUPTIONS = "cifar10-c"  # the 15 benchmark corruptions with the CIFAR parameters
 
 
 def _positive_int(text: str) -> int:
@@ -21,6 +22,16 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _severities(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected severities like 1,3,5, got {text!r}") from None
+    if not values or any(v not in (1, 2, 3, 4, 5) for v in values):
+        raise argparse.ArgumentTypeError(f"severities must be in 1..5, got {text!r}")
+    return values
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -41,20 +52,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.evaluate import evaluate
     run, records = evaluate([args.ckpt], dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, n=args.n,
                             batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
-                            quiet=args.quiet, arguments=_arguments(args))
-    _print_records(records, args.json)
-    if not args.json:
-        print(f"results: {run.path / 'results.csv'}")
+                            quiet=args.quiet, arguments=_arguments(args), corruptions=args.corruptions,
+                            severities=args.severities, c_dir=args.c_dir)
+    _report(run, records, args.json)
     return 0
+
+
+def _report(run, records: list, as_json: bool) -> None:
+    """The records, the corruption summary when there are corruption rows, and where the results are."""
+    _print_records(records, as_json)
+    if as_json:
+        return
+    if any(r.corruption != "none" for r in records):
+        from robustlab.reports.metrics import corruption_summary, read_results
+        print()
+        print(corruption_summary(read_results([str(run.path)])).to_string(index=False, float_format="%.4f"))
+    print(f"results: {run.path / 'results.csv'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.evaluate import evaluate
     run, records = evaluate([f"zoo:{m}" for m in DEMO_MODELS], dataset="digits", batch_size=args.batch_size,
-                            device=args.device, out=args.out, quiet=args.quiet, arguments=_arguments(args))
-    _print_records(records, args.json)
-    if not args.json:
-        print(f"results: {run.path / 'results.csv'}")
+                            device=args.device, out=args.out, quiet=args.quiet, arguments=_arguments(args),
+                            corruptions=DEMO_CORRUPTIONS)
+    _report(run, records, args.json)
+    return 0
+
+
+def cmd_corrupt(args: argparse.Namespace) -> int:
+    from robustlab.corruptions.writer import write_c_layout
+    from robustlab.data import load_dataset
+    from robustlab.evaluate import corruption_suite
+    from robustlab.progress import progress_bars
+    from robustlab.runner import resolve_device
+
+    suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
+    if any(c.param is not None for c in suite.cells):
+        raise RobustlabError(f"suite {suite.name} defines its own levels; the CIFAR-10-C layout holds severities "
+                             "1..5 of the parameter table only")
+    names = list(dict.fromkeys(c.corruption for c in suite.cells))
+    base = load_dataset(args.dataset, args.data_dir, args.split)
+    paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
+                           batch_size=args.batch_size, device=resolve_device(args.device),
+                           progress=progress_bars(args.quiet))
+    print(json.dumps([str(p) for p in paths]) if args.json else f"wrote {len(paths)} corruptions and labels.npy "
+          f"to {args.out}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from robustlab.reports.metrics import corruption_summary, read_results
+    df = read_results(args.results)
+    baseline = args.baseline
+    if baseline and (baseline.endswith(".csv") or "/" in baseline):
+        baseline = read_results([baseline])
+    table = corruption_summary(df, baseline=baseline, alexnet=args.alexnet)
+    print(table.to_json(orient="records", indent=2) if args.json else table.to_string(index=False,
+                                                                                       float_format="%.4f"))
     return 0
 
 
@@ -81,7 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from robustlab.checkpoints import zoo_names
+    from robustlab.corruptions import BENCHMARK, CORRUPTIONS
     from robustlab.data import DATASETS
+    from robustlab.suites import suite_names
     from robustlab.models import ARCHS
 
     tables: dict[str, Callable[[], list[tuple[str, str]]]] = {
@@ -89,6 +145,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                           [("torchvision:NAME / timm:NAME", "any torchvision or timm architecture")],
         "datasets": lambda: [(n, s.summary) for n, s in DATASETS.items()],
         "zoo": lambda: [(f"zoo:{n}", "shipped checkpoint") for n in zoo_names()],
+        "corruptions": lambda: [(n, f"{c.family}{'' if n in BENCHMARK else ' (extra)'}, "
+                                    f"{'batched torch' if c.batched else 'per image'}") for n, c in CORRUPTIONS.items()],
+        "suites": lambda: [(f"corruptions/{n}", "corruption suite") for n in suite_names("corruptions")] +
+                          [(f"attacks/{n}", "attack suite") for n in suite_names("attacks")],
     }
     rows = tables[args.what]()
     width = max(len(n) for n, _ in rows)
@@ -110,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt, epilog="""examples:
   robustlab eval --ckpt zoo:sdnet18-digits --dataset digits
   robustlab eval --ckpt sdnet18/model_best.pth.tar --dataset cifar10 --data-dir ~/data/cifar-10-batches-py
-  robustlab eval --ckpt resnet.pt --arch resnet18 --dataset cifar10 --data-dir D --n 1000 --out runs/r18""")
+  robustlab eval --ckpt resnet.pt --arch resnet18 --dataset cifar10 --data-dir D --n 1000 --out runs/r18
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c --c-dir ~/data/CIFAR-10-C
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5""")
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or digits")
@@ -118,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0, help="recorded with every row")
+    p.add_argument("--corruptions", help="a suite (cifar10-c, imagenet-c, ... or a .toml file) or a comma list of "
+                                         "corruption names (see `robustlab list corruptions`)")
+    p.add_argument("--severities", type=_severities, help="e.g. 1,3,5 (default: the suite's, else 1..5)")
+    p.add_argument("--c-dir", help="read the published corrupted files (CIFAR-10-C npy / ImageNet-C folders) "
+                                   "instead of generating them")
     p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
@@ -146,9 +213,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("list", help="list models, datasets or shipped checkpoints",
+    p = sub.add_parser("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",
+                       formatter_class=fmt, epilog="""examples:
+  robustlab corrupt --dataset cifar10 --data-dir D --out cifar10-c
+  robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1""")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--split", help="default: the evaluation split")
+    p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy")
+    p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
+    p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
+    p.add_argument("--n", type=_positive_int, help="first N images only")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    _add_common(p)
+    p.set_defaults(func=cmd_corrupt)
+
+    p = sub.add_parser("metrics", help="mean corruption accuracy, mCE and relative mCE of result files",
+                       formatter_class=fmt, epilog="""examples:
+  robustlab metrics runs/sdnet runs/resnet --baseline resnet18
+  robustlab metrics runs/in-c/results.csv --alexnet""")
+    p.add_argument("results", nargs="+", help="results.csv files or run directories")
+    p.add_argument("--baseline", help="model name (or results file) whose errors normalize CE")
+    p.add_argument("--alexnet", action="store_true", help="also ImageNet-C mCE normalized by AlexNet's errors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
                        epilog="example: robustlab list models")
-    p.add_argument("what", choices=["models", "datasets", "zoo"])
+    p.add_argument("what", choices=["models", "datasets", "corruptions", "suites", "zoo"])
     p.set_defaults(func=cmd_list)
     return parser
 

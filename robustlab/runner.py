@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -42,9 +42,10 @@ def check_compatible(model: RobustModel, data: ImageSet) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One evaluation condition (this release: clean data)."""
+    """One evaluation condition: clean data, or a corruption at a severity (param: a suite's own level)."""
     corruption: str = "none"
     severity: int = 0
+    param: Any = None
 
 
 @dataclass
@@ -100,37 +101,44 @@ def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[
 @dataclass(frozen=True)
 class RunInfo:
     """What every record of a run shares."""
-    checkpoint_sha256: str
     seed: int
     batch_size: int
     device: torch.device
     n: int | None = None
 
 
-def run_cells(model: RobustModel, data: ImageSet, cells: Iterable[Cell], info: RunInfo, store: ResultStore,
-              progress: ProgressFactory) -> list[Record]:
-    """Evaluate every cell, append each record to the store the moment it is done, return them."""
-    check_compatible(model, data)
-    records = []
-    total = len(data) if info.n is None else min(info.n, len(data))
+def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, counts: Counts, seed: int) -> Record:
     first_csc = (csc_layers(model) or [None])[0]
-    for cell in cells:
-        torch.manual_seed(info.seed)
-        batches = progress(checked_batches(data, info.batch_size, info.n), total=math.ceil(total / info.batch_size),
-                           desc=f"{model.name} {cell.corruption}")
-        counts = count_correct(model, batches, info.device, top5=data.num_classes > 5)
-        lo, hi = wilson_interval(counts.correct, counts.n)
-        record = Record(
-            model=model.name, arch=model.config.arch, checkpoint_sha256=info.checkpoint_sha256, dataset=data.name,
-            split=data.split, corruption=cell.corruption, severity=cell.severity, attack="none", norm="none",
-            eps=math.nan, steps=0, lambda_mode="fixed" if first_csc else "n.a.",
-            lambda_=first_csc.lmbda if first_csc else math.nan, n=counts.n, correct=counts.correct,
-            accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
-            top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
-            top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
-            residual_mean=counts.residual_mean, seconds=counts.seconds, seed=info.seed,
-            robustlab_version=__version__)
-        store.append(record)
-        records.append(record)
-    return records
+    lo, hi = wilson_interval(counts.correct, counts.n)
+    return Record(
+        model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
+        corruption=cell.corruption, severity=cell.severity, attack="none", norm="none", eps=math.nan, steps=0,
+        lambda_mode="fixed" if first_csc else "n.a.", lambda_=first_csc.lmbda if first_csc else math.nan,
+        n=counts.n, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
+        top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
+        top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
+        residual_mean=counts.residual_mean, seconds=counts.seconds, seed=seed, robustlab_version=__version__)
 
+
+def run_cells(models: Sequence[tuple[RobustModel, str]], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],
+              info: RunInfo, store: ResultStore, progress: ProgressFactory) -> list[Record]:
+    """Evaluate every (cell, model) pair, appending each record to the store the moment it is done.
+
+    `models` pairs each model with its checkpoint sha256; `cell_data` gives the images of a cell. Models are
+    evaluated cell by cell, so a generated corruption is produced once and then read from its cache.
+    """
+    records = []
+    for cell in cells:
+        data = cell_data(cell)
+        total = len(data) if info.n is None else min(info.n, len(data))
+        for model, sha in models:
+            check_compatible(model, data)
+            torch.manual_seed(info.seed)
+            label = model.name if cell.corruption == "none" else f"{model.name} {cell.corruption}-{cell.severity}"
+            batches = progress(checked_batches(data, info.batch_size, info.n),
+                               total=math.ceil(total / info.batch_size), desc=label)
+            counts = count_correct(model, batches, info.device, top5=data.num_classes > 5)
+            record = make_record(model, sha, data, cell, counts, info.seed)
+            store.append(record)
+            records.append(record)
+    return records

@@ -43,6 +43,8 @@ class ArrayImageSet(ImageSet):
         stop = len(self) if n is None else min(n, len(self))
         for i in range(0, stop, batch_size):
             j = min(i + batch_size, stop)
-            idx = slice(i, j) if order is None else order[i:j]  # slices are views: no copy on the eval path
-            yield (torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).contiguous(),
-                   torch.from_numpy(self.labels[idx]))
+            idx = slice(i, j) if order is None else order[i:j]
+            images = self.images[idx]
+            if not images.flags.writeable:  # a read-only memory map: torch wants its own copy
+                images = np.array(images)
+            yield (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(self.labels[idx]))

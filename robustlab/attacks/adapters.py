@@ -1,0 +1,117 @@
+"""The attack registry: each entry runs one library attack (torchattacks, AutoAttack) on a batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn as nn
+import torchattacks
+from pyautoattack import AutoAttack
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.square import SquareAttack
+
+from robustlab.errors import RobustlabError
+from robustlab.registry import Registry
+
+if TYPE_CHECKING:
+    from robustlab.attacks.spec import AttackSpec
+
+
+class AttackFn(Protocol):
+    """Runs an attack on float32 pixels x (labels y) on x's device and returns the adversarial batch."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+                 num_classes: int) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """A registered attack: the norms it supports (the first is the default) and what its spec may set."""
+    name: str
+    run: AttackFn
+    norms: tuple[str, ...]
+    white_box: bool
+    default_steps: int
+    summary: str
+    fixed_steps: int | None = None  # the attack always runs this many steps
+    restarts: bool = True
+    step_size: bool = False  # takes alpha
+
+
+def _torchattack(attack: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    attack.set_device(x.device)
+    return attack(x, y)
+
+
+def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+          num_classes: int) -> torch.Tensor:
+    return _torchattack(torchattacks.FGSM(model, eps=spec.eps), x, y)
+
+
+def _pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+         num_classes: int) -> torch.Tensor:
+    cls = torchattacks.PGD if spec.norm == "Linf" else torchattacks.PGDL2
+    attack = cls(model, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)
+    adv = _torchattack(attack, x, y)
+    for _ in range(spec.restarts - 1):  # torchattacks has no restarts: rerun from new random starts where it failed
+        with torch.no_grad():
+            todo = model(adv).argmax(1) == y
+        if not todo.any():
+            break
+        adv[todo] = _torchattack(attack, x[todo], y[todo])
+    return adv
+
+
+def _target_classes(name: str, num_classes: int) -> int:
+    if num_classes < 4:
+        raise RobustlabError(f"attack {name} needs a model with at least 4 classes (targeted DLR loss), this one "
+                             f"has {num_classes}; use apgd-ce or pgd-linf")
+    return min(9, num_classes - 1)  # AutoAttack's standard 9 target classes, or all there are
+
+
+def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+          num_classes: int) -> torch.Tensor:
+    common = dict(n_iter=spec.steps, norm=spec.norm, n_restarts=spec.restarts, eps=spec.eps, seed=seed,
+                  device=x.device)
+    if spec.name == "apgd-t":
+        attack = APGDAttack_targeted(model, n_target_classes=_target_classes(spec.name, num_classes), **common)
+    else:
+        attack = APGDAttack(model, loss="ce", **common)
+    return attack.perturb(x, y)
+
+
+def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+                num_classes: int) -> torch.Tensor:
+    attack = AutoAttack(model, norm=spec.norm, eps=spec.eps, seed=seed, version="standard", device=x.device)
+    attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = _target_classes(spec.name, num_classes)
+    adv, _ = attack.run_standard_evaluation(x, y, batch_size=len(x))
+    return adv
+
+
+def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+            num_classes: int) -> torch.Tensor:
+    attack = SquareAttack(model, norm=spec.norm, n_queries=spec.steps, eps=spec.eps, n_restarts=spec.restarts,
+                          seed=seed, loss="margin", resc_schedule=True, device=x.device)
+    with torch.no_grad():
+        return attack.perturb(x, y)
+
+
+ATTACKS: Registry[AttackEntry] = Registry("attack")
+for _entry in (
+    AttackEntry("fgsm", _fgsm, ("Linf",), white_box=True, default_steps=1, fixed_steps=1, restarts=False,
+                summary="FGSM, one signed-gradient step (torchattacks)"),
+    AttackEntry("pgd-linf", _pgd, ("Linf",), white_box=True, default_steps=10, step_size=True,
+                summary="PGD with a random start, Linf (torchattacks.PGD)"),
+    AttackEntry("pgd-l2", _pgd, ("L2",), white_box=True, default_steps=10, step_size=True,
+                summary="PGD with a random start, L2 (torchattacks.PGDL2)"),
+    AttackEntry("apgd-ce", _apgd, ("Linf", "L2"), white_box=True, default_steps=100,
+                summary="APGD on the cross-entropy loss (AutoAttack)"),
+    AttackEntry("apgd-t", _apgd, ("Linf", "L2"), white_box=True, default_steps=100,
+                summary="targeted APGD on the DLR loss, 9 target classes (AutoAttack)"),
+    AttackEntry("autoattack", _autoattack, ("Linf", "L2"), white_box=True, default_steps=100, fixed_steps=100,
+                restarts=False, summary="AutoAttack, standard version: APGD-CE, APGD-T, FAB-T, Square 5000"),
+    AttackEntry("square", _square, ("Linf", "L2"), white_box=False, default_steps=5000,
+                summary="Square, score-based black box; steps = queries (AutoAttack)"),
+):
+    ATTACKS.register(_entry.name, _entry)

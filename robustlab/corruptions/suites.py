@@ -1,0 +1,73 @@
+"""Corruption suites: which corruptions, severities (or explicit levels) and parameter table a run uses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robustlab.corruptions.engine import CORRUPTIONS
+from robustlab.corruptions.tables import TABLES
+from robustlab.errors import RobustlabError
+from robustlab.suites import read_toml, resolve_suite, suite_error, suite_names
+
+KEYS = {"description", "table", "severities", "corruptions", "levels"}
+
+
+@dataclass(frozen=True)
+class CorruptionCell:
+    """One corruption at one severity; `param` overrides the table value when the suite gives levels."""
+    corruption: str
+    severity: int
+    param: Any = None
+
+
+@dataclass(frozen=True)
+class CorruptionSuite:
+    name: str
+    description: str
+    table: str
+    cells: tuple[CorruptionCell, ...]
+
+
+def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
+    unknown = set(data) - KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise suite_error(path, key, f"unknown key; allowed: {', '.join(sorted(KEYS))}")
+    table = data.get("table", "cifar")
+    if table not in TABLES:
+        raise suite_error(path, "table", f"{table!r} is not a parameter table; use cifar or imagenet")
+    severities = data.get("severities", [1, 2, 3, 4, 5])
+    if not (isinstance(severities, list) and severities and all(s in (1, 2, 3, 4, 5) for s in severities)):
+        raise suite_error(path, "severities", f"{severities!r} must be a non-empty list of integers 1..5")
+    names = data.get("corruptions", [])
+    levels = data.get("levels", {})
+    if not isinstance(names, list) or not isinstance(levels, dict) or not (names or levels):
+        raise suite_error(path, "corruptions", "give a list of corruption names and/or a [levels] table")
+    for name in [*names, *levels]:
+        if name not in CORRUPTIONS:
+            raise suite_error(path, name if name in levels else "corruptions", CORRUPTIONS.unknown_message(name))
+    cells = [CorruptionCell(n, s) for n in names for s in severities]
+    for name, values in levels.items():
+        if not (isinstance(values, list) and values):
+            raise suite_error(path, name, "levels must be a non-empty list of parameter values")
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float, list)):
+                raise suite_error(path, name, f"level {v!r} is not a number or a list of numbers")
+        cells += [CorruptionCell(name, i, tuple(v) if isinstance(v, list) else v) for i, v in enumerate(values, 1)]
+    return CorruptionSuite(path.stem, str(data.get("description", "")), table, tuple(cells))
+
+
+def load_corruption_suite(name_or_path: str | Path) -> CorruptionSuite:
+    """A suite by name (the repository's corruptions/ folder) or by path; invalid files give file, line, reason."""
+    path = resolve_suite("corruptions", name_or_path)
+    return parse_suite(read_toml(path), path)
+
+
+def suite_from_names(names: str, severities: list[int], table: str) -> CorruptionSuite:
+    """An ad-hoc suite from a comma list of corruption names (the CLI's `--corruptions a,b`)."""
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    for n in chosen:
+        if n not in CORRUPTIONS:
+            raise RobustlabError(f"{CORRUPTIONS.unknown_message(n)}; or name a suite: {', '.join(suite_names('corruptions'))}")
+    return CorruptionSuite("custom", "", table, tuple(CorruptionCell(n, s) for n in chosen for s in severities))

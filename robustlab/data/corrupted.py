@@ -1,0 +1,104 @@
+"""Corrupted splits: the published CIFAR-10/100-C and ImageNet-C layouts, and on-the-fly generation with a cache."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from robustlab.data.base import ArrayImageSet, Batch, ImageSet
+from robustlab.data.imagenet import FolderImageSet
+from robustlab.errors import RobustlabError
+
+CIFAR_C_PER_SEVERITY = 10000
+
+
+def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str, num_classes: int) -> ArrayImageSet:
+    """One (corruption, severity) block of a CIFAR-10-C / CIFAR-100-C directory, memory-mapped (read lazily)."""
+    c_dir = Path(c_dir)
+    path, labels_path = c_dir / f"{corruption}.npy", c_dir / "labels.npy"
+    for p in (path, labels_path):
+        if not p.is_file():
+            raise RobustlabError(f"{p} is missing; --c-dir must hold <corruption>.npy and labels.npy "
+                                 "(the published CIFAR-10-C layout)")
+    try:
+        images = np.load(path, mmap_mode="r")
+        labels = np.load(labels_path, mmap_mode="r")
+    except ValueError as e:
+        raise RobustlabError(f"{path} or labels.npy is not a .npy array ({e})") from None
+    per = len(images) // 5
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) % 5:
+        raise RobustlabError(f"{path} has shape {images.shape} {images.dtype}; expected (5*N, H, W, 3) uint8 with "
+                             "severities 1..5 stacked in blocks of N")
+    if len(labels) != len(images) and len(labels) != per:
+        raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}; "
+                             f"expected {len(images)} (or {per})")
+    block = slice((severity - 1) * per, severity * per)
+    lab = labels[block] if len(labels) == len(images) else labels
+    return ArrayImageSet(images[block], np.asarray(lab), name=name, split="test", num_classes=num_classes)
+
+
+def load_imagenet_c(c_dir: str | Path, corruption: str, severity: int) -> FolderImageSet:
+    """`<c_dir>/<corruption>/<severity>/<wnid>/<file>.JPEG`."""
+    root = Path(c_dir) / corruption / str(severity)
+    if not root.is_dir():
+        raise RobustlabError(f"{root} is missing; --c-dir must hold <corruption>/<severity>/<wnid>/*.JPEG "
+                             "(the published ImageNet-C layout)")
+    return FolderImageSet(root, name="imagenet", split="val")
+
+
+class GeneratedImageSet(ImageSet):
+    """A clean split corrupted batch by batch as it is read; complete results are cached as .npy files."""
+
+    def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
+                 param: Any = None, cache_dir: Path | None = None, device: str | torch.device = "cpu") -> None:
+        self.base, self.corruption, self.severity = base, corruption, severity
+        self.table, self.seed, self.param, self.device = table, seed, param, device
+        self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
+        self.image_size = base.image_size
+        self.cache_dir = cache_dir
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _cache_path(self, n: int) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = repr((self.base.name, self.base.split, len(self.base), self.table, self.param, self.seed, n))
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{self.base.name}-{self.corruption}-{self.severity}-{digest}.npy"
+
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+        from robustlab.corruptions import corrupt
+        if order is not None:
+            raise RobustlabError("generated corruptions are read in order; shuffle the clean split instead")
+        total = len(self) if n is None else min(n, len(self))
+        cache = self._cache_path(total)
+        if cache is not None and cache.is_file():
+            images = np.load(cache, mmap_mode="r")
+            labels = np.concatenate([y.numpy() for _, y in self.base.batches(batch_size, total)])
+            yield from ArrayImageSet(images, labels, name=self.name, split=self.split,
+                                     num_classes=self.num_classes).batches(batch_size, total)
+            return
+        writer = None
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+            writer = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                               shape=(total, *self.image_size, 3))
+        start = 0
+        for images, labels in self.base.batches(batch_size, total):
+            hwc = images.permute(0, 2, 3, 1).numpy()
+            out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed, start=start,
+                          device=self.device, param=self.param)
+            if writer is not None:
+                writer[start:start + len(out)] = out
+            start += len(out)
+            yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
+        if writer is not None:
+            writer.flush()
+            del writer
+            os.replace(tmp, cache)  # only complete arrays become visible

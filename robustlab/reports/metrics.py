@@ -1,0 +1,97 @@
+"""Corruption metrics from result rows: mean accuracy, CE / mCE against a baseline, relative mCE, AlexNet mCE."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from robustlab.corruptions.tables import BENCHMARK
+from robustlab.errors import RobustlabError
+
+# Hendrycks & Dietterich: AlexNet's ImageNet-C error averaged over the five severities, and its clean error
+ALEXNET_ERROR = {
+    "gaussian_noise": .886428, "shot_noise": .894468, "impulse_noise": .922640, "defocus_blur": .819880,
+    "glass_blur": .826268, "motion_blur": .785948, "zoom_blur": .798360, "snow": .866816, "frost": .826572,
+    "fog": .819324, "brightness": .564592, "contrast": .853204, "elastic_transform": .646056, "pixelate": .717840,
+    "jpeg_compression": .606500,
+}
+ALEXNET_CLEAN_ERROR = 0.4348
+
+
+def _errors(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, float]:
+    """(corruption, severity) -> error rows of the benchmark corruptions, and the clean error, of one model."""
+    rows = df[(df["model"] == model) & (df["attack"] == "none")]
+    clean = rows[rows["corruption"] == "none"]
+    corrupted = rows[rows["corruption"].isin(BENCHMARK)]
+    err = corrupted.assign(error=1 - corrupted["accuracy"]).set_index(["corruption", "severity"])["error"]
+    clean_error = float(1 - clean["accuracy"].iloc[0]) if len(clean) else math.nan
+    return err, clean_error
+
+
+def corruption_errors(df: pd.DataFrame, model: str, baseline: tuple[pd.Series, float] | None) -> dict[str, float]:
+    """CE and relative CE per corruption against a baseline's errors (same cells), and their means."""
+    err, clean = _errors(df, model)
+    out = {}
+    if baseline is not None:
+        base, base_clean = baseline
+        ce, rel = [], []
+        for c in sorted(set(err.index.get_level_values(0))):
+            common = err[c].index.intersection(base[c].index) if c in base.index.get_level_values(0) else []
+            if len(common) == 0:
+                continue
+            e, b = err[c].loc[common], base[c].loc[common]
+            ce.append(e.sum() / b.sum())
+            rel.append((e - clean).sum() / (b - base_clean).sum())
+        out["mCE"] = float(sum(ce) / len(ce)) if ce else math.nan
+        out["relative_mCE"] = float(sum(rel) / len(rel)) if rel else math.nan
+    return out
+
+
+def alexnet_mce(err: pd.Series, clean: float) -> tuple[float, float]:
+    """ImageNet-C mCE and relative mCE normalized by AlexNet (needs all five severities of a corruption)."""
+    ce, rel = [], []
+    for c in sorted(set(err.index.get_level_values(0))):
+        sev = err[c]
+        if sorted(sev.index) != [1, 2, 3, 4, 5]:
+            continue
+        ce.append(sev.sum() / (5 * ALEXNET_ERROR[c]))
+        rel.append((sev - clean).sum() / (5 * (ALEXNET_ERROR[c] - ALEXNET_CLEAN_ERROR)))
+    mean = (lambda v: float(sum(v) / len(v)) if v else math.nan)
+    return mean(ce), mean(rel)
+
+
+def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None = None,
+                       alexnet: bool = False) -> pd.DataFrame:
+    """One row per model: clean and mean corruption accuracy (unweighted over the benchmark corruption cells),
+    mCE and relative mCE against `baseline` (a model name in df, or another results frame), AlexNet mCE."""
+    base = None
+    if baseline is not None:
+        base_df = df if isinstance(baseline, str) else baseline
+        base_models = list(base_df["model"].unique())
+        name = baseline if isinstance(baseline, str) else (base_models[0] if len(base_models) == 1 else None)
+        if name not in base_models:
+            raise RobustlabError(f"baseline {baseline if isinstance(baseline, str) else 'file'} must name one model; "
+                                 f"models: {', '.join(map(str, base_models))}")
+        base = _errors(base_df, name)
+    rows = []
+    for model in df["model"].unique():
+        err, clean = _errors(df, model)
+        row = {"model": model, "clean_accuracy": 1 - clean, "mean_corruption_accuracy": float(1 - err.mean())
+               if len(err) else math.nan, "corruption_cells": len(err)}
+        row.update(corruption_errors(df, model, base))
+        if alexnet:
+            row["alexnet_mCE"], row["alexnet_relative_mCE"] = alexnet_mce(err, clean)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_results(paths: list[str]) -> pd.DataFrame:
+    """Concatenate results.csv files (or run directories holding one)."""
+    from pathlib import Path
+    frames = []
+    for p in paths:
+        path = Path(p) / "results.csv" if Path(p).is_dir() else Path(p)
+        if not path.is_file():
+            raise RobustlabError(f"{p} is not a results.csv file or a run directory holding one")
+        frames.append(pd.read_csv(path))
+    return pd.concat(frames, ignore_index=True)

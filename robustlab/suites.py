@@ -1,0 +1,62 @@
+"""Suite files: small declarative TOML files in the repository's corruptions/ and attacks/ folders."""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import RobustlabError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def suite_dir(kind: str) -> Path:
+    """The top-level folder of suite files of a kind ('corruptions' or 'attacks')."""
+    return REPO_ROOT / kind
+
+
+def suite_names(kind: str) -> list[str]:
+    folder = suite_dir(kind)
+    return sorted(p.stem for p in folder.glob("*.toml")) if folder.is_dir() else []
+
+
+def resolve_suite(kind: str, name_or_path: str | Path) -> Path:
+    """A suite file given as a path, or by name in the repository's folder for that kind."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise RobustlabError(f"suite file {path} does not exist")
+        return path
+    candidate = suite_dir(kind) / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        from robustlab.registry import Registry
+        known: Registry[str] = Registry(f"{kind} suite")
+        for n in suite_names(kind):
+            known.register(n, n)
+        raise RobustlabError(known.unknown_message(str(name_or_path)))
+    return candidate
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RobustlabError(f"{path}: invalid TOML ({e})") from None
+
+
+def key_line(path: Path, key: str) -> str:
+    """'line N' of the first line that assigns `key` (for error messages), or '' if not found."""
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", line) or line.strip() == f"[{key}]":
+            return f"line {i}"
+    return "file"
+
+
+def suite_error(path: Path, key: str, reason: str) -> RobustlabError:
+    return RobustlabError(f"{path} {key_line(path, key)} ({key}): {reason}")

@@ -1,0 +1,165 @@
+"""Corruption suites, the C-layout writer and readers, `eval --corruptions` and the corruption metrics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustlab.cli import main
+from robustlab.corruptions import corrupt
+from robustlab.corruptions.suites import load_corruption_suite
+from robustlab.data import load_dataset
+from robustlab.errors import RobustlabError
+from robustlab.reports.metrics import ALEXNET_ERROR, corruption_summary
+from tests.conftest import write_imagenet
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+
+
+def test_shipped_suites_parse():
+    assert len(load_corruption_suite("cifar10-c").cells) == 75
+    assert load_corruption_suite("imagenet-c").table == "imagenet"
+    calib = load_corruption_suite("noise-calibration")
+    gauss = [c.param for c in calib.cells if c.corruption == "gaussian_noise"]
+    assert gauss[0] == pytest.approx(0.02) and gauss[-1] == pytest.approx(0.20) and len(gauss) == 10
+
+
+@pytest.mark.parametrize("text,match", [
+    ('corruptions = ["gaussian_nois"]\n', "line 1 .*did you mean gaussian_noise"),
+    ('corruptions = ["fog"]\nseverities = [0, 6]\n', "line 2 .*severities"),
+    ('table = "cifar"\ncorruptions = ["fog"]\ncolour = 3\n', "line 3 .*unknown key"),
+    ('[levels]\ngaussian_noise = ["high"]\n', "line 2 .*not a number"),
+    ('corruptions = ["fog"\n', "invalid TOML"),
+    ('description = "nothing"\n', "corruption names"),
+])
+def test_invalid_suite_names_line_and_reason(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(RobustlabError, match=match):
+        load_corruption_suite(path)
+
+
+def test_user_suite_with_own_levels_needs_no_code(tmp_path):
+    path = tmp_path / "sigma.toml"
+    path.write_text('description = "gaussian noise sigma 0.02..0.30"\n[levels]\n'
+                    'gaussian_noise = [0.02, 0.1, 0.3]\n')
+    out = tmp_path / "run"
+    assert run_cli("eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--corruptions", path, "--n", 40,
+                   "--out", out, "--quiet") == 0
+    df = pd.read_csv(out / "results.csv")
+    noisy = df[df["corruption"] == "gaussian_noise"].sort_values("severity")
+    assert list(noisy["severity"]) == [1, 2, 3]
+    assert noisy["accuracy"].iloc[0] >= noisy["accuracy"].iloc[2]
+    import json
+    levels = json.loads((out / "manifest.json").read_text())["corruption_suite"]["levels"]
+    assert levels == {"gaussian_noise-1": 0.02, "gaussian_noise-2": 0.1, "gaussian_noise-3": 0.3}
+
+
+def test_corrupt_writes_the_published_layout_and_eval_reads_it_back(tmp_path):
+    out = tmp_path / "digits-c"
+    assert run_cli("corrupt", "--dataset", "digits", "--out", out, "--corruptions", "gaussian_noise,contrast",
+                   "--n", 20, "--quiet") == 0
+    arr = np.load(out / "gaussian_noise.npy")
+    labels = np.load(out / "labels.npy")
+    assert arr.shape == (100, 32, 32, 3) and arr.dtype == np.uint8 and labels.shape == (100,)
+    clean = load_dataset("digits")
+    expected = corrupt(clean.images[:20], "gaussian_noise", 3, table="cifar", seed=0)
+    assert np.array_equal(arr[40:60], expected), "severity 3 must be the third block of N"
+    assert np.array_equal(labels[:20], clean.labels[:20]) and np.array_equal(labels[80:], clean.labels[:20])
+    assert not list(out.glob("*.tmp"))
+
+
+def test_eval_from_c_dir_equals_generated(tmp_path):
+    from tests.conftest import write_cifar
+    data = write_cifar(tmp_path / "data", n_test=16)
+    cdir = tmp_path / "c"
+    assert run_cli("corrupt", "--dataset", "cifar10", "--data-dir", data, "--out", cdir,
+                   "--corruptions", "impulse_noise,pixelate", "--quiet") == 0
+    from robustlab.checkpoints import save_checkpoint
+    from tests.conftest import tiny_model
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(tiny_model("sdnet18"), ckpt)
+    common = ["eval", "--ckpt", ckpt, "--dataset", "cifar10", "--data-dir", data, "--corruptions",
+              "impulse_noise,pixelate", "--severities", "2,5", "--quiet"]
+    assert run_cli(*common, "--c-dir", cdir, "--out", tmp_path / "read") == 0
+    assert run_cli(*common, "--out", tmp_path / "gen") == 0
+    read = pd.read_csv(tmp_path / "read" / "results.csv")
+    gen = pd.read_csv(tmp_path / "gen" / "results.csv")
+    assert len(read) == 5 and list(read["correct"]) == list(gen["correct"])
+    assert list(read["split"].unique()) == ["test"]
+    # a second generated run reads the cache and gives the same rows
+    assert run_cli(*common, "--out", tmp_path / "again") == 0
+    assert list(pd.read_csv(tmp_path / "again" / "results.csv")["correct"]) == list(gen["correct"])
+
+
+def test_c_dir_errors(tmp_path, capsys):
+    from tests.conftest import write_cifar
+    data = write_cifar(tmp_path / "data", n_test=8)
+    cdir = tmp_path / "c"
+    cdir.mkdir()
+    np.save(cdir / "fog.npy", np.zeros((10, 32, 32, 3), np.uint8))
+    np.save(cdir / "labels.npy", np.zeros(7, np.int64))
+    from robustlab.checkpoints import save_checkpoint
+    from tests.conftest import tiny_model
+    save_checkpoint(tiny_model("sdnet18"), tmp_path / "m.pt")
+    base = ["eval", "--ckpt", tmp_path / "m.pt", "--dataset", "cifar10", "--data-dir", data, "--c-dir", cdir,
+            "--out", tmp_path / "run"]
+    for corruptions, expected in [("snow", "snow.npy is missing"), ("fog", "7 labels for 10 images")]:
+        assert run_cli(*base, "--corruptions", corruptions) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1
+        assert not (tmp_path / "run").exists()
+    np.save(cdir / "fog.npy", np.zeros((10, 32, 32), np.uint8))
+    assert run_cli(*base, "--corruptions", "fog") == 2
+    assert "expected (5*N, H, W, 3)" in capsys.readouterr().err
+
+
+def test_imagenet_c_folders(tmp_path):
+    cdir = tmp_path / "imagenet-c"
+    for sev in (1, 2):
+        write_imagenet(cdir / "fog" / str(sev), classes=3, per_class=1, seed=sev)
+    val = write_imagenet(tmp_path / "val", classes=3, per_class=1)
+    from robustlab.checkpoints import save_checkpoint
+    from tests.conftest import tiny_model
+    save_checkpoint(tiny_model("resnet18", num_classes=3, size=224), tmp_path / "m.pt")
+    assert run_cli("eval", "--ckpt", tmp_path / "m.pt", "--dataset", "imagenet", "--data-dir", val, "--corruptions",
+                   "fog", "--severities", "1,2", "--c-dir", cdir, "--out", tmp_path / "run", "--quiet") == 0
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert list(df["corruption"]) == ["none", "fog", "fog"] and (df["n"] == 3).all()
+
+
+def _rows(model, clean_acc, accs):
+    rows = [dict(model=model, attack="none", corruption="none", severity=0, accuracy=clean_acc)]
+    rows += [dict(model=model, attack="none", corruption=c, severity=s, accuracy=a) for (c, s), a in accs.items()]
+    return rows
+
+
+def test_metrics_match_hand_computation():
+    a = {("fog", 1): 0.8, ("fog", 2): 0.6, ("snow", 1): 0.7, ("snow", 2): 0.5, ("saturate", 1): 0.1}
+    b = {("fog", 1): 0.6, ("fog", 2): 0.4, ("snow", 1): 0.5, ("snow", 2): 0.3}
+    df = pd.DataFrame(_rows("a", 0.9, a) + _rows("b", 0.8, b))
+    s = corruption_summary(df, baseline="b").set_index("model")
+    assert s.loc["a", "mean_corruption_accuracy"] == pytest.approx(0.65)  # saturate is an extra corruption
+    ce_fog, ce_snow = (0.2 + 0.4) / (0.4 + 0.6), (0.3 + 0.5) / (0.5 + 0.7)
+    assert s.loc["a", "mCE"] == pytest.approx((ce_fog + ce_snow) / 2)
+    rel_fog, rel_snow = (0.1 + 0.3) / (0.2 + 0.4), (0.2 + 0.4) / (0.3 + 0.5)
+    assert s.loc["a", "relative_mCE"] == pytest.approx((rel_fog + rel_snow) / 2)
+    assert s.loc["b", "mCE"] == pytest.approx(1.0)
+
+
+def test_alexnet_normalized_mce():
+    accs = {("fog", s): 0.5 for s in range(1, 6)} | {("snow", s): 0.4 for s in range(1, 4)}
+    df = pd.DataFrame(_rows("m", 0.7, accs))
+    s = corruption_summary(df, alexnet=True).iloc[0]
+    assert s["alexnet_mCE"] == pytest.approx(0.5 / ALEXNET_ERROR["fog"])  # snow lacks severities 4, 5
+    assert s["alexnet_relative_mCE"] == pytest.approx((0.5 - 0.3) / (ALEXNET_ERROR["fog"] - 0.4348))
+    assert math.isnan(corruption_summary(df).iloc[0].get("mCE", math.nan))
