@@ -90,32 +90,65 @@ def defocus_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.T
     return F.conv2d(y, k.view(1, 1, *k.shape)).reshape(n, ch, h, w).clamp_(0, 1) * 255
 
 
-def motion_kernel(radius: int, sigma: float, angle: float, max_shift: int) -> np.ndarray:
-    """Gaussian-weighted taps along a line at `angle` degrees, as a (2R+1)^2 correlation kernel (R = 2 radius)."""
+def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list[tuple[int, int, float]]:
+    """(dy, dx, weight) of the Gaussian-weighted taps along a line at `angle` degrees: out[h, w] += weight * x[h - dy, w - dx]."""
     width = 2 * radius + 1
     taps = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
     taps /= taps.sum()
     py, px = width * math.sin(math.radians(angle)), width * math.cos(math.radians(angle))
     hyp = math.hypot(py, px)
-    size = 2 * width + 1
-    kernel = np.zeros((size, size), dtype=np.float64)
+    out = []
     for i, weight in enumerate(taps):
         dy, dx = -math.ceil(i * py / hyp - 0.5), -math.ceil(i * px / hyp - 0.5)
         if abs(dy) >= max_shift or abs(dx) >= max_shift:
             break  # the motion left the image
-        kernel[width - dy, width - dx] += weight  # out[h, w] += weight * x[h - dy, w - dx]
+        out.append((dy, dx, float(weight)))
+    return out
+
+
+def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list[tuple[int, int, float]]:
+    """(dy, dx, weight) of the motion blur: Gaussian weights along a line at `angle` degrees, where
+    out[h, w] = sum weight * x[h - dy, w - dx] with edges replicated; taps stop where the motion leaves the image."""
+    width = 2 * radius + 1
+    weights = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    weights /= weights.sum()
+    py, px = width * math.sin(math.radians(angle)), width * math.cos(math.radians(angle))
+    hyp = math.hypot(py, px)
+    taps = []
+    for i, weight in enumerate(weights):
+        dy, dx = -math.ceil(i * py / hyp - 0.5), -math.ceil(i * px / hyp - 0.5)
+        if abs(dy) >= max_shift or abs(dx) >= max_shift:
+            break
+        taps.append((dy, dx, float(weight)))
+    return taps
+
+
+def motion_kernel(taps: list[tuple[int, int, float]], size: int) -> np.ndarray:
+    """The taps as a (2 size + 1)^2 correlation kernel."""
+    kernel = np.zeros((2 * size + 1, 2 * size + 1))
+    for dy, dx, weight in taps:
+        kernel[size - dy, size - dx] += weight
     return kernel
 
 
 def motion_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
     n, ch, h, w = x.shape
-    angles = [r.uniform(-45, 45) for r in rngs]
-    kernels = torch.from_numpy(np.stack([motion_kernel(int(c[0]), c[1], a, min(h, w)) for a in angles])).to(x)
-    r = (kernels.shape[-1] - 1) // 2
-    # shifts replicate the edge rows/columns, i.e. replicate padding; one grouped conv with a kernel per image
-    y = F.pad(x.reshape(1, n * ch, h, w), (r, r, r, r), mode="replicate")
-    weight = kernels.repeat_interleave(ch, dim=0).unsqueeze(1)
-    return F.conv2d(y, weight, groups=n * ch).reshape(n, ch, h, w) * 255
+    width = 2 * int(c[0]) + 1
+    dy, dx = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), dtype=np.int64)
+    wt = np.zeros((n, width))  # taps after the motion left the image keep weight 0
+    for i, r in enumerate(rngs):
+        for t, (a, b, weight) in enumerate(motion_taps(int(c[0]), c[1], r.uniform(-45, 45), min(h, w))):
+            dy[i, t], dx[i, t], wt[i, t] = a, b, weight
+    # a sum of whole-pixel shifts with the edge rows/columns replicated (a gather per tap, not a dense
+    # (2W+1)^2 convolution, which is a thousand times slower on CPU)
+    dy, dx, wt = (torch.from_numpy(a).to(x.device) for a in (dy, dx, wt))
+    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    out = torch.zeros_like(x)
+    for t in range(width):
+        ri = (rows[None] - dy[:, t, None]).clamp_(0, h - 1)[:, None, :, None].expand(n, ch, h, w)
+        ci = (cols[None] - dx[:, t, None]).clamp_(0, w - 1)[:, None, None, :].expand(n, ch, h, w)
+        out += wt[:, t].to(x).view(n, 1, 1, 1) * x.gather(2, ri).gather(3, ci)
+    return out * 255
 
 
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
@@ -136,13 +169,9 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     i = torch.floor(h * 6)
     f = h * 6 - i
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    i = i.long() % 6
-    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = torch.zeros_like(hsv)
-    for k, (r, g, b) in enumerate(choices):
-        m = i == k
-        out[:, 0][m], out[:, 1][m], out[:, 2][m] = r[m], g[m], b[m]
-    return out
+    i = (i.long() % 6).unsqueeze(0)
+    pick = lambda *c: torch.stack(c).gather(0, i).squeeze(0)  # noqa: E731  (the sextant's component)
+    return torch.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], 1)
 
 
 def brightness(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
@@ -168,12 +197,13 @@ def box_weights(in_size: int, out_size: int) -> torch.Tensor:
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
     m = torch.zeros(out_size, in_size, dtype=torch.float64)
+    ss = 1.0 / filterscale
     for o in range(out_size):
         center = (o + 0.5) * scale
         lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
         for j in range(lo, hi):
-            u = (j - center + 0.5) / filterscale
-            m[o, j] = 1.0 if -0.5 <= u < 0.5 else 0.0
+            u = (j - center + 0.5) * ss  # as Pillow computes it, with its box filter's (-0.5, 0.5] support
+            m[o, j] = 1.0 if -0.5 < u <= 0.5 else 0.0
         total = m[o].sum()
         if total > 0:
             m[o] /= total

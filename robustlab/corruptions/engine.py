@@ -69,7 +69,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
         raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
     rngs = [image_rng(seed, name, severity, start + i) for i in range(len(rgb))]
     if spec.batched:
-        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).double() / 255
+        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255
         out = spec.fn(x, p, rngs).permute(0, 2, 3, 1).cpu().numpy()
     else:
         out = np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from robustlab.corruptions.batched import motion_kernel
+from robustlab.corruptions.batched import motion_taps
 from robustlab.errors import RobustlabError
 
 
@@ -34,7 +34,9 @@ def glass_blur(x: np.ndarray, c: tuple[float, int, int], rng: np.random.Generato
             for j in range(w - delta, delta, -1):
                 dx, dy = rng.integers(-delta, delta, size=2)
                 a, b = i + dy, j + dx
-                img[i, j], img[a, b] = img[a, b].copy(), img[i, j].copy()
+                # the published `x[h, w], x[h', w'] = x[h', w'], x[h, w]` swaps numpy views of RGB pixels,
+                # so it only copies x[h', w'] into x[h, w]; CIFAR-10-C / ImageNet-C were made that way
+                img[i, j] = img[a, b]
     return np.clip(_gaussian(img / 255.0, sigma), 0, 1) * 255
 
 
@@ -58,9 +60,11 @@ def zoom_blur(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Gener
 
 
 def _motion_blur_gray(layer: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
-    k = motion_kernel(radius, sigma, angle, min(layer.shape))
-    r = (k.shape[0] - 1) // 2
-    return ndimage.correlate(layer, k, mode="nearest") if r else layer
+    taps = motion_taps(radius, sigma, angle, min(layer.shape))
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in taps)
+    padded = np.pad(layer, pad, mode="edge")
+    h, w = layer.shape
+    return sum(wt * padded[pad - dy:pad - dy + h, pad - dx:pad - dx + w] for dy, dx, wt in taps)
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
