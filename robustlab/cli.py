@@ -72,7 +72,7 @@ def _report(run, records: list, as_json: bool) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.evaluate import evaluate
-    run, records = evaluate([f"zoo:{m}" for m in DEMO_MODELS], dataset="digits", batch_size=args.batch_size,
+    run, records = evaluate([f"zoo:{m}" for m in DEMO_MODELS], dataset="digits", n=args.n, batch_size=args.batch_size,
                             device=args.device, out=args.out, quiet=args.quiet, arguments=_arguments(args),
                             corruptions=DEMO_CORRUPTIONS)
     _report(run, records, args.json)
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on built-in digits and shipped checkpoints",
                        formatter_class=fmt, epilog="example:\n  robustlab demo --out runs/demo")
+    p.add_argument("--n", type=_positive_int, help="first N test images only (default all 450)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--out", help="run directory (default runs/digits-<time>)")
     _add_common(p)

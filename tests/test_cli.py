@@ -85,16 +85,23 @@ def test_cifar100_and_imagenet_layouts(tmp_path):
     assert row["n"] == 6 and row["split"] == "val" and np.isnan(row["top5_accuracy"])
 
 
-def test_shipped_digits_models_and_demo(tmp_path, capsys):
+def test_shipped_digits_models_are_accurate(tmp_path):
     for name in ("sdnet18-digits", "resnet18-digits"):
-        model = load_model(f"zoo:{name}")
-        assert model.config.dataset == "digits"
-    assert run_cli("demo", "--out", tmp_path / "demo", "--quiet") == 0
+        assert load_model(f"zoo:{name}").config.dataset == "digits"
+        assert run_cli("eval", "--ckpt", f"zoo:{name}", "--dataset", "digits", "--out", tmp_path / name, "--quiet") == 0
+        row = pd.read_csv(tmp_path / name / "results.csv").iloc[0]
+        assert row["n"] == 450 and row["accuracy"] > 0.95
+
+
+def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    assert run_cli("demo", "--n", 24, "--out", tmp_path / "demo", "--quiet") == 0
     printed = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert set(df["model"]) == {"sdnet18-digits", "resnet18-digits"}
-    assert (df["n"] == 450).all() and (df["accuracy"] > 0.95).all()
-    assert "sdnet18-digits" in printed and "resnet18-digits" in printed
+    assert len(df) == 2 * (1 + 75) and (df["n"] == 24).all()
+    assert df[df["corruption"] == "none"]["accuracy"].min() > 0.9
+    assert "mean_corruption_accuracy" in printed and "resnet18-digits" in printed
 
 
 def test_train_is_reproducible_and_its_checkpoint_evaluates(tmp_path):

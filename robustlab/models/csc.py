@@ -110,7 +110,8 @@ class CSCConv2d(nn.Module):
                              w_norm=w_norm)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.stride, self.padding = stride, padding
-        self.lmbda, self.mu, self.n_steps = float(lmbda), float(mu), n_steps
+        self.lmbda: float | torch.Tensor = float(lmbda)
+        self.mu, self.n_steps = float(mu), n_steps
         self.non_negative, self.n_dict = non_negative, n_dict
         self.record_residual = False
         self.residual: torch.Tensor | None = None
@@ -128,15 +129,25 @@ class CSCConv2d(nn.Module):
         # prox(base + s * conv(v)) with the step, the elastic-net scale 1 / (1 + mu s) and, for non-negative
         # codes, the threshold folded into the (small) conv weight and bias instead of the (large) code maps
         scale = 1 / (1 + self.mu * s)
-        theta = self.lmbda * s * scale
         W = A * (s * scale)
-        bias = A.new_full((A.shape[0],), -theta) if self.non_negative else None
+        per_image = isinstance(self.lmbda, torch.Tensor)  # one lambda per image (Algorithm 1, per image)
+        if per_image:
+            if self.lmbda.shape != (x.shape[0],):
+                raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
+                                     f"{x.shape[0]} images")
+            theta = (self.lmbda.to(x) * (s * scale)).view(-1, 1, 1, 1)
+            bias = None
+        else:
+            theta = self.lmbda * s * scale
+            bias = A.new_full((A.shape[0],), -theta) if self.non_negative else None
         op = None
 
         def prox_step(v: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             z = F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
+            if per_image:
+                return F.relu_(z.sub_(theta)) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
             return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
 
         def decode(code: torch.Tensor) -> torch.Tensor:
@@ -178,18 +189,24 @@ def csc_layer(model: nn.Module, layer: int = 0) -> CSCConv2d:
     return layers[layer]
 
 
-def set_lambda(model: nn.Module, value: float, layer: int | None = 0) -> None:
-    """Set the sparsity weight lambda of one CSC layer (or of all with layer=None)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None = 0) -> None:
+    """Set the sparsity weight lambda of one CSC layer (or of all with layer=None); a 1-d tensor sets one
+    lambda per image of the next batches."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 1 or not torch.isfinite(value).all() or (value < 0).any():
+            raise RobustlabError(f"a per-image lambda must be a 1-d tensor of finite values >= 0, got {value}")
+    elif not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise RobustlabError(f"lambda must be a finite number >= 0, got {value!r}")
+    else:
+        value = float(value)
     targets = csc_layers(model) if layer is None else [csc_layer(model, layer)]
     if not targets:
         csc_layer(model, 0)  # raises the "no CSC layer" message
     for m in targets:
-        m.lmbda = float(value)
+        m.lmbda = value
 
 
-def get_lambda(model: nn.Module, layer: int = 0) -> float:
+def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
     return csc_layer(model, layer).lmbda
 
 

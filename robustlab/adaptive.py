@@ -1,0 +1,251 @@
+"""Algorithm 1 of the SDNet paper, as design.md defines it: lambda sweeps on synthetic noise, the
+lambda-residual line, and test-time selection of lambda per test set or per image."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from robustlab.data import ImageSet
+from robustlab.data.corrupted import GeneratedImageSet
+from robustlab.errors import RobustlabError
+from robustlab.models import CSCConv2d, RobustModel, csc_layer
+from robustlab.progress import ProgressFactory
+from robustlab.runner import to_pixels
+
+CALIBRATION_FORMAT = "robustlab-calibration"
+CALIBRATION_VERSION = 1
+NOISES = {"gaussian": "gaussian_noise", "shot": "shot_noise", "speckle": "speckle_noise", "impulse": "impulse_noise"}
+OFFICIAL_GRID = tuple(round(0.1 * k, 10) for k in range(1, 15))  # 0.1 .. 1.4, the paper's grid
+
+
+def default_grid(train_lambda: float, n: int = 14, top: float = 3.0) -> tuple[float, ...]:
+    """Geometric grid from the training lambda to `top` times it: where a model trained at lambda still works
+    (design.md: a digits SDNet lost 5 points at 0.2 and 43 at 0.3 when trained at 0.1)."""
+    return tuple(float(v) for v in np.geomspace(train_lambda, top * train_lambda, n))
+
+
+def parse_grid(text: str, train_lambda: float) -> tuple[float, ...]:
+    """'default', 'official', 'a:b:n' (evenly spaced), 'geom:a:b:n', or a comma list."""
+    try:
+        if text == "default":
+            return default_grid(train_lambda)
+        if text == "official":
+            return OFFICIAL_GRID
+        if text.startswith("geom:"):
+            a, b, n = text[5:].split(":")
+            values = np.geomspace(float(a), float(b), int(n))
+        elif ":" in text:
+            a, b, n = text.split(":")
+            values = np.linspace(float(a), float(b), int(n))
+        else:
+            values = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise RobustlabError(f"bad lambda grid {text!r}; write 0.1:1.4:14, geom:0.1:0.3:14, 0.1,0.2 or official") \
+            from None
+    if len(values) == 0 or not np.all(np.isfinite(values)) or (values < 0).any():
+        raise RobustlabError(f"lambda grid {text!r} must hold finite values >= 0")
+    return tuple(float(round(v, 10)) for v in values)
+
+
+class _Stop(Exception):
+    pass
+
+
+def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The input the CSC layer sees for pixels x (runs the model only up to that layer)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen["x"] = inputs[0]
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
+    """(len(grid), N) residuals of one CSC layer at every grid lambda; only that layer runs per lambda."""
+    csc = csc_layer(model, layer)
+    saved, recording = csc.lmbda, csc.record_residual
+    out = []
+    with torch.no_grad():
+        inp = layer_input(model, csc, x)
+        csc.record_residual = True
+        try:
+            for lam in grid:
+                csc.lmbda = lam
+                csc(inp)
+                out.append(csc.residual)
+        finally:
+            csc.lmbda, csc.record_residual = saved, recording
+    return torch.stack(out)
+
+
+@dataclass
+class Fit:
+    a: float
+    b: float
+    r2: float
+
+    def predict(self, residual: torch.Tensor | float) -> torch.Tensor | float:
+        return self.a * residual + self.b
+
+
+def fit_line(residuals: Sequence[float], lambdas: Sequence[float]) -> Fit:
+    """Least-squares lambda = a * r + b, with R^2 (NaN when lambda does not vary)."""
+    r, lam = np.asarray(residuals, dtype=np.float64), np.asarray(lambdas, dtype=np.float64)
+    if len(r) < 2 or np.ptp(r) == 0:
+        return Fit(0.0, float(lam.mean()), math.nan)
+    a, b = np.polyfit(r, lam, 1)
+    ss_tot = float(((lam - lam.mean()) ** 2).sum())
+    r2 = 1 - float(((lam - (a * r + b)) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    return Fit(float(a), float(b), r2)
+
+
+def best_lambdas(sweep: Sequence[dict[str, float]]) -> list[dict[str, float]]:
+    """Per noise level: lambda* = the most accurate grid lambda (ties: the smaller) and the residual there."""
+    points = []
+    for level in sorted({row["level"] for row in sweep}):
+        rows = sorted((r for r in sweep if r["level"] == level), key=lambda r: (-r["accuracy"], r["lambda"]))
+        points.append({"level": level, "lambda": rows[0]["lambda"], "residual": rows[0]["residual_mean"],
+                       "accuracy": rows[0]["accuracy"]})
+    return points
+
+
+@dataclass
+class Calibration:
+    """The whole sweep, its per-level optima and the fitted line, tied to one checkpoint."""
+    checkpoint_sha256: str
+    arch: str
+    layer: int
+    noise: str
+    grid: list[float]
+    levels: list[float]
+    sweep: list[dict[str, float]]
+    points: list[dict[str, float]]
+    fit: Fit
+    calibration_split: str
+    n: int
+    seed: int
+    format: str = CALIBRATION_FORMAT
+    format_version: int = CALIBRATION_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from robustlab.results import write_json
+        write_json(path, self.to_json())
+
+    def select(self, residuals: torch.Tensor) -> torch.Tensor:
+        """Per column of a (grid, N) residual table: the grid lambda closest to a * r(lambda) + b."""
+        grid = torch.tensor(self.grid, dtype=residuals.dtype, device=residuals.device).view(-1, 1)
+        gap = (grid - (self.fit.a * residuals + self.fit.b)).abs()
+        return grid.view(-1)[gap.argmin(dim=0)]  # argmin takes the first (smallest lambda) on ties
+
+
+def load_calibration(path: str | Path, *, sha256: str | None = None) -> Calibration:
+    """Read and validate a calibration file (format, non-empty sweep, and the checkpoint it belongs to)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RobustlabError(f"calibration file {path} does not exist; make one with robustlab calibrate") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RobustlabError(f"{path} is not a calibration file (invalid JSON: {e})") from None
+    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+        raise RobustlabError(f"{path} is not a robustlab calibration file (no format '{CALIBRATION_FORMAT}')")
+    try:
+        calib = Calibration(**{**data, "fit": Fit(**data["fit"])})
+    except (TypeError, KeyError) as e:
+        raise RobustlabError(f"{path} is a malformed calibration file ({e}); recalibrate") from None
+    if not calib.sweep or not calib.grid or not calib.points:
+        raise RobustlabError(f"{path} holds an empty sweep; recalibrate with robustlab calibrate")
+    if not all(math.isfinite(v) for v in (calib.fit.a, calib.fit.b)):
+        raise RobustlabError(f"{path} has a non-finite fit (a={calib.fit.a}, b={calib.fit.b}); recalibrate")
+    if sha256 is not None and calib.checkpoint_sha256 != sha256:
+        raise RobustlabError(f"{path} was calibrated for checkpoint {calib.checkpoint_sha256[:12]}, not this one "
+                             f"({sha256[:12]}); calibrate this checkpoint with robustlab calibrate")
+    return calib
+
+
+def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequence[float], grid: Sequence[float],
+          n: int, seed: int, batch_size: int, device: torch.device, layer: int,
+          progress: ProgressFactory) -> list[dict[str, float]]:
+    """Accuracy and mean residual of the CSC layer for every (noise level, grid lambda), each computed on its own."""
+    csc = csc_layer(model, layer)
+    saved, recording = csc.lmbda, csc.record_residual
+    csc.record_residual = True
+    rows = []
+    try:
+        for idx, level in enumerate(progress(levels, total=len(levels), desc=f"sweep {corruption}"), start=1):
+            noisy = GeneratedImageSet(base, corruption, idx, table="cifar", seed=seed, param=level)
+            batches = [(to_pixels(x, device), y.to(device)) for x, y in noisy.batches(batch_size, n)]
+            for lam in grid:
+                csc.lmbda = lam
+                correct, residual, count = 0, 0.0, 0
+                with torch.inference_mode():
+                    for x, y in batches:
+                        correct += int((model(x).argmax(1) == y).sum())
+                        residual += float(csc.residual.double().sum())
+                        count += len(y)
+                rows.append({"level": float(level), "lambda": float(lam), "accuracy": correct / count,
+                             "residual_mean": residual / count, "n": count})
+    finally:
+        csc.lmbda, csc.record_residual = saved, recording
+    return rows
+
+
+def select_for_set(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], calib: Calibration,
+                   device: torch.device) -> float:
+    """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda."""
+    total, count = None, 0
+    for images, _ in batches:
+        r = residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1)
+        total = r if total is None else total + r
+        count += len(images)
+    if total is None:
+        raise RobustlabError("no images to select lambda on")
+    return float(calib.select((total / count).view(-1, 1))[0])
+
+
+class AdaptiveLambda(nn.Module):
+    """A model whose CSC layer takes, per batch, the lambda Algorithm 1 selects: per image, or one for the batch.
+
+    Selection is not differentiable; gradients pass straight through it (BPDA with the identity), so an
+    attack on this module attacks the whole pipeline, selection included.
+    """
+
+    def __init__(self, model: RobustModel, calib: Calibration, *, per_image: bool) -> None:
+        super().__init__()
+        self.model, self.calib, self.per_image = model, calib, per_image
+        self.config, self.name = model.config, model.name
+        self.last_lambdas: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            r = residual_grid(self.model, x.detach(), self.calib.grid, self.calib.layer)
+            if not self.per_image:
+                r = r.mean(dim=1, keepdim=True)
+            lambdas = self.calib.select(r).expand(len(x)).contiguous().to(x.dtype)
+        self.last_lambdas = lambdas
+        csc = csc_layer(self.model, self.calib.layer)
+        saved = csc.lmbda
+        csc.lmbda = lambdas
+        try:
+            return self.model(x)
+        finally:
+            csc.lmbda = saved
