@@ -12,12 +12,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustlab.data import ImageSet
+from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
 from robustlab.progress import ProgressFactory
-from robustlab.runner import to_pixels
 
 CALIBRATION_FORMAT = "robustlab-calibration"
 CALIBRATION_VERSION = 1
@@ -107,7 +106,7 @@ class Fit:
 def fit_line(residuals: Sequence[float], lambdas: Sequence[float]) -> Fit:
     """Least-squares lambda = a * r + b, with R^2 (NaN when lambda does not vary)."""
     r, lam = np.asarray(residuals, dtype=np.float64), np.asarray(lambdas, dtype=np.float64)
-    if len(r) < 2 or np.ptp(r) == 0:
+    if len(r) < 2 or np.ptp(r) == 0 or np.ptp(lam) == 0:  # nothing to fit: a constant lambda
         return Fit(0.0, float(lam.mean()), math.nan)
     a, b = np.polyfit(r, lam, 1)
     ss_tot = float(((lam - lam.mean()) ** 2).sum())
@@ -249,3 +248,26 @@ class AdaptiveLambda(nn.Module):
             return self.model(x)
         finally:
             csc.lmbda = saved
+
+
+def calibration_levels(noise: str) -> list[float]:
+    """Default levels of a noise family: the repository's noise-calibration suite (design.md's levels)."""
+    from robustlab.corruptions.suites import load_corruption_suite
+    suite = load_corruption_suite("noise-calibration")
+    return [float(c.param) for c in suite.cells if c.corruption == NOISES[noise]]
+
+
+def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, levels: Sequence[float] | None,
+              grid: Sequence[float], n: int, seed: int, batch_size: int, device: torch.device, layer: int,
+              progress: ProgressFactory) -> Calibration:
+    """Algorithm 1's fit on calibration images: the sweep, lambda* per level, and the least-squares line."""
+    if noise not in NOISES:
+        raise RobustlabError(f"unknown noise {noise!r}; use one of {', '.join(NOISES)}")
+    levels = list(levels) if levels else calibration_levels(noise)
+    rows = sweep(model, base, corruption=NOISES[noise], levels=levels, grid=grid, n=n, seed=seed,
+                 batch_size=batch_size, device=device, layer=layer, progress=progress)
+    points = best_lambdas(rows)
+    line = fit_line([p["residual"] for p in points], [p["lambda"] for p in points])
+    return Calibration(checkpoint_sha256=sha256, arch=model.config.arch, layer=layer, noise=noise, grid=list(grid),
+                       levels=[float(v) for v in levels], sweep=rows, points=points, fit=line,
+                       calibration_split=f"{base.name}/{base.split}", n=min(n, len(base)), seed=seed)

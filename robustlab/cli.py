@@ -53,7 +53,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run, records = evaluate([args.ckpt], dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, n=args.n,
                             batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
                             quiet=args.quiet, arguments=_arguments(args), corruptions=args.corruptions,
-                            severities=args.severities, c_dir=args.c_dir)
+                            severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
+                            adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep)
     _report(run, records, args.json)
     return 0
 
@@ -77,6 +78,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
                             corruptions=DEMO_CORRUPTIONS)
     _report(run, records, args.json)
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from robustlab.adaptive import calibrate, parse_grid
+    from robustlab.checkpoints import load_model, sha256_file
+    from robustlab.data import load_dataset
+    from robustlab.models import csc_layer
+    from robustlab.progress import progress_bars
+    from robustlab.reports.figures import lambda_residual_figure
+    from robustlab.runner import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.ckpt, arch=args.arch, device=device)
+    train_lambda = float(csc_layer(model, args.layer).lmbda)
+    grid = parse_grid(args.lambdas, train_lambda)
+    base = load_dataset(args.dataset, args.data_dir, args.split)
+    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=args.noise, levels=args.levels,
+                      grid=grid, n=args.n, seed=args.seed, batch_size=args.batch_size, device=device, layer=args.layer,
+                      progress=progress_bars(args.quiet))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calib.save(out)
+    figures = lambda_residual_figure(calib, out.with_suffix(""))
+    if args.json:
+        print(json.dumps(calib.to_json(), indent=2))
+        return 0
+    print(f"calibrated {model.name} on {calib.n} images of {calib.calibration_split} ({args.noise} noise)")
+    for p in calib.points:
+        print(f"  level {p['level']:<6g} best lambda {p['lambda']:<8.4g} residual {p['residual']:.4g} "
+              f"accuracy {100 * p['accuracy']:.1f}%")
+    print(f"fit: lambda = {calib.fit.a:.4g} * r + {calib.fit.b:.4g} (R^2 {calib.fit.r2:.3f})")
+    print(f"wrote {out} and {', '.join(str(f) for f in figures)}")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.02,0.1, got {text!r}") from None
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
@@ -185,9 +228,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--severities", type=_severities, help="e.g. 1,3,5 (default: the suite's, else 1..5)")
     p.add_argument("--c-dir", help="read the published corrupted files (CIFAR-10-C npy / ImageNet-C folders) "
                                    "instead of generating them")
+    p.add_argument("--lambda", dest="lmbda", type=float, help="fixed lambda of the first CSC layer (SDNet)")
+    p.add_argument("--adaptive-lambda", metavar="CALIB.json", help="add rows with lambda chosen by Algorithm 1 "
+                                                                   "(per test set; see robustlab calibrate)")
+    p.add_argument("--per-image", action="store_true", help="with --adaptive-lambda: choose lambda per image")
+    p.add_argument("--lambda-sweep", metavar="GRID", help="a row per lambda: 0.1:1.4:14, geom:0.1:0.3:14, "
+                                                          "a comma list, official or default")
     p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("calibrate", help="Algorithm 1: fit lambda against the CSC residual on synthetic noise",
+                       formatter_class=fmt, epilog="""examples:
+  robustlab calibrate --ckpt zoo:sdnet18-digits --dataset digits --out calib.json
+  robustlab calibrate --ckpt sdnet18.pth.tar --dataset cifar10 --data-dir D --noise shot --lambdas official --out c.json
+the calibration images come from the train split (disjoint from the test images) unless --split says otherwise""")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--arch")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="train", help="calibration split (default train)")
+    p.add_argument("--noise", default="gaussian", choices=["gaussian", "shot", "speckle", "impulse"])
+    p.add_argument("--levels", type=_floats, help="noise levels (default: corruptions/noise-calibration.toml)")
+    p.add_argument("--lambdas", default="default", help="grid: default (geometric, training lambda to 3x), "
+                                                        "official (0.1..1.4), 0.1:1.4:14, geom:a:b:n or a list")
+    p.add_argument("--layer", type=int, default=0, help="which CSC layer's lambda adapts (default the first)")
+    p.add_argument("--n", type=_positive_int, default=500, help="calibration images (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--out", required=True, help="calibration JSON (a figure is written beside it)")
+    _add_common(p)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("train", help="train a model from scratch (SGD, cosine schedule)", formatter_class=fmt,
                        epilog="""examples:

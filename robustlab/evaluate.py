@@ -14,7 +14,9 @@ from robustlab.progress import progress_bars
 from robustlab.suites import suite_names
 from robustlab.results import Record
 from robustlab.rundir import RunDir, default_run_dir
-from robustlab.runner import Cell, RunInfo, check_compatible, resolve_device, run_cells
+from robustlab.adaptive import load_calibration, parse_grid
+from robustlab.models import RobustModel, csc_layers
+from robustlab.runner import Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device, run_cells
 
 
 def default_cache_dir() -> Path:
@@ -55,11 +57,43 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
     return images
 
 
+def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, adaptive: str | None,
+                 per_image: bool, lambda_sweep: str | None) -> list[ModelPlan]:
+    """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused."""
+    asked = lambda_value is not None or adaptive is not None or lambda_sweep is not None
+    plans = []
+    matched = False
+    for model in models:
+        sha = sha256_file(model.checkpoint_path)
+        layers = csc_layers(model)
+        if not layers:
+            if asked and len(models) == 1:
+                raise RobustlabError(f"{model.name} ({model.config.arch}) has no CSC layer: --lambda, "
+                                     "--adaptive-lambda and --lambda-sweep apply to SDNet models only")
+            plans.append(ModelPlan(model, sha, [LambdaSetting("n.a.")]))
+            continue
+        if lambda_sweep is not None:
+            train_lambda = float(layers[0].lmbda)
+            settings = [LambdaSetting("fixed", v) for v in parse_grid(lambda_sweep, train_lambda)]
+        else:
+            settings = [LambdaSetting("fixed", lambda_value)]
+        if adaptive is not None:
+            calib = load_calibration(adaptive)
+            if calib.checkpoint_sha256 == sha:
+                matched = True
+                settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib))
+        plans.append(ModelPlan(model, sha, settings))
+    if adaptive is not None and not matched:
+        load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint
+    return plans
+
+
 def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None, arch: str | None = None,
              n: int | None = None, batch_size: int = 256, device: str = "auto", out: str | Path | None = None,
              seed: int = 0, quiet: bool = False, arguments: dict[str, Any] | None = None,
              corruptions: str | None = None, severities: Sequence[int] | None = None, c_dir: str | None = None,
-             cache_dir: Path | None = None) -> tuple[RunDir, list[Record]]:
+             cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
+             per_image: bool = False, lambda_sweep: str | None = None) -> tuple[RunDir, list[Record]]:
     """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing."""
     dev = resolve_device(device)
     DATASETS.get(dataset)
@@ -71,6 +105,8 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
                          cache_dir=cache_dir or default_cache_dir(), device=dev)
+    plans = lambda_plans(models, lambda_value=lambda_value, adaptive=adaptive, per_image=per_image,
+                         lambda_sweep=lambda_sweep)
     if c_dir is not None:
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
@@ -80,13 +116,12 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         run.manifest["corruption_suite"] = {"name": suite.name, "table": suite.table, "description": suite.description,
                                             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells
                                                        if c.param is not None}}
-    pairs = []
-    for model in models:
-        sha = sha256_file(model.checkpoint_path)
-        run.add_model(model.name, {"checkpoint": str(model.checkpoint_path), "sha256": sha,
-                                   "config": model.config.to_dict()})
-        pairs.append((model, sha))
+    for plan in plans:
+        run.add_model(plan.model.name, {"checkpoint": str(plan.model.checkpoint_path), "sha256": plan.sha256,
+                                        "config": plan.model.config.to_dict()})
+    if adaptive:
+        run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image}
     info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n)
-    records = run_cells(pairs, cells, source, info, run.store, progress_bars(quiet))
+    records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet))
     run.finish()
     return run, records

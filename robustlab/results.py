@@ -31,7 +31,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 
 @dataclass
 class Record:
-    """One evaluated cell. Accuracies are fractions in [0, 1]; NaN marks 'not applicable'."""
+    """One evaluated cell. Accuracies are fractions in [0, 1]; NaN marks 'not applicable'. lambda is the
+    CSC layer's lambda (per-image selection: the mean, with lambda_std the spread)."""
     model: str
     arch: str
     checkpoint_sha256: str
@@ -45,6 +46,7 @@ class Record:
     steps: int
     lambda_mode: str
     lambda_: float
+    lambda_std: float
     n: int
     correct: int
     accuracy: float

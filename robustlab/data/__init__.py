@@ -6,7 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-from robustlab.data.base import ArrayImageSet, Batch, ImageSet
+from robustlab.data.base import ArrayImageSet, Batch, ImageSet, to_pixels
 from robustlab.data.cifar import load_cifar
 from robustlab.data.digits import load_digits_split
 from robustlab.data.imagenet import FolderImageSet, load_imagenet
@@ -48,4 +48,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
     return data
 
 
-__all__ = ["ArrayImageSet", "Batch", "DATASETS", "DatasetSpec", "FolderImageSet", "ImageSet", "load_dataset"]
+__all__ = ["to_pixels", "ArrayImageSet", "Batch", "DATASETS", "DatasetSpec", "FolderImageSet", "ImageSet", "load_dataset"]

@@ -10,6 +10,11 @@ import torch
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
 
 
+def to_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 NCHW -> float32 in [0, 1] on the device (the transfer stays uint8: 4x less to copy)."""
+    return images.to(device, non_blocking=True).float().div_(255)
+
+
 class ImageSet(ABC):
     """A labelled image split. `n` limits every reader to its first n images."""
 

@@ -18,9 +18,19 @@ ALEXNET_ERROR = {
 ALEXNET_CLEAN_ERROR = 0.4348
 
 
+def variants(df: pd.DataFrame) -> pd.Series:
+    """A label per row telling apart the evaluated variants of one model: the model, plus its lambda setting
+    (fixed lambdas by value; adaptive selection by mode, since the chosen lambda varies by cell)."""
+    if "lambda_mode" not in df:
+        return df["model"].astype(str)
+    lam = df["lambda"].map(lambda v: "" if pd.isna(v) else f" {v:g}")
+    setting = df["lambda_mode"].where(df["lambda_mode"].str.startswith("adaptive"), "lambda" + lam)
+    return df["model"].astype(str) + (" [" + setting + "]").where(df["lambda_mode"] != "n.a.", "")
+
+
 def _errors(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, float]:
-    """(corruption, severity) -> error rows of the benchmark corruptions, and the clean error, of one model."""
-    rows = df[(df["model"] == model) & (df["attack"] == "none")]
+    """(corruption, severity) -> error rows of the benchmark corruptions, and the clean error, of one variant."""
+    rows = df[(df["variant"] == model) & (df["attack"] == "none")]
     clean = rows[rows["corruption"] == "none"]
     corrupted = rows[rows["corruption"].isin(BENCHMARK)]
     err = corrupted.assign(error=1 - corrupted["accuracy"]).set_index(["corruption", "severity"])["error"]
@@ -40,11 +50,20 @@ def corruption_errors(df: pd.DataFrame, model: str, baseline: tuple[pd.Series, f
             if len(common) == 0:
                 continue
             e, b = err[c].loc[common], base[c].loc[common]
-            ce.append(e.sum() / b.sum())
-            rel.append((e - clean).sum() / (b - base_clean).sum())
-        out["mCE"] = float(sum(ce) / len(ce)) if ce else math.nan
-        out["relative_mCE"] = float(sum(rel) / len(rel)) if rel else math.nan
+            ce.append(_ratio(e.sum(), b.sum()))
+            rel.append(_ratio((e - clean).sum(), (b - base_clean).sum()))
+        out["mCE"], out["relative_mCE"] = _mean(ce), _mean(rel)
     return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den != 0 else math.nan  # a baseline without errors (or drop) normalizes nothing
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over the corruptions where the ratio is defined."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else math.nan
 
 
 def alexnet_mce(err: pd.Series, clean: float) -> tuple[float, float]:
@@ -56,25 +75,25 @@ def alexnet_mce(err: pd.Series, clean: float) -> tuple[float, float]:
             continue
         ce.append(sev.sum() / (5 * ALEXNET_ERROR[c]))
         rel.append((sev - clean).sum() / (5 * (ALEXNET_ERROR[c] - ALEXNET_CLEAN_ERROR)))
-    mean = (lambda v: float(sum(v) / len(v)) if v else math.nan)
-    return mean(ce), mean(rel)
+    return _mean(ce), _mean(rel)
 
 
 def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None = None,
                        alexnet: bool = False) -> pd.DataFrame:
     """One row per model: clean and mean corruption accuracy (unweighted over the benchmark corruption cells),
     mCE and relative mCE against `baseline` (a model name in df, or another results frame), AlexNet mCE."""
+    df = df.assign(variant=variants(df))
     base = None
     if baseline is not None:
-        base_df = df if isinstance(baseline, str) else baseline
-        base_models = list(base_df["model"].unique())
+        base_df = df if isinstance(baseline, str) else baseline.assign(variant=variants(baseline))
+        base_models = list(base_df["variant"].unique())
         name = baseline if isinstance(baseline, str) else (base_models[0] if len(base_models) == 1 else None)
         if name not in base_models:
             raise RobustlabError(f"baseline {baseline if isinstance(baseline, str) else 'file'} must name one model; "
                                  f"models: {', '.join(map(str, base_models))}")
         base = _errors(base_df, name)
     rows = []
-    for model in df["model"].unique():
+    for model in df["variant"].unique():
         err, clean = _errors(df, model)
         row = {"model": model, "clean_accuracy": 1 - clean, "mean_corruption_accuracy": float(1 - err.mean())
                if len(err) else math.nan, "corruption_cells": len(err)}

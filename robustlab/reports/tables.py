@@ -13,9 +13,10 @@ def _pct(x: float) -> str:
 
 def records_table(records: Sequence[Record]) -> str:
     """One line per record: model, condition, n, top-1 % with its 95% interval, top-5 %."""
-    header = ["model", "dataset", "corruption", "sev", "attack", "lambda", "n", "top-1 %", "95% CI", "top-5 %"]
-    rows = [[r.model, r.dataset, r.corruption, str(r.severity), r.attack,
-             "-" if math.isnan(r.lambda_) else f"{r.lambda_:g}", str(r.n), _pct(r.accuracy),
+    header = ["model", "dataset", "corruption", "sev", "attack", "lambda mode", "lambda", "n", "top-1 %", "95% CI",
+              "top-5 %"]
+    rows = [[r.model, r.dataset, r.corruption, str(r.severity), r.attack, r.lambda_mode,
+             "-" if math.isnan(r.lambda_) else f"{r.lambda_:.3g}", str(r.n), _pct(r.accuracy),
              f"{_pct(r.ci_low)}-{_pct(r.ci_high)}", _pct(r.top5_accuracy)] for r in records]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
