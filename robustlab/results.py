@@ -32,7 +32,9 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 @dataclass
 class Record:
     """One evaluated cell. Accuracies are fractions in [0, 1]; NaN marks 'not applicable'. lambda is the
-    CSC layer's lambda (per-image selection: the mean, with lambda_std the spread)."""
+    CSC layer's lambda (per-image selection: the mean, with lambda_std the spread). attack_source names the
+    model a transfer attack was crafted on (empty otherwise); flags lists warnings (gradient masking, ...)
+    separated by ';'."""
     model: str
     arch: str
     checkpoint_sha256: str
@@ -41,9 +43,11 @@ class Record:
     corruption: str
     severity: int
     attack: str
+    attack_source: str
     norm: str
     eps: float
     steps: int
+    restarts: int
     lambda_mode: str
     lambda_: float
     lambda_std: float
@@ -55,6 +59,7 @@ class Record:
     top5_correct: float
     top5_accuracy: float
     residual_mean: float
+    flags: str
     seconds: float
     seed: int
     robustlab_version: str

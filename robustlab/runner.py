@@ -131,12 +131,13 @@ def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, settin
     lo, hi = wilson_interval(counts.correct, counts.n)
     return Record(
         model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
-        corruption=cell.corruption, severity=cell.severity, attack="none", norm="none", eps=math.nan, steps=0,
-        lambda_mode=setting.mode, lambda_=lam, lambda_std=counts.lambda_std, n=counts.n, correct=counts.correct,
+        corruption=cell.corruption, severity=cell.severity, attack="none", attack_source="", norm="none",
+        eps=math.nan, steps=0, restarts=0, lambda_mode=setting.mode, lambda_=lam, lambda_std=counts.lambda_std, n=counts.n, correct=counts.correct,
         accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
-        residual_mean=counts.residual_mean, seconds=counts.seconds, seed=seed, robustlab_version=__version__)
+        residual_mean=counts.residual_mean, flags="", seconds=counts.seconds, seed=seed,
+        robustlab_version=__version__)
 
 
 def evaluate_setting(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,

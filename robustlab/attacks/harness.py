@@ -92,7 +92,7 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
 
 
 def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": buf.detach().clone() for name, m in model.named_modules()
+    return {f"{name}.{key}" if name else key: buf.detach().clone() for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)
             for key, buf in m.named_buffers(recurse=False) if buf is not None}
 
@@ -103,8 +103,8 @@ def guarded(model: nn.Module, what: str) -> Iterator[None]:
     if any(m.training for m in model.modules()):
         raise RobustlabError(f"model {_name(model)} is in training mode; call model.eval() before attacking it")
     before = _bn_stats(model)
-    # attacks need input gradients only: frozen weights skip the weight gradients and leave the parameters'
-    # .grad untouched (FAB calls backward())
+    # attacks need input gradients only: frozen weights leave the parameters' .grad untouched and skip the
+    # weight gradients of attacks that call backward() (FAB)
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -202,7 +202,8 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Attac
         clean_correct, num_classes = _correct(model, x, y)
         # inference tensors from a caller's inference_mode cannot enter autograd: run on fresh copies
         with _seeded(seed, x.device), torch.inference_mode(False), torch.enable_grad():
-            adv = entry.run(_Differentiable(model).eval(), x.clone(), y.clone(), spec, seed=seed, num_classes=num_classes)
+            adv = entry.run(_Differentiable(model).eval(), x.clone(), y.clone(), spec, seed=seed,
+                            num_classes=num_classes)
         adv, size, projected = _enforce(adv, x, spec)
         adv_correct, _ = _correct(model, adv, y)
     return BatchOutcome(clean_correct, adv_correct, clean_correct & adv_correct, adv, size, projected)

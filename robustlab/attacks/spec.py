@@ -5,7 +5,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from robustlab.attacks.adapters import ATTACKS
+from robustlab.attacks.adapters import ATTACKS, AttackEntry
 from robustlab.errors import RobustlabError
 
 NORMS = ("Linf", "L2")
@@ -54,7 +54,7 @@ class AttackSpec:
     restarts: int
 
     def __post_init__(self) -> None:
-        entry = ATTACKS.get(self.name)
+        entry = _entry(self.name)
         if self.norm not in entry.norms:
             raise RobustlabError(f"attack {self.name} does not support norm {self.norm!r}; "
                                  f"use {' or '.join(entry.norms)}" + _other_attacks(self.norm))
@@ -69,7 +69,7 @@ class AttackSpec:
         _positive_int(self.name, "restarts", self.restarts)
         if entry.fixed_steps is not None and self.steps != entry.fixed_steps:
             raise RobustlabError(f"attack {self.name} always runs {entry.fixed_steps} steps, got steps={self.steps}; "
-                                 "drop steps" + ("" if self.name != "autoattack" else " or use apgd-ce / apgd-t"))
+                                 "drop steps (pgd-linf, pgd-l2 and apgd-ce take any number)")
         if self.restarts > 1 and not entry.restarts:
             raise RobustlabError(f"attack {self.name} has no random restarts, got restarts={self.restarts}; "
                                  "drop restarts")
@@ -82,6 +82,12 @@ class AttackSpec:
                 raise RobustlabError(f"attack {self.name}: alpha {self.alpha!r} must be a finite number > 0")
         elif entry.step_size:
             raise RobustlabError(f"attack {self.name} needs a step size alpha; build the spec with make_spec")
+
+
+def _entry(name: object) -> AttackEntry:
+    if not isinstance(name, str):
+        raise RobustlabError(f"attack name {name!r} is not a string; known: {', '.join(ATTACKS)}")
+    return ATTACKS.get(name)
 
 
 def _positive_int(name: str, field: str, value: object) -> None:
@@ -97,7 +103,7 @@ def _other_attacks(norm: str) -> str:
 def make_spec(name: str, *, eps: str | float, norm: str | None = None, steps: int | None = None,
               alpha: str | float | None = None, restarts: int = 1) -> AttackSpec:
     """A validated AttackSpec; norm, steps and alpha default from the attack (PGD: alpha = 2.5 * eps / steps)."""
-    entry = ATTACKS.get(name)
+    entry = _entry(name)
     if norm is None:
         norm = entry.norms[0]
     elif norm not in NORMS:
@@ -108,5 +114,5 @@ def make_spec(name: str, *, eps: str | float, norm: str | None = None, steps: in
     if alpha is not None:
         alpha = parse_eps(alpha, what=f"attack {name}: alpha")
     elif entry.step_size and isinstance(steps, int) and steps > 0:
-        alpha = 2.5 * eps / steps  # Madry et al.'s rule: the random start plus steps can cross the ball
+        alpha = 2.5 * eps / steps  # the robustness library's rule: the steps can cross the ball from any start
     return AttackSpec(name=name, norm=norm, eps=eps, steps=steps, alpha=alpha, restarts=restarts)

@@ -2,47 +2,23 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-from typing import Any
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from typing import Callable
 
 from robustlab.attacks.spec import AttackSpec, make_spec
 from robustlab.errors import RobustlabError
-from robustlab.registry import Registry
+from robustlab import suites
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "attacks"
 TOP_KEYS = ("attack", "description")
 ATTACK_KEYS = ("alpha", "eps", "name", "norm", "restarts", "steps")
 
 
 def suite_names() -> list[str]:
-    """The suites in the repository's attacks/ folder (file names without .toml)."""
-    return sorted(p.stem for p in SUITES_DIR.glob("*.toml")) if SUITES_DIR.is_dir() else []
+    """The attack suites in the repository's attacks/ folder."""
+    return suites.suite_names("attacks")
 
 
-def resolve_suite(name_or_path: str | Path) -> Path:
-    """A suite file: an existing path, or a bare name looked up in the repository's attacks/ folder."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or len(path.parts) > 1 or path.is_file():
-        if not path.is_file():
-            raise RobustlabError(f"attack suite file {path} does not exist; pass an existing .toml file or a suite "
-                                 f"name ({', '.join(suite_names()) or 'none found'})")
-        return path
-    if not SUITES_DIR.is_dir():
-        raise RobustlabError(f"attack suite {str(name_or_path)!r}: the suite folder {SUITES_DIR} is missing (robustlab "
-                             "is installed without its repository); pass the path to a suite file")
-    known: Registry[Path] = Registry("attack suite")
-    for name in suite_names():
-        known.register(name, SUITES_DIR / f"{name}.toml")
-    return known.get(str(name_or_path))
-
-
-def _locator(text: str, path: Path) -> Any:
+def _locator(text: str, path: Path) -> Callable[..., str]:
     """where(table, key) -> "FILE line N ([[attack]] #table, key)", finding lines of [[attack]] tables."""
     lines = text.splitlines()
     headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*attack\s*\]\]", line)]
@@ -61,12 +37,8 @@ def _locator(text: str, path: Path) -> Any:
 
 def load_attack_suite(name_or_path: str | Path) -> list[AttackSpec]:
     """The AttackSpecs of a suite file (one per attack table and eps); bad files name the file, line and reason."""
-    path = resolve_suite(name_or_path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text)
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise RobustlabError(f"{path}: not a valid TOML file ({e}); fix the syntax") from None
+    path = suites.resolve_suite("attacks", name_or_path)
+    data, text = suites.read_toml(path), path.read_text(encoding="utf-8")
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise RobustlabError(f"{path}: unknown top-level key {unknown[0]!r}; a suite holds {' and '.join(TOP_KEYS)}")
