@@ -271,3 +271,27 @@ def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, le
     return Calibration(checkpoint_sha256=sha256, arch=model.config.arch, layer=layer, noise=noise, grid=list(grid),
                        levels=[float(v) for v in levels], sweep=rows, points=points, fit=line,
                        calibration_split=f"{base.name}/{base.split}", n=min(n, len(base)), seed=seed)
+
+
+def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str | None = None,
+                         data_dir: str | None = None, split: str = "train", noise: str = "gaussian",
+                         levels: Sequence[float] | None = None, lambdas: str = "default", layer: int = 0,
+                         n: int = 500, seed: int = 0, batch_size: int = 256, device: str = "auto", quiet: bool = False,
+                         figure: str | Path | None = None) -> tuple[Calibration, list[Path]]:
+    """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
+    from robustlab.checkpoints import load_model, sha256_file
+    from robustlab.data import load_dataset
+    from robustlab.progress import progress_bars
+    from robustlab.reports.figures import lambda_residual_figure
+    from robustlab.runner import resolve_device
+
+    dev = resolve_device(device)
+    model = load_model(ckpt, arch=arch, device=dev)
+    grid = parse_grid(lambdas, float(csc_layer(model, layer).lmbda))
+    base = load_dataset(dataset, data_dir, split)
+    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=noise, levels=levels, grid=grid, n=n,
+                      seed=seed, batch_size=batch_size, device=dev, layer=layer, progress=progress_bars(quiet))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    calib.save(out)
+    return calib, lambda_residual_figure(calib, Path(figure) if figure else out.with_suffix(""))

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Sequence
 
 from robustlab.errors import RobustlabError
@@ -12,6 +13,8 @@ from robustlab.errors import RobustlabError
 EXIT_BAD_INPUT = 2
 DEMO_MODELS = ("sdnet18-digits", "resnet18-digits")
 DEMO_CORRUPTIONS = "cifar10-c"  # the 15 benchmark corruptions with the CIFAR parameters
+DEMO_CALIBRATION_IMAGES = 300
+DEMO_ATTACKS = "digits-small"  # PGD-10 Linf at eps 1/255 and 2/255
 
 
 def _positive_int(text: str) -> int:
@@ -54,9 +57,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
                             quiet=args.quiet, arguments=_arguments(args), corruptions=args.corruptions,
                             severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
-                            adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep)
+                            adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep,
+                            attacks=_attack_specs(args), transfer_from=_comma(args.transfer_from),
+                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv)
     _report(run, records, args.json)
     return 0
+
+
+def _comma(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _attack_specs(args: argparse.Namespace) -> list:
+    """--attack NAME --eps E[,E...] (an eps sweep) [--steps --alpha --restarts --norm], and/or --attacks SUITE."""
+    from robustlab.attacks import load_attack_suite, make_spec
+    specs = load_attack_suite(args.attacks) if args.attacks else []
+    if args.attack:
+        if not args.eps:
+            raise RobustlabError(f"--attack {args.attack} needs --eps (e.g. --eps 8/255, or a sweep 2/255,4/255,8/255)")
+        specs += [make_spec(args.attack, eps=e, norm=args.norm, steps=args.steps, alpha=args.alpha,
+                            restarts=args.restarts) for e in _comma(args.eps)]
+    elif args.eps or args.transfer_from:
+        raise RobustlabError("--eps and --transfer-from need --attack NAME (see robustlab list attacks)")
+    return specs
 
 
 def _report(run, records: list, as_json: bool) -> None:
@@ -72,46 +95,46 @@ def _report(run, records: list, as_json: bool) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from robustlab.adaptive import calibrate_checkpoint
     from robustlab.evaluate import evaluate
+    from robustlab.rundir import default_run_dir
+
+    out = Path(args.out) if args.out else default_run_dir("demo")
+    if (out / "results.csv").exists():
+        raise RobustlabError(f"{out} already holds a run (results.csv); pass another --out or remove it")
+    calib_path = out / "calibration.json"
+    calib, _ = calibrate_checkpoint(f"zoo:{DEMO_MODELS[0]}", dataset="digits", split="train", noise="gaussian",
+                                    n=min(args.n or DEMO_CALIBRATION_IMAGES, DEMO_CALIBRATION_IMAGES),
+                                    batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+                                    out=calib_path, figure=out / "figures" / "lambda-residual")
+    if not args.json:
+        print(f"Algorithm 1 calibration of {DEMO_MODELS[0]} (gaussian noise, digits train split): "
+              f"lambda = {calib.fit.a:.3g} * residual + {calib.fit.b:.3g}")
+    from robustlab.attacks import load_attack_suite
     run, records = evaluate([f"zoo:{m}" for m in DEMO_MODELS], dataset="digits", n=args.n, batch_size=args.batch_size,
-                            device=args.device, out=args.out, quiet=args.quiet, arguments=_arguments(args),
-                            corruptions=DEMO_CORRUPTIONS)
+                            device=args.device, out=out, quiet=args.quiet, arguments=_arguments(args),
+                            corruptions=DEMO_CORRUPTIONS, adaptive=str(calib_path),
+                            attacks=load_attack_suite(DEMO_ATTACKS))
     _report(run, records, args.json)
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from robustlab.adaptive import calibrate, parse_grid
-    from robustlab.checkpoints import load_model, sha256_file
-    from robustlab.data import load_dataset
-    from robustlab.models import csc_layer
-    from robustlab.progress import progress_bars
-    from robustlab.reports.figures import lambda_residual_figure
-    from robustlab.runner import resolve_device
-
-    device = resolve_device(args.device)
-    model = load_model(args.ckpt, arch=args.arch, device=device)
-    train_lambda = float(csc_layer(model, args.layer).lmbda)
-    grid = parse_grid(args.lambdas, train_lambda)
-    base = load_dataset(args.dataset, args.data_dir, args.split)
-    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=args.noise, levels=args.levels,
-                      grid=grid, n=args.n, seed=args.seed, batch_size=args.batch_size, device=device, layer=args.layer,
-                      progress=progress_bars(args.quiet))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    calib.save(out)
-    figures = lambda_residual_figure(calib, out.with_suffix(""))
+    from robustlab.adaptive import calibrate_checkpoint
+    calib, figures = calibrate_checkpoint(args.ckpt, arch=args.arch, dataset=args.dataset, data_dir=args.data_dir,
+                                          split=args.split, noise=args.noise, levels=args.levels,
+                                          lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
+                                          batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+                                          out=args.out, figure=None)
     if args.json:
         print(json.dumps(calib.to_json(), indent=2))
         return 0
-    print(f"calibrated {model.name} on {calib.n} images of {calib.calibration_split} ({args.noise} noise)")
+    print(f"calibrated on {calib.n} images of {calib.calibration_split} ({args.noise} noise)")
     for p in calib.points:
         print(f"  level {p['level']:<6g} best lambda {p['lambda']:<8.4g} residual {p['residual']:.4g} "
               f"accuracy {100 * p['accuracy']:.1f}%")
     print(f"fit: lambda = {calib.fit.a:.4g} * r + {calib.fit.b:.4g} (R^2 {calib.fit.r2:.3f})")
-    print(f"wrote {out} and {', '.join(str(f) for f in figures)}")
+    print(f"wrote {args.out} and {', '.join(str(f) for f in figures)}")
     return 0
 
 
@@ -177,6 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from robustlab.attacks import ATTACKS
     from robustlab.checkpoints import zoo_names
     from robustlab.corruptions import BENCHMARK, CORRUPTIONS
     from robustlab.data import DATASETS
@@ -190,6 +214,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         "zoo": lambda: [(f"zoo:{n}", "shipped checkpoint") for n in zoo_names()],
         "corruptions": lambda: [(n, f"{c.family}{'' if n in BENCHMARK else ' (extra)'}, "
                                     f"{'batched torch' if c.batched else 'per image'}") for n, c in CORRUPTIONS.items()],
+        "attacks": lambda: [(n, f"{'white-box' if e.white_box else 'black-box'}, {'/'.join(e.norms)}")
+                            for n, e in ATTACKS.items()],
         "suites": lambda: [(f"corruptions/{n}", "corruption suite") for n in suite_names("corruptions")] +
                           [(f"attacks/{n}", "attack suite") for n in suite_names("attacks")],
     }
@@ -215,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
   robustlab eval --ckpt sdnet18/model_best.pth.tar --dataset cifar10 --data-dir ~/data/cifar-10-batches-py
   robustlab eval --ckpt resnet.pt --arch resnet18 --dataset cifar10 --data-dir D --n 1000 --out runs/r18
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c --c-dir ~/data/CIFAR-10-C
-  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5""")
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
+  robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --steps 1000 \
+      --transfer-from zoo:sdnet18-digits""")
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or digits")
@@ -234,6 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true", help="with --adaptive-lambda: choose lambda per image")
     p.add_argument("--lambda-sweep", metavar="GRID", help="a row per lambda: 0.1:1.4:14, geom:0.1:0.3:14, "
                                                           "a comma list, official or default")
+    p.add_argument("--attack", help="pgd-linf, pgd-l2, fgsm, apgd-ce, apgd-t, autoattack, square")
+    p.add_argument("--eps", help="attack radius, 8/255 or 0.0314; a comma list sweeps eps")
+    p.add_argument("--norm", choices=["Linf", "L2"], help="default: the attack's own")
+    p.add_argument("--steps", type=_positive_int, help="iterations (Square: queries)")
+    p.add_argument("--alpha", help="step size (PGD default 2.5 * eps / steps)")
+    p.add_argument("--restarts", type=_positive_int, default=1)
+    p.add_argument("--attacks", metavar="SUITE", help="an attack suite (attacks/*.toml) or a .toml file")
+    p.add_argument("--transfer-from", metavar="CKPT[,CKPT]", help="craft the attack on these models and evaluate "
+                                                                  "--ckpt on their adversarial examples")
+    p.add_argument("--save-adv", action="store_true", help="write adversarial examples (npz) to RUN_DIR/adversarial")
+    p.add_argument("--skip-diagnostics", action="store_true", help="do not run the gradient-masking checks "
+                                                                    "(64 images, a few extra attacks)")
     p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
@@ -313,7 +354,7 @@ the calibration images come from the train split (disjoint from the test images)
 
     p = sub.add_parser("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
                        epilog="example: robustlab list models")
-    p.add_argument("what", choices=["models", "datasets", "corruptions", "suites", "zoo"])
+    p.add_argument("what", choices=["models", "datasets", "corruptions", "attacks", "suites", "zoo"])
     p.set_defaults(func=cmd_list)
     return parser
 

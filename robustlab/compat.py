@@ -13,12 +13,17 @@ import importlib.resources
 import importlib.util
 import sys
 import types
+from pathlib import Path
 
 _PYAUTOATTACK_SUBMODULES = ("autoattack", "autopgd_base", "checks", "fab_base", "fab_projections", "fab_pt",
                             "other_utils", "square", "state")
 
 
 def _resource_filename(package: str, path: str) -> str:
+    # callers pass a package or a module name (imagecorruptions passes its module `imagecorruptions.corruptions`)
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations is None and spec.origin:
+        return str(Path(spec.origin).parent / path)
     return str(importlib.resources.files(package).joinpath(path))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -93,7 +94,9 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
              seed: int = 0, quiet: bool = False, arguments: dict[str, Any] | None = None,
              corruptions: str | None = None, severities: Sequence[int] | None = None, c_dir: str | None = None,
              cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
-             per_image: bool = False, lambda_sweep: str | None = None) -> tuple[RunDir, list[Record]]:
+             per_image: bool = False, lambda_sweep: str | None = None, attacks: Sequence[Any] = (),
+             transfer_from: Sequence[str] = (), diagnostics: bool = True,
+             save_adv: bool = False) -> tuple[RunDir, list[Record]]:
     """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing."""
     dev = resolve_device(device)
     DATASETS.get(dataset)
@@ -102,7 +105,11 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     models = [load_model(c, arch=arch, device=dev) for c in ckpts]
     for model in models:
         check_compatible(model, data)
+    sources = {m.name: m for m in (load_model(c, device=dev) for c in transfer_from)}
+    for source in sources.values():
+        check_compatible(source, data)
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
+    cells += [Cell(attack=spec, source=name) for name in ([""] if not sources else list(sources)) for spec in attacks]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
                          cache_dir=cache_dir or default_cache_dir(), device=dev)
     plans = lambda_plans(models, lambda_value=lambda_value, adaptive=adaptive, per_image=per_image,
@@ -121,7 +128,18 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
                                         "config": plan.model.config.to_dict()})
     if adaptive:
         run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image}
-    info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n)
-    records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet))
+    info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics,
+                   save_adv=run.path / "adversarial" if save_adv else None)
+    if attacks:
+        run.manifest["attacks"] = [vars(spec) for spec in attacks]
+        run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}
+    warnings: list[str] = []
+
+    def log(message: str) -> None:
+        warnings.append(message)
+        print(f"robustlab: {message}", file=sys.stderr)
+
+    records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet), sources=sources, log=log)
+    run.manifest["warnings"] = warnings
     run.finish()
     return run, records

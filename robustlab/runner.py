@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
+import torch.nn as nn
 
 from robustlab import __version__
 from robustlab.data import ImageSet, to_pixels
@@ -42,10 +46,13 @@ def check_compatible(model: RobustModel, data: ImageSet) -> None:
 
 @dataclass(frozen=True)
 class Cell:
-    """One evaluation condition: clean data, or a corruption at a severity (param: a suite's own level)."""
+    """One evaluation condition: clean data, a corruption at a severity (param: a suite's own level), or an
+    attack (an AttackSpec) on clean data, crafted on the model itself or on a `source` model (transfer)."""
     corruption: str = "none"
     severity: int = 0
     param: Any = None
+    attack: Any = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,74 +126,154 @@ def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every record of a run shares."""
+    """What every record of a run shares, and the run's options for attacks."""
     seed: int
     batch_size: int
     device: torch.device
     n: int | None = None
+    diagnostics: bool = True
+    save_adv: Path | None = None
 
 
 def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
-                seed: int, lam: float) -> Record:
+                seed: int, lam: float, flags: Sequence[str] = ()) -> Record:
     lo, hi = wilson_interval(counts.correct, counts.n)
+    spec = cell.attack
     return Record(
         model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
-        corruption=cell.corruption, severity=cell.severity, attack="none", attack_source="", norm="none",
-        eps=math.nan, steps=0, restarts=0, lambda_mode=setting.mode, lambda_=lam, lambda_std=counts.lambda_std, n=counts.n, correct=counts.correct,
+        corruption=cell.corruption, severity=cell.severity, attack=spec.name if spec else "none",
+        attack_source=cell.source, norm=spec.norm if spec else "none", eps=spec.eps if spec else math.nan,
+        steps=spec.steps if spec else 0, restarts=spec.restarts if spec else 0, lambda_mode=setting.mode, lambda_=lam, lambda_std=counts.lambda_std, n=counts.n, correct=counts.correct,
         accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
-        residual_mean=counts.residual_mean, flags="", seconds=counts.seconds, seed=seed,
+        residual_mean=counts.residual_mean, flags=";".join(flags), seconds=counts.seconds, seed=seed,
         robustlab_version=__version__)
 
 
-def evaluate_setting(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,
-                     progress: ProgressFactory, label: str) -> tuple[Counts, float]:
-    """Counts of one model on one cell's images under one lambda setting, and the lambda to report."""
+@contextmanager
+def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,
+               attacked: bool) -> Iterator[tuple[nn.Module, float | None]]:
+    """The module to evaluate under a lambda setting, and the lambda to report (None: read per batch).
+
+    Per-image selection, and any selection under attack (the attack must see the whole pipeline), run through
+    AdaptiveLambda, which selects on every batch it is given; per-set selection on clean data picks one lambda
+    from the whole cell first, as in the paper.
+    """
     from robustlab.adaptive import AdaptiveLambda, select_for_set
-    top5 = data.num_classes > 5
-    total = len(data) if info.n is None else min(info.n, len(data))
-    steps = math.ceil(total / info.batch_size)
-    batches = lambda: progress(checked_batches(data, info.batch_size, info.n), total=steps, desc=label)  # noqa: E731
     if setting.mode == "n.a.":
-        return count_correct(model, batches(), info.device, top5=top5), math.nan
-    if setting.mode == "adaptive-image":
-        counts = count_correct(AdaptiveLambda(model, setting.calibration, per_image=True), batches(), info.device,
-                               top5=top5)
-        return counts, counts.lambda_mean
-    layer = setting.calibration.layer if setting.calibration is not None else 0
-    csc = csc_layers(model)[layer]
+        yield model, math.nan
+        return
+    if setting.mode == "adaptive-image" or (setting.mode == "adaptive-set" and attacked):
+        yield AdaptiveLambda(model, setting.calibration, per_image=setting.mode == "adaptive-image"), None
+        return
+    csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     saved = csc.lmbda
-    if setting.mode == "adaptive-set":
-        with torch.inference_mode():
-            csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, info.n), setting.calibration,
-                                       info.device)
-    elif setting.value is not None:
-        csc.lmbda = setting.value
     try:
-        lam = float(csc.lmbda)
-        return count_correct(model, batches(), info.device, top5=top5), lam
+        if setting.mode == "adaptive-set":
+            with torch.inference_mode():
+                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, info.n),
+                                           setting.calibration, info.device)
+        elif setting.value is not None:
+            csc.lmbda = setting.value
+        yield model, float(csc.lmbda)
     finally:
         csc.lmbda = saved
 
 
+def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], spec: Any,
+                 info: RunInfo, *, source: nn.Module | None = None, save: Path | None = None) -> Counts:
+    """Images still correctly classified (clean and adversarial) under an attack crafted on `source` (transfer)
+    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics."""
+    from robustlab.attacks import attack_batch, transfer_batch
+    start_time = time.perf_counter()
+    first_csc = (csc_layers(model) or [None])[0]
+    n, robust, residual, lambdas, saved = 0, 0, 0.0, [], []
+    for images, labels in batches:
+        x, y = to_pixels(images, info.device), labels.to(info.device)
+        seed = info.seed + n  # per batch, from the index of its first image
+        if source is None:
+            out = attack_batch(model, x, y, spec, seed=seed)
+        else:
+            out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed)["target"]
+        robust += int(out.robust.sum())
+        if first_csc is not None and first_csc.residual is not None:
+            residual += float(first_csc.residual.double().sum())
+        if getattr(model, "last_lambdas", None) is not None:
+            lambdas.append(model.last_lambdas.double().cpu())
+        if save is not None:
+            saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
+        n += len(labels)
+    if save is not None and saved:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(save, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
+                            labels=np.concatenate([b for _, b, _ in saved]),
+                            robust=np.concatenate([c for _, _, c in saved]), eps=spec.eps, norm=spec.norm)
+    chosen = torch.cat(lambdas) if lambdas else None
+    return Counts(n=n, correct=robust, top5_correct=None,
+                  residual_mean=residual / n if first_csc is not None and n else math.nan,
+                  seconds=time.perf_counter() - start_time,
+                  lambda_mean=float(chosen.mean()) if chosen is not None else math.nan,
+                  lambda_std=float(chosen.std(unbiased=False)) if chosen is not None else math.nan)
+
+
 def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],
-              info: RunInfo, store: ResultStore, progress: ProgressFactory) -> list[Record]:
+              info: RunInfo, store: ResultStore, progress: ProgressFactory, *,
+              sources: dict[str, RobustModel] | None = None, log: Callable[[str], None] = lambda _: None
+              ) -> list[Record]:
     """Evaluate every (cell, model, lambda setting), appending each record to the store the moment it is done.
 
     Models are evaluated cell by cell, so a generated corruption is produced once and then read from its cache.
+    Before a model's first white-box attack, the gradient-masking diagnostics run on its first batch; their
+    flags go on every attack row of that model and setting.
     """
     records = []
+    diagnosed: dict[tuple[str, LambdaSetting], list[str]] = {}
     for cell in cells:
         data = cell_data(cell)
+        total = len(data) if info.n is None else min(info.n, len(data))
         for plan in plans:
             check_compatible(plan.model, data)
             for setting in plan.settings:
                 torch.manual_seed(info.seed)
-                label = " ".join(str(p) for p in (plan.model.name, cell.corruption if cell.corruption != "none" else "",
-                                                  setting.mode if setting.mode != "fixed" else "") if p)
-                counts, lam = evaluate_setting(plan.model, data, setting, info, progress, label)
-                record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info.seed, lam)
+                parts = (plan.model.name, cell.corruption if cell.corruption != "none" else "",
+                         f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
+                         setting.mode if setting.mode != "fixed" else "")
+                batches = progress(checked_batches(data, info.batch_size, info.n),
+                                   total=math.ceil(total / info.batch_size), desc=" ".join(p for p in parts if p))
+                flags: list[str] = []
+                with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
+                    if cell.attack is None:
+                        counts = count_correct(module, batches, info.device, top5=data.num_classes > 5)
+                    else:
+                        key = (plan.model.name, setting)
+                        if key not in diagnosed:
+                            diagnosed[key] = diagnose(module, data, info, log) if info.diagnostics else []
+                        flags = diagnosed[key] + (["bpda_selection"] if setting.mode.startswith("adaptive") else [])
+                        save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
+                                                                                                 setting)
+                        counts = count_robust(module, batches, cell.attack, info, save=save,
+                                              source=sources[cell.source] if cell.source else None)
+                record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info.seed,
+                                     counts.lambda_mean if lam is None else lam, flags)
                 store.append(record)
                 records.append(record)
     return records
+
+
+DIAGNOSTIC_IMAGES = 64
+
+
+def diagnose(module: nn.Module, data: ImageSet, info: RunInfo, log: Callable[[str], None]) -> list[str]:
+    """Gradient-masking flags of a model on (up to) its first 64 images; warnings go to `log`."""
+    from robustlab.attacks import run_diagnostics
+    images, labels = next(iter(checked_batches(data, DIAGNOSTIC_IMAGES, DIAGNOSTIC_IMAGES)))
+    flags, warnings = run_diagnostics(module, to_pixels(images, info.device), labels.to(info.device), seed=info.seed)
+    for w in warnings:
+        log(f"warning: {getattr(module, 'name', 'model')}: {w}")
+    return [name for name, raised in flags.items() if raised]
+
+
+def adv_file_name(model: RobustModel, cell: Cell, setting: LambdaSetting) -> str:
+    src = f"-from-{cell.source}" if cell.source else ""
+    return f"{model.name}-{setting.mode}-{cell.attack.name}-{cell.attack.norm}-eps{cell.attack.eps:.6f}{src}.npz"

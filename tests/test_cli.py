@@ -99,8 +99,15 @@ def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert set(df["model"]) == {"sdnet18-digits", "resnet18-digits"}
-    assert len(df) == 2 * (1 + 75) and (df["n"] == 24).all()
+    # resnet: clean + 75 corruption cells + 2 PGD eps; sdnet: the same at fixed lambda and with Algorithm 1
+    assert len(df) == 3 * (1 + 75 + 2) and (df["n"] == 24).all()
+    attacked = df[df["attack"] == "pgd-linf"]
+    assert sorted(attacked["eps"].unique()) == pytest.approx([1 / 255, 2 / 255])
+    assert (attacked[attacked["lambda_mode"] == "adaptive-set"]["flags"].str.contains("bpda_selection")).all()
+    assert set(df[df["model"] == "sdnet18-digits"]["lambda_mode"]) == {"fixed", "adaptive-set"}
     assert df[df["corruption"] == "none"]["accuracy"].min() > 0.9
+    assert (tmp_path / "demo" / "calibration.json").is_file()
+    assert (tmp_path / "demo" / "figures" / "lambda-residual.png").is_file()
     assert "mean_corruption_accuracy" in printed and "resnet18-digits" in printed
 
 

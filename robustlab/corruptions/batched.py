@@ -8,6 +8,7 @@ published generators do. Written from the formulas of Hendrycks & Dietterich's b
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -91,22 +92,6 @@ def defocus_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.T
 
 
 def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list[tuple[int, int, float]]:
-    """(dy, dx, weight) of the Gaussian-weighted taps along a line at `angle` degrees: out[h, w] += weight * x[h - dy, w - dx]."""
-    width = 2 * radius + 1
-    taps = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
-    taps /= taps.sum()
-    py, px = width * math.sin(math.radians(angle)), width * math.cos(math.radians(angle))
-    hyp = math.hypot(py, px)
-    out = []
-    for i, weight in enumerate(taps):
-        dy, dx = -math.ceil(i * py / hyp - 0.5), -math.ceil(i * px / hyp - 0.5)
-        if abs(dy) >= max_shift or abs(dx) >= max_shift:
-            break  # the motion left the image
-        out.append((dy, dx, float(weight)))
-    return out
-
-
-def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list[tuple[int, int, float]]:
     """(dy, dx, weight) of the motion blur: Gaussian weights along a line at `angle` degrees, where
     out[h, w] = sum weight * x[h - dy, w - dx] with edges replicated; taps stop where the motion leaves the image."""
     width = 2 * radius + 1
@@ -121,14 +106,6 @@ def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list
             break
         taps.append((dy, dx, float(weight)))
     return taps
-
-
-def motion_kernel(taps: list[tuple[int, int, float]], size: int) -> np.ndarray:
-    """The taps as a (2 size + 1)^2 correlation kernel."""
-    kernel = np.zeros((2 * size + 1, 2 * size + 1))
-    for dy, dx, weight in taps:
-        kernel[size - dy, size - dx] += weight
-    return kernel
 
 
 def motion_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
@@ -191,6 +168,7 @@ def contrast(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     return ((x - means) * c + means).clamp_(0, 1) * 255
 
 
+@lru_cache(maxsize=64)
 def box_weights(in_size: int, out_size: int) -> torch.Tensor:
     """PIL's BOX resampling coefficients as an (out, in) matrix."""
     scale = in_size / out_size

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def save(fig: "plt.Figure", stem: str | Path) -> list[Path]:
     """Write stem.png and stem.svg; returns the paths."""
     stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
         fig.savefig(p, dpi=150, bbox_inches="tight")

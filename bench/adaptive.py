@@ -1,0 +1,97 @@
+"""Cost of Algorithm 1 at test time: adaptive-lambda evaluation relative to a fixed-lambda one, and its speed-up
+over the naive alternative of running the whole network at every grid lambda.
+
+    python bench/adaptive.py [--device cpu|cuda] [--n 512] [--batch-size 128] [--repeats 3] [--width 1.0]
+
+SDNet-18 (CIFAR input, random weights; cost does not depend on the weights), a 14-point grid. All variants
+run on the same images in one process, alternating, median of the repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robustlab.adaptive import AdaptiveLambda, Calibration, Fit, OFFICIAL_GRID, select_for_set  # noqa: E402
+from robustlab.data import ArrayImageSet  # noqa: E402
+from robustlab.models import ModelConfig, RobustModel, build_net, csc_layer  # noqa: E402
+from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from robustlab.runner import checked_batches, count_correct, resolve_device  # noqa: E402
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--width", type=float, default=1.0)
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    cfg = ModelConfig(arch="sdnet18", num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
+                      arch_kwargs={"width": args.width})
+    torch.manual_seed(0)
+    model = RobustModel(build_net(cfg), cfg).to(device).eval()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.n, 32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
+    labels = torch.randint(0, 10, (args.n,), generator=gen).numpy()
+    data = ArrayImageSet(images, labels, name="cifar10", split="test", num_classes=10)
+    grid = list(OFFICIAL_GRID)
+    calib = Calibration(checkpoint_sha256="", arch="sdnet18", layer=0, noise="gaussian", grid=grid, levels=[],
+                        sweep=[{}], points=[{}], fit=Fit(1e-4, 0.1, 1.0), calibration_split="", n=0, seed=0)
+    csc = csc_layer(model)
+    batches = lambda: checked_batches(data, args.batch_size, None)  # noqa: E731
+
+    def fixed() -> None:
+        csc.lmbda = 0.1
+        count_correct(model, batches(), device, top5=True)
+
+    def adaptive_set() -> None:
+        with torch.inference_mode():
+            csc.lmbda = select_for_set(model, batches(), calib, device)
+        count_correct(model, batches(), device, top5=True)
+        csc.lmbda = 0.1
+
+    def adaptive_image() -> None:
+        count_correct(AdaptiveLambda(model, calib, per_image=True), batches(), device, top5=True)
+
+    def every_lambda() -> None:  # the naive way: the whole network once per grid lambda
+        for lam in grid:
+            csc.lmbda = lam
+            count_correct(model, batches(), device, top5=True)
+        csc.lmbda = 0.1
+
+    variants = {"fixed lambda": fixed, "adaptive, per set": adaptive_set, "adaptive, per image": adaptive_image,
+                "whole network x 14 lambdas": every_lambda}
+    fixed()  # warm-up (and the CSC step size)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {where}; SDNet-18 width {args.width}; {args.n} images, batch {args.batch_size}; "
+          f"grid of {len(grid)}; median of {args.repeats}")
+    print(f"{'variant':28s} {'seconds':>8s} {'img/s':>8s} {'vs fixed':>9s}")
+    for name, t in med.items():
+        print(f"{name:28s} {t:8.3f} {args.n / t:8.1f} {t / med['fixed lambda']:9.3f}")
+    for name in ("adaptive, per set", "adaptive, per image"):
+        print(f"{name}: {med['whole network x 14 lambdas'] / med[name]:.2f}x faster than the whole network per lambda")
+
+
+if __name__ == "__main__":
+    main()
