@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from robustlab.errors import RobustlabError
 
@@ -25,6 +25,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line too (the usage is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _severities(text: str) -> list[int]:
@@ -231,9 +238,9 @@ def _arguments(args: argparse.Namespace) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from robustlab import __version__
-    parser = argparse.ArgumentParser(prog="robustlab", description="Robustness evaluation of image classifiers.")
+    parser = _Parser(prog="robustlab", description="Robustness evaluation of image classifiers.")
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt, epilog="""examples:

@@ -1,0 +1,75 @@
+"""`robustlab eval --attack ...`: attack rows, eps sweeps, transfer, saved adversarial examples, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from robustlab.cli import main
+
+
+def run_cli(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+BASE = ["eval", "--dataset", "digits", "--n", 32, "--batch-size", 16, "--quiet"]
+
+
+def test_pgd_sweep_rows_and_saved_examples(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(*BASE, "--ckpt", "zoo:resnet18-digits", "--attack", "pgd-linf", "--eps", "2/255,0.1", "--steps", 5,
+                   "--save-adv", "--out", out) == 0
+    df = pd.read_csv(out / "results.csv")
+    clean, attacked = df[df["attack"] == "none"].iloc[0], df[df["attack"] == "pgd-linf"]
+    assert list(attacked["eps"]) == pytest.approx([2 / 255, 0.1])
+    assert (attacked["norm"] == "Linf").all() and (attacked["steps"] == 5).all() and (attacked["restarts"] == 1).all()
+    assert (attacked["correct"] <= clean["correct"]).all()
+    assert attacked["accuracy"].iloc[1] < attacked["accuracy"].iloc[0], "eps 0.1 must hurt more than 2/255"
+    assert attacked["flags"].isna().all(), "a plain ResNet shows no gradient masking"
+    saved = np.load(out / "adversarial" / "resnet18-digits-n.a.-pgd-linf-Linf-eps0.100000.npz")
+    from robustlab.data import load_dataset
+    clean_x = load_dataset("digits").images[:32].transpose(0, 3, 1, 2) / 255.0
+    assert saved["adversarial"].shape == (32, 3, 32, 32)
+    assert np.abs(saved["adversarial"] - clean_x).max() <= 0.1 + 1e-6
+    assert saved["adversarial"].min() >= 0 and saved["adversarial"].max() <= 1
+    assert int(saved["robust"].sum()) == attacked["correct"].iloc[1]
+
+
+def test_same_seed_same_robust_accuracy(tmp_path):
+    rows = []
+    for i in range(2):
+        out = tmp_path / f"r{i}"
+        assert run_cli(*BASE, "--ckpt", "zoo:sdnet18-digits", "--attack", "pgd-linf", "--eps", "0.05", "--steps", 3,
+                       "--skip-diagnostics", "--out", out) == 0
+        rows.append(pd.read_csv(out / "results.csv").iloc[1])
+    assert rows[0]["correct"] == rows[1]["correct"]
+
+
+def test_transfer_rows_name_their_source(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(*BASE, "--ckpt", "zoo:resnet18-digits", "--attack", "pgd-linf", "--eps", "0.1", "--steps", 5,
+                   "--transfer-from", "zoo:sdnet18-digits", "--skip-diagnostics", "--out", out) == 0
+    df = pd.read_csv(out / "results.csv")
+    row = df[df["attack"] == "pgd-linf"].iloc[0]
+    assert row["attack_source"] == "sdnet18-digits" and row["model"] == "resnet18-digits"
+    assert row["correct"] <= df.iloc[0]["correct"]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--attack", "pgd-linf", "--eps=-8/255"], "negative"),
+    (["--attack", "pgd-linf", "--eps", "nan"], "nan"),
+    (["--attack", "pgd-linf", "--eps", "-8/255"], "expected one argument"),
+    (["--attack", "pgd-linf", "--eps", "8/255", "--steps", "0"], "at least 1"),
+    (["--attack", "pgd", "--eps", "8/255"], "unknown attack 'pgd'"),
+    (["--attack", "fgsm", "--eps", "0.5", "--norm", "L2"], "L2"),
+    (["--attack", "pgd-linf"], "needs --eps"),
+    (["--eps", "8/255"], "need --attack"),
+])
+def test_bad_attack_input(tmp_path, capsys, args, expected):
+    try:
+        code = run_cli(*BASE, "--ckpt", "zoo:resnet18-digits", *args, "--out", tmp_path / "run")
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and expected.lower() in err.lower(), err
+    assert not (tmp_path / "run").exists()
