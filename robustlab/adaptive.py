@@ -233,6 +233,7 @@ class AdaptiveLambda(nn.Module):
         self.model, self.calib, self.per_image = model, calib, per_image
         self.config, self.name = model.config, model.name
         self.last_lambdas: torch.Tensor | None = None
+        self.train(model.training)  # a wrapper of an eval-mode model is in eval mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

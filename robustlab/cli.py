@@ -173,6 +173,24 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from robustlab.reports.report import build_report
+    files = build_report([Path(d) for d in args.runs], Path(args.out), baseline=args.baseline)
+    if args.json:
+        print(json.dumps({"markdown": str(files.markdown), "html": str(files.html),
+                          "figures": [str(f) for f in files.figures], "warnings": files.warnings}, indent=2))
+        return 0
+    for w in files.warnings:
+        print(f"robustlab: warning: {w}", file=sys.stderr)
+    print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files")
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from robustlab.regress import regress
+    return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     from robustlab.reports.metrics import corruption_summary, read_results
     df = read_results(args.results)
@@ -358,6 +376,28 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--alexnet", action="store_true", help="also ImageNet-C mCE normalized by AlexNet's errors")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("report", help="compare runs: Markdown and HTML tables, PNG/SVG figures", formatter_class=fmt,
+                       epilog="""examples:
+  robustlab report runs/sdnet runs/resnet --baseline resnet18 --out reports/cmp
+  robustlab report runs/demo-20261122-1200 --out /tmp/demo-report   # then open /tmp/demo-report/report.html""")
+    p.add_argument("runs", nargs="+", help="run directories (or results.csv files)")
+    p.add_argument("--baseline", help="model (variant) whose errors normalize CE / mCE")
+    p.add_argument("--out", required=True, help="directory for report.md, report.html and figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("regress", help="CI gate: fail on a significant drop of any cell's accuracy",
+                       formatter_class=fmt, epilog="""examples:
+  robustlab regress reports/baseline.csv runs/ci/results.csv
+  robustlab regress base.csv new.csv --max-drop 2 --alpha 0.01
+exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (two-proportion z-test);
+exit 1: some did (listed); exit 2: a baseline cell is missing or the files' schemas differ""")
+    p.add_argument("baseline", help="baseline results.csv (or run directory)")
+    p.add_argument("current", help="current results.csv (or run directory)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a cell may lose (default 1.0)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.set_defaults(func=cmd_regress)
 
     p = sub.add_parser("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
                        epilog="example: robustlab list models")

@@ -262,13 +262,15 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
 
 
 DIAGNOSTIC_IMAGES = 64
+DIAGNOSTIC_QUERIES = 100  # Square's budget in the black-box check: if even this beats PGD, gradients mislead
 
 
 def diagnose(module: nn.Module, data: ImageSet, info: RunInfo, log: Callable[[str], None]) -> list[str]:
     """Gradient-masking flags of a model on (up to) its first 64 images; warnings go to `log`."""
     from robustlab.attacks import run_diagnostics
     images, labels = next(iter(checked_batches(data, DIAGNOSTIC_IMAGES, DIAGNOSTIC_IMAGES)))
-    flags, warnings = run_diagnostics(module, to_pixels(images, info.device), labels.to(info.device), seed=info.seed)
+    flags, warnings = run_diagnostics(module, to_pixels(images, info.device), labels.to(info.device), seed=info.seed,
+                                      queries=DIAGNOSTIC_QUERIES)
     for w in warnings:
         log(f"warning: {getattr(module, 'name', 'model')}: {w}")
     return [name for name, raised in flags.items() if raised]

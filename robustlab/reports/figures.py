@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def save(fig: "plt.Figure", stem: str | Path) -> list[Path]:
@@ -37,4 +38,31 @@ def lambda_residual_figure(calib, stem: str | Path) -> list[Path]:
     ax.set_ylabel("lambda")
     ax.set_title(f"Algorithm 1 calibration ({calib.arch})")
     ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def fixed_vs_adaptive_figure(df: pd.DataFrame, stem: str | Path, corruptions: list[str]) -> list[Path]:
+    """Accuracy per severity (one panel per corruption) and per attack eps, a line per lambda mode, Wilson CIs."""
+    modes = [m for m in ("fixed", "adaptive-set", "adaptive-image") if m in set(df["lambda_mode"])]
+    attacked = df[df["attack"] != "none"]
+    panels = corruptions + (["attack"] if len(attacked) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), sharey=True, squeeze=False)
+    clean = df[(df["corruption"] == "none") & (df["attack"] == "none")]
+    for ax, panel in zip(axes[0], panels):
+        for mode in modes:
+            if panel == "attack":
+                rows = attacked[attacked["lambda_mode"] == mode].sort_values("eps")
+            else:
+                rows = df[(df["corruption"] == panel) & (df["lambda_mode"] == mode)].sort_values("severity")
+            # severity 0 / eps 0 is the clean accuracy
+            rows = pd.concat([clean[clean["lambda_mode"] == mode].assign(severity=0, eps=0.0), rows])
+            x = (rows["eps"] * 255) if panel == "attack" else rows["severity"]
+            acc = rows["accuracy"] * 100
+            err = [acc - rows["ci_low"] * 100, rows["ci_high"] * 100 - acc]
+            ax.errorbar(x, acc, yerr=err, marker="o", ms=3, capsize=2, label=mode)
+        ax.set_title(panel.replace("_", " ") if panel != "attack" else "PGD-10 Linf")
+        ax.set_xlabel("eps x 255" if panel == "attack" else "severity (0 = clean)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 accuracy (%)")
+    axes[0][-1].legend(fontsize=8)
     return save(fig, stem)

@@ -1,0 +1,152 @@
+"""robustlab regress: cell matching, the one-sided pooled two-proportion z-test (checked against scipy), the
+max-drop margin, exit codes and bad input."""
+from __future__ import annotations
+
+import io
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from robustlab.errors import RobustlabError
+from robustlab.regress import compare, drop_test, exit_code, format_table, read_results_csv, regress
+from robustlab.results import COLUMNS, SCHEMA_VERSION
+from tests.test_report import row
+
+
+def frame(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=COLUMNS)
+
+
+def clean(model: str = "m", n: int = 1000, correct: int = 900, **kw) -> dict:
+    return row(model, mode=kw.pop("mode", "n.a."), n=n, correct=correct, **kw)
+
+
+def pgd(model: str = "m", n: int = 1000, correct: int = 500, eps: float = 8 / 255, **kw) -> dict:
+    return row(model, attack="pgd-linf", norm="Linf", eps=eps, steps=10, mode=kw.pop("mode", "n.a."), n=n,
+               correct=correct, **kw)
+
+
+def scipy_one_sided(bc: int, bn: int, cc: int, cn: int) -> tuple[float, float]:
+    """Reference: the 2x2 chi-square test without continuity correction is the square of the pooled z-test;
+    halving its two-sided p-value gives the one-sided one in the direction of the observed difference."""
+    chi2, p, _, _ = stats.chi2_contingency([[bc, bn - bc], [cc, cn - cc]], correction=False)
+    z = math.copysign(math.sqrt(chi2), bc / bn - cc / cn)
+    return z, p / 2 if z > 0 else 1 - p / 2
+
+
+@pytest.mark.parametrize("bc,bn,cc,cn", [(900, 1000, 850, 1000), (18, 20, 16, 20), (9500, 10000, 9450, 10000),
+                                         (70, 100, 75, 100), (412, 500, 3900, 5000), (1, 3, 0, 4)])
+def test_z_test_matches_scipy(bc, bn, cc, cn):
+    z, p = drop_test(bc, bn, cc, cn)
+    z_ref, p_ref = scipy_one_sided(bc, bn, cc, cn)
+    assert z == pytest.approx(z_ref, rel=1e-9, abs=1e-12)
+    assert p == pytest.approx(p_ref, rel=1e-9, abs=1e-15)
+    assert p == pytest.approx(stats.norm.sf(z), rel=1e-12)
+
+
+def test_z_test_edge_cases():
+    assert drop_test(10, 10, 10, 10) == (0.0, 1.0)  # no variation: no evidence of a drop
+    assert drop_test(0, 10, 0, 10) == (0.0, 1.0)
+    z, p = drop_test(5, 10, 0, 0)
+    assert math.isnan(z) and math.isnan(p)
+
+
+def test_large_significant_drop_fails():
+    result = compare(frame(clean(), pgd()), frame(clean(correct=850), pgd(correct=500)), max_drop=1.0)
+    assert exit_code(result) == 1 and result.failed
+    bad = result.regressions
+    assert len(bad) == 1 and bad.iloc[0]["attack"] == "none" and bad.iloc[0]["drop"] == pytest.approx(5.0)
+    assert bad.iloc[0]["p_value"] == pytest.approx(scipy_one_sided(900, 1000, 850, 1000)[1])
+    table = format_table(result)
+    assert "FAIL" in table and "pgd-linf" in table and table.count("\n") >= 4
+
+
+def test_large_drop_on_tiny_n_is_noise():
+    result = compare(frame(clean(n=20, correct=18)), frame(clean(n=20, correct=16)), max_drop=1.0)
+    cell = result.cells.iloc[0]
+    assert cell["drop"] == pytest.approx(10.0) and cell["p_value"] > 0.05
+    assert exit_code(result) == 0 and cell["verdict"] == "ok (drop within noise)"
+
+
+def test_small_significant_drop_under_max_drop_passes():
+    result = compare(frame(clean(n=100000, correct=95000)), frame(clean(n=100000, correct=94500)), max_drop=1.0)
+    cell = result.cells.iloc[0]
+    assert cell["drop"] == pytest.approx(0.5) and cell["p_value"] < 1e-6
+    assert exit_code(result) == 0 and cell["verdict"] == "ok (drop within max-drop)"
+    # the same drop fails with a tighter margin
+    assert exit_code(compare(frame(clean(n=100000, correct=95000)), frame(clean(n=100000, correct=94500)),
+                             max_drop=0.25)) == 1
+
+
+def test_improvement_and_boundary_pass():
+    assert exit_code(compare(frame(clean(correct=800)), frame(clean(correct=900)))) == 0
+    # a drop of exactly max_drop points is not "larger than" it
+    assert exit_code(compare(frame(clean(n=100000, correct=95000)), frame(clean(n=100000, correct=94000)),
+                             max_drop=1.0)) == 0
+
+
+def test_alpha_is_respected():
+    base, cur = frame(clean(n=400, correct=360)), frame(clean(n=400, correct=343))  # p about 0.033
+    p = compare(base, cur).cells.iloc[0]["p_value"]
+    assert 0.01 < p < 0.05
+    assert exit_code(compare(base, cur, alpha=0.05)) == 1 and exit_code(compare(base, cur, alpha=0.01)) == 0
+
+
+def test_matching_by_cell_key():
+    base = frame(clean(), pgd(eps=2 / 255, correct=700), pgd(eps=8 / 255, correct=300),
+                 clean("s", mode="fixed", lam=0.1), clean("s", mode="adaptive-set", lam=0.2))
+    cur = frame(pgd(eps=8 / 255, correct=300), clean("s", mode="adaptive-set", lam=0.35),  # adaptive: any lambda
+                clean("s", mode="fixed", lam=0.1), pgd(eps=2 / 255, correct=700), clean(),
+                clean("s", mode="fixed", lam=0.2), pgd("other"))  # new cells are not tested
+    result = compare(base, cur)
+    assert len(result.cells) == 5 and result.new_cells == 2 and exit_code(result) == 0
+    assert "2 new cells" in format_table(result)
+    with pytest.raises(RobustlabError, match="cell missing"):
+        compare(frame(clean("s", mode="fixed", lam=0.1)), frame(clean("s", mode="fixed", lam=0.2)))
+
+
+def test_missing_cell_raises():
+    with pytest.raises(RobustlabError, match=r"cell missing from the current results: model=m.*attack=pgd-linf"):
+        compare(frame(clean(), pgd()), frame(clean()))
+
+
+def test_schema_mismatch_raises():
+    base = frame(clean())
+    with pytest.raises(RobustlabError, match="different columns.*only in baseline: flags"):
+        compare(base, base.drop(columns="flags"))
+    newer = base.assign(schema_version=SCHEMA_VERSION + 1)
+    with pytest.raises(RobustlabError, match="schema_version"):
+        compare(base, newer)
+    with pytest.raises(RobustlabError, match="lack the columns"):
+        compare(base.drop(columns="correct"), base.drop(columns="correct"))
+
+
+def test_bad_arguments_and_duplicates_raise():
+    base = frame(clean())
+    with pytest.raises(RobustlabError, match="alpha"):
+        compare(base, base, alpha=1.5)
+    with pytest.raises(RobustlabError, match="max_drop"):
+        compare(base, base, max_drop=-1)
+    with pytest.raises(RobustlabError, match="repeated cells"):
+        compare(base, frame(clean(), clean()))
+
+
+def test_csv_round_trip_and_exit_code(tmp_path):
+    base_rows = [clean(), pgd(), clean("s", mode="fixed", lam=0.1, corruption="fog", severity=3),
+                 row("t", attack="square", source="m", norm="Linf", eps=8 / 255, steps=100, mode="n.a.")]
+    frame(*base_rows).to_csv(tmp_path / "baseline.csv", index=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    frame(*base_rows).to_csv(run / "results.csv", index=False)
+    out = io.StringIO()
+    assert regress(tmp_path / "baseline.csv", run, stream=out) == 0  # a run directory works too
+    text = out.getvalue()
+    assert text.count(" ok") == 4 and "PASS: 4 cells compared, 0 regressed" in text
+    assert "from m" in text and "fog s3" in text
+    worse = [clean(correct=800), *base_rows[1:]]
+    frame(*worse).to_csv(tmp_path / "current.csv", index=False)
+    assert regress(tmp_path / "baseline.csv", tmp_path / "current.csv", stream=io.StringIO()) == 1
+    with pytest.raises(RobustlabError, match="not a results.csv"):
+        read_results_csv(tmp_path / "nope.csv")
