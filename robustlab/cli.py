@@ -60,7 +60,7 @@ def _print_records(records: list, as_json: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.evaluate import evaluate
-    run, records = evaluate([args.ckpt], dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, n=args.n,
+    run, records = evaluate(_comma(args.ckpt), dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, n=args.n,
                             batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
                             quiet=args.quiet, arguments=_arguments(args), corruptions=args.corruptions,
                             severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
   robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --steps 1000 \
       --transfer-from zoo:sdnet18-digits""")
-    p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME")
+    p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
+                                                 "evaluates several models on the same cells")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or digits")
     p.add_argument("--data-dir", help="where the dataset lies on disk (not needed for digits)")
