@@ -200,6 +200,15 @@ def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | t
 
 def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:
     """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights."""
+    from robustlab.models.csc import Dictionary
+    if not all(d.is_current() for d in model.modules() if isinstance(d, Dictionary)):
+        # the stored CSC step sizes must belong to these weights (loading trusts them): compute them at the
+        # model's input size with one forward
+        size = model.config.input_size
+        training = model.training
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, len(model.config.mean), size, size, device=next(model.parameters()).device))
+        model.train(training)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()}, **extra}
     path = Path(path)

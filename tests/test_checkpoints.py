@@ -156,3 +156,13 @@ def test_robustbench_names_are_checked_and_never_downloaded(tmp_path, monkeypatc
         robustlab.load_model("robustbench:Standard")
     with pytest.raises(RobustlabError, match="did you mean"):
         robustlab.load_model("robustbench:Standrd")
+
+
+def test_saved_step_sizes_belong_to_the_saved_weights(tmp_path):
+    from robustlab.models.csc import largest_eigenvalue
+    from tests.conftest import tiny_model
+    model = tiny_model("sdnet18")  # never run: its step_size buffer is still the placeholder
+    robustlab.save_checkpoint(model, tmp_path / "m.pt")
+    layer = robustlab.models.csc_layer(robustlab.load_model(tmp_path / "m.pt"))
+    expected = 0.9 / largest_eigenvalue(layer.dn.atoms().detach(), (3, 32, 32), stride=1, padding=1)
+    assert float(layer.dn.step_size) == pytest.approx(expected, rel=1e-6)

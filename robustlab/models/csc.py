@@ -67,6 +67,10 @@ class Dictionary(nn.Module):
         norms = self.weight.flatten(1).norm(dim=1).clamp_min(1e-12)
         return self.weight / norms.view(-1, 1, 1, 1)
 
+    def is_current(self) -> bool:
+        """Whether step_size belongs to the present weights (computed or loaded since the last change)."""
+        return self._valid_for is not None and self._valid_for[0] == self.weight._version
+
     def step(self, atoms: torch.Tensor, in_shape: tuple[int, int, int]) -> float:
         """0.9 / L as a Python number (kept beside the buffer so the forward never waits on the device)."""
         valid = self._valid_for
