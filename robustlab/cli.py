@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -187,8 +188,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from robustlab.regress import regress
-    return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
+    from robustlab.regress import compare, exit_code, read_results_csv, regress
+    if not args.json:
+        return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
+    result = compare(read_results_csv(args.baseline), read_results_csv(args.current), max_drop=args.max_drop,
+                     alpha=args.alpha)
+    print(result.cells.to_json(orient="records", indent=2))
+    return exit_code(result)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -245,6 +251,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                           [(f"attacks/{n}", "attack suite") for n in suite_names("attacks")],
     }
     rows = tables[args.what]()
+    if args.json:
+        print(json.dumps([{"name": n, "summary": s} for n, s in rows], indent=2))
+        return 0
     width = max(len(n) for n, _ in rows)
     print("\n".join(f"{n.ljust(width)}  {s}" for n, s in rows))
     return 0
@@ -398,11 +407,13 @@ exit 1: some did (listed); exit 2: a baseline cell is missing or the files' sche
     p.add_argument("current", help="current results.csv (or run directory)")
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a cell may lose (default 1.0)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--json", action="store_true", help="every matched cell as JSON instead of the table")
     p.set_defaults(func=cmd_regress)
 
     p = sub.add_parser("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
                        epilog="example: robustlab list models")
     p.add_argument("what", choices=["models", "datasets", "corruptions", "attacks", "suites", "zoo"])
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
     return parser
 
@@ -417,3 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustlab: interrupted; finished rows are in results.csv", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`robustlab ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -118,8 +118,9 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
 def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The data's batches, refusing labels outside 0..num_classes-1 at the boundary."""
     for images, labels in data.batches(batch_size, n):
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= data.num_classes):
-            raise RobustlabError(f"{data.name}: label {int(labels.max())} is outside 0..{data.num_classes - 1}; "
+        bad = labels[(labels < 0) | (labels >= data.num_classes)]
+        if len(bad):
+            raise RobustlabError(f"{data.name}: label {int(bad[0])} is outside 0..{data.num_classes - 1}; "
                                  "the labels file does not match the dataset")
         yield images, labels
 

@@ -203,3 +203,15 @@ def test_existing_run_is_never_overwritten(tmp_path, cifar10_dir, sdnet_ckpt, ca
     assert run_cli(*args) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "results.csv").read_bytes() == before
+
+
+def test_labels_out_of_range_are_refused(tmp_path, sdnet_ckpt, capsys):
+    folder = write_cifar(tmp_path / "data", n_test=6)
+    with open(folder / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    batch[b"labels"][3] = 12
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch, f)
+    assert run_cli("eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", folder, "--out",
+                   tmp_path / "run", "--quiet") == 2
+    assert "label 12 is outside 0..9" in capsys.readouterr().err
