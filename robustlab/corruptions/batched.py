@@ -30,7 +30,7 @@ def gaussian_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
 
 def shot_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     lam = (x * c).cpu().double().numpy()
-    counts = np.stack([r.poisson(l) for r, l in zip(rngs, lam)])
+    counts = np.stack([r.poisson(rate) for r, rate in zip(rngs, lam)])
     return (torch.from_numpy(counts).to(x) / c).clamp_(0, 1) * 255
 
 
