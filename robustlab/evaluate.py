@@ -62,6 +62,7 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
                  per_image: bool, lambda_sweep: str | None) -> list[ModelPlan]:
     """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused."""
     asked = lambda_value is not None or adaptive is not None or lambda_sweep is not None
+    calib = load_calibration(adaptive) if adaptive is not None else None
     plans = []
     matched = False
     for model in models:
@@ -78,13 +79,11 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
             settings = [LambdaSetting("fixed", v) for v in parse_grid(lambda_sweep, train_lambda)]
         else:
             settings = [LambdaSetting("fixed", lambda_value)]
-        if adaptive is not None:
-            calib = load_calibration(adaptive)
-            if calib.checkpoint_sha256 == sha:
-                matched = True
-                settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib))
+        if calib is not None and calib.checkpoint_sha256 == sha:
+            matched = True
+            settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib))
         plans.append(ModelPlan(model, sha, settings))
-    if adaptive is not None and not matched:
+    if calib is not None and not matched:
         load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint
     return plans
 

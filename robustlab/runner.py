@@ -82,6 +82,14 @@ class Counts:
     lambda_std: float = math.nan
 
 
+def lambda_stats(per_batch: list[torch.Tensor]) -> dict[str, float]:
+    """Mean and spread of the lambdas a per-batch-selecting model chose (NaN when it chose none)."""
+    if not per_batch:
+        return {"lambda_mean": math.nan, "lambda_std": math.nan}
+    chosen = torch.cat([t.double().cpu() for t in per_batch])
+    return {"lambda_mean": float(chosen.mean()), "lambda_std": float(chosen.std(unbiased=False))}
+
+
 def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
                   *, top5: bool) -> Counts:
     """Top-1 (and top-5) hits over batches; images with non-finite logits count as wrong."""
@@ -97,7 +105,7 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
             labels = labels.to(device, non_blocking=True)
             logits = model(to_pixels(images, device))
             if getattr(model, "last_lambdas", None) is not None:  # a model that picks lambda per batch
-                lambdas.append(model.last_lambdas.double())
+                lambdas.append(model.last_lambdas)
             finite = torch.isfinite(logits).all(dim=1)
             correct += ((logits.argmax(dim=1) == labels) & finite).sum()
             if top5:
@@ -107,12 +115,9 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
             n += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    chosen = torch.cat(lambdas) if lambdas else None
     return Counts(n=n, correct=int(correct), top5_correct=int(correct5) if top5 else None,
                   residual_mean=float(residual) / n if first_csc is not None and n else math.nan,
-                  seconds=time.perf_counter() - start,
-                  lambda_mean=float(chosen.mean()) if chosen is not None else math.nan,
-                  lambda_std=float(chosen.std(unbiased=False)) if chosen is not None else math.nan)
+                  seconds=time.perf_counter() - start, **lambda_stats(lambdas))
 
 
 def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -202,7 +207,7 @@ def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         if first_csc is not None and first_csc.residual is not None:
             residual += float(first_csc.residual.double().sum())
         if getattr(model, "last_lambdas", None) is not None:
-            lambdas.append(model.last_lambdas.double().cpu())
+            lambdas.append(model.last_lambdas)
         if save is not None:
             saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
         n += len(labels)
@@ -211,12 +216,9 @@ def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         np.savez_compressed(save, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
                             labels=np.concatenate([b for _, b, _ in saved]),
                             robust=np.concatenate([c for _, _, c in saved]), eps=spec.eps, norm=spec.norm)
-    chosen = torch.cat(lambdas) if lambdas else None
     return Counts(n=n, correct=robust, top5_correct=None,
                   residual_mean=residual / n if first_csc is not None and n else math.nan,
-                  seconds=time.perf_counter() - start_time,
-                  lambda_mean=float(chosen.mean()) if chosen is not None else math.nan,
-                  lambda_std=float(chosen.std(unbiased=False)) if chosen is not None else math.nan)
+                  seconds=time.perf_counter() - start_time, **lambda_stats(lambdas))
 
 
 def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],

@@ -27,7 +27,7 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
         raise RobustlabError(f"cannot create {out} ({e.strerror}); pass a writable --out") from None
     total = len(base) if n is None else min(n, len(base))
     h, w = base.image_size
-    labels = np.concatenate([y.numpy() for _, y in base.batches(batch_size, total)])
+    labels = base.label_array(total)
     written = []
     steps = math.ceil(total / batch_size) * len(SEVERITIES)
     for name in corruptions:

@@ -27,6 +27,10 @@ class ImageSet(ABC):
     def __len__(self) -> int: ...
 
     @abstractmethod
+    def label_array(self, n: int | None = None) -> np.ndarray:
+        """The labels of the first n images (all by default), without reading any image."""
+
+    @abstractmethod
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
         """Batches of the first n images, or of the images at `order` (a permutation, for training)."""
 
@@ -43,6 +47,9 @@ class ArrayImageSet(ImageSet):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def label_array(self, n: int | None = None) -> np.ndarray:
+        return self.labels[:n]
 
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
         stop = len(self) if n is None else min(n, len(self))

@@ -64,6 +64,9 @@ class GeneratedImageSet(ImageSet):
     def __len__(self) -> int:
         return len(self.base)
 
+    def label_array(self, n: int | None = None) -> np.ndarray:
+        return self.base.label_array(n)
+
     def _cache_path(self, n: int) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -79,8 +82,7 @@ class GeneratedImageSet(ImageSet):
         cache = self._cache_path(total)
         if cache is not None and cache.is_file():
             images = np.load(cache, mmap_mode="r")
-            labels = np.concatenate([y.numpy() for _, y in self.base.batches(batch_size, total)])
-            yield from ArrayImageSet(images, labels, name=self.name, split=self.split,
+            yield from ArrayImageSet(images, self.base.label_array(total), name=self.name, split=self.split,
                                      num_classes=self.num_classes).batches(batch_size, total)
             return
         writer = None

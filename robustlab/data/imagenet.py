@@ -57,6 +57,9 @@ class FolderImageSet(ImageSet):
     def __len__(self) -> int:
         return len(self.files)
 
+    def label_array(self, n: int | None = None) -> np.ndarray:
+        return np.array([label for _, label in self.files[:n]], dtype=np.int64)
+
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
         files = self.files if order is None else [self.files[i] for i in order]
         files = files if n is None else files[:n]
