@@ -96,20 +96,22 @@ def _report(run, records: list, as_json: bool) -> None:
     if as_json:
         return
     if any(r.corruption != "none" for r in records):
-        from robustlab.reports.metrics import corruption_summary, read_results
+        import pandas as pd
+
+        from robustlab.reports.metrics import corruption_summary
         print()
-        print(corruption_summary(read_results([str(run.path)])).to_string(index=False, float_format="%.4f"))
+        summary = corruption_summary(pd.DataFrame([r.row() for r in records]))  # the records in hand, not the file
+        print(summary.to_string(index=False, float_format="%.4f"))
     print(f"results: {run.path / 'results.csv'}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.adaptive import calibrate_checkpoint
     from robustlab.evaluate import evaluate
-    from robustlab.rundir import default_run_dir
+    from robustlab.rundir import default_run_dir, refuse_existing_run
 
     out = Path(args.out) if args.out else default_run_dir("demo")
-    if (out / "results.csv").exists():
-        raise RobustlabError(f"{out} already holds a run (results.csv); pass another --out or remove it")
+    refuse_existing_run(out)  # before the calibration writes into it
     calib_path = out / "calibration.json"
     calib, _ = calibrate_checkpoint(f"zoo:{DEMO_MODELS[0]}", dataset="digits", split="train", noise="gaussian",
                                     n=min(args.n or DEMO_CALIBRATION_IMAGES, DEMO_CALIBRATION_IMAGES),

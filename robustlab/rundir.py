@@ -23,13 +23,18 @@ def default_run_dir(label: str) -> Path:
     return Path("runs") / f"{label}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+def refuse_existing_run(path: Path) -> None:
+    """A run directory that already holds results is never written into."""
+    if (path / "results.csv").exists():
+        raise RobustlabError(f"{path} already holds a run (results.csv); pass another --out or remove it")
+
+
 class RunDir:
     """Creates the directory, refuses to mix a new run into an existing one, and keeps the manifest current."""
 
     def __init__(self, path: str | os.PathLike, *, arguments: dict[str, Any], device: torch.device) -> None:
         self.path = Path(path)
-        if (self.path / "results.csv").exists():
-            raise RobustlabError(f"{self.path} already holds a run (results.csv); pass another --out or remove it")
+        refuse_existing_run(self.path)
         try:
             (self.path / "figures").mkdir(parents=True, exist_ok=True)
         except OSError as e:
