@@ -16,6 +16,7 @@ from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
+from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 
 CALIBRATION_FORMAT = "robustlab-calibration"
@@ -78,18 +79,14 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
 def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
     """(len(grid), N) residuals of one CSC layer at every grid lambda; only that layer runs per lambda."""
     csc = csc_layer(model, layer)
-    saved, recording = csc.lmbda, csc.record_residual
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), restored(csc):
         inp = layer_input(model, csc, x)
         csc.record_residual = True
-        try:
-            for lam in grid:
-                csc.lmbda = lam
-                csc(inp)
-                out.append(csc.residual)
-        finally:
-            csc.lmbda, csc.record_residual = saved, recording
+        for lam in grid:
+            csc.lmbda = lam
+            csc(inp)
+            out.append(csc.residual)
     return torch.stack(out)
 
 
@@ -186,10 +183,9 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
           progress: ProgressFactory) -> list[dict[str, float]]:
     """Accuracy and mean residual of the CSC layer for every (noise level, grid lambda), each computed on its own."""
     csc = csc_layer(model, layer)
-    saved, recording = csc.lmbda, csc.record_residual
-    csc.record_residual = True
     rows = []
-    try:
+    with restored(csc):
+        csc.record_residual = True
         for idx, level in enumerate(progress(levels, total=len(levels), desc=f"sweep {corruption}"), start=1):
             noisy = GeneratedImageSet(base, corruption, idx, table="cifar", seed=seed, param=level)
             batches = [(to_pixels(x, device), y.to(device)) for x, y in noisy.batches(batch_size, n)]
@@ -203,8 +199,6 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
                         count += len(y)
                 rows.append({"level": float(level), "lambda": float(lam), "accuracy": correct / count,
                              "residual_mean": residual / count, "n": count})
-    finally:
-        csc.lmbda, csc.record_residual = saved, recording
     return rows
 
 
@@ -242,13 +236,9 @@ class AdaptiveLambda(nn.Module):
                 r = r.mean(dim=1, keepdim=True)
             lambdas = self.calib.select(r).expand(len(x)).contiguous().to(x.dtype)
         self.last_lambdas = lambdas
-        csc = csc_layer(self.model, self.calib.layer)
-        saved = csc.lmbda
-        csc.lmbda = lambdas
-        try:
+        with restored(csc_layer(self.model, self.calib.layer)) as csc:
+            csc.lmbda = lambdas
             return self.model(x)
-        finally:
-            csc.lmbda = saved
 
 
 def calibration_levels(noise: str) -> list[float]:

@@ -16,6 +16,7 @@ from robustlab import __version__
 from robustlab.data import ImageSet, to_pixels
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
+from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 from robustlab.results import Record, ResultStore, wilson_interval
 
@@ -175,8 +176,7 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
         yield AdaptiveLambda(model, setting.calibration, per_image=setting.mode == "adaptive-image"), None
         return
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
-    saved = csc.lmbda
-    try:
+    with restored(csc):
         if setting.mode == "adaptive-set":
             with torch.inference_mode():
                 csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, info.n),
@@ -184,8 +184,6 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
         elif setting.value is not None:
             csc.lmbda = setting.value
         yield model, float(csc.lmbda)
-    finally:
-        csc.lmbda = saved
 
 
 def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], spec: Any,

@@ -6,6 +6,8 @@ with `n_steps` unrolled FISTA iterations, exactly as design.md states the offici
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -208,6 +210,16 @@ def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None 
         csc_layer(model, 0)  # raises the "no CSC layer" message
     for m in targets:
         m.lmbda = value
+
+
+@contextmanager
+def restored(layer: CSCConv2d) -> Iterator[CSCConv2d]:
+    """Lambda and residual recording may be changed inside; both are put back on exit."""
+    saved = layer.lmbda, layer.record_residual
+    try:
+        yield layer
+    finally:
+        layer.lmbda, layer.record_residual = saved
 
 
 def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
