@@ -163,3 +163,17 @@ def test_alexnet_normalized_mce():
     assert s["alexnet_mCE"] == pytest.approx(0.5 / ALEXNET_ERROR["fog"])  # snow lacks severities 4, 5
     assert s["alexnet_relative_mCE"] == pytest.approx((0.5 - 0.3) / (ALEXNET_ERROR["fog"] - 0.4348))
     assert math.isnan(corruption_summary(df).iloc[0].get("mCE", math.nan))
+
+
+def test_generated_cache_hit_returns_the_same_images_and_labels(tmp_path):
+    from robustlab.data.corrupted import GeneratedImageSet
+    base = load_dataset("digits")
+    gen = GeneratedImageSet(base, "gaussian_noise", 2, table="cifar", seed=3, cache_dir=tmp_path)
+    first = list(gen.batches(7, 20))
+    assert len(list(tmp_path.glob("*.npy"))) == 1, "a complete pass writes the cache"
+    again = list(gen.batches(5, 20))  # read from the cache, other batch size
+    for i in (0, 1):
+        a = np.concatenate([b[i].numpy() for b in first])
+        b = np.concatenate([b[i].numpy() for b in again])
+        assert np.array_equal(a, b)
+    assert np.array_equal(np.concatenate([b[1].numpy() for b in again]), base.labels[:20])
