@@ -232,6 +232,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_rdsn(args: argparse.Namespace) -> int:
+    from robustlab.checkpoints import save_checkpoint
+    from robustlab.data import DATASETS
+    from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, fit_record
+    from robustlab.progress import progress_bars
+    from robustlab.runner import resolve_device
+
+    DATASETS.get(args.dataset)
+    cfg = RDSNConfig(dataset=args.dataset, k=args.k, depth=args.depth, kernel_size=args.kernel_size, pool=args.pool,
+                     seed=args.seed, C=args.C, knn=args.knn, batch_size=args.batch_size)
+    model, metrics = fit_rdsn(cfg, data_dir=args.data_dir, device=resolve_device(args.device),
+                              progress=progress_bars(args.quiet))
+    save_checkpoint(model, args.out, **fit_record(cfg, metrics, DATASETS.get(args.dataset).test_split))
+    if args.json:
+        print(json.dumps({"checkpoint": args.out, **metrics, **asdict(cfg)}, indent=2))
+    else:
+        print(f"{args.out}: test top-1 {100 * metrics['top1']:.2f}%, top-2 {100 * metrics['top2']:.2f}%, "
+              f"k-NN precision@{cfg.knn} {100 * metrics[f'knn_precision@{cfg.knn}']:.2f}%")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from robustlab.attacks import ATTACKS
     from robustlab.checkpoints import zoo_names
@@ -354,6 +375,26 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--out", required=True, help="checkpoint file to write")
     _add_common(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit-rdsn", help="fit a random depthwise signed network: random features + linear SVM",
+                       formatter_class=fmt, epilog="""examples:
+  robustlab fit-rdsn --dataset digits --pool avg --out rdsn-digits.pt
+  robustlab fit-rdsn --dataset cifar10 --data-dir D --k 4096 --depth 3 --out rdsn-c10.pt
+no backpropagation: the random filters come from --seed (the checkpoint stores the seed, not the filters); only
+the standardization and a linear SVM on the k features are fitted on the train split""")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--k", type=_positive_int, default=2048, help="number of random blocks = features (default 2048)")
+    p.add_argument("--depth", type=_positive_int, default=3, help="sign layers per block (default 3)")
+    p.add_argument("--kernel-size", type=_positive_int, default=3)
+    p.add_argument("--pool", choices=["none", "avg", "max"], default="none", help="2x2 pooling between layers")
+    p.add_argument("--C", type=float, default=0.01, help="linear SVM regularization (default 0.01)")
+    p.add_argument("--knn", type=_positive_int, default=10, help="k of the k-NN retrieval precision (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random filters and offsets")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    _add_common(p)
+    p.set_defaults(func=cmd_fit_rdsn)
 
     p = sub.add_parser("demo", help="the whole pipeline on built-in digits and shipped checkpoints",
                        formatter_class=fmt, epilog="example:\n  robustlab demo --out runs/demo")

@@ -1,5 +1,5 @@
 """Architectures (each module registers itself in ARCHS) and the CSC layer controls."""
-from robustlab.models import resnet, sdnet  # noqa: F401  (registration)
+from robustlab.models import rdsn, resnet, sdnet  # noqa: F401  (registration)
 from robustlab.models.csc import CSCConv2d, csc_layer, csc_layers, get_lambda, last_residual, set_lambda
 from robustlab.models.registry import ARCHS, ArchSpec, ModelConfig, RobustModel, build_net, register_arch
 

@@ -71,8 +71,11 @@ class RobustModel(nn.Module):
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net((x - self.mean) / self.std)
+        out = self.net(self.normalize(x))
         return out[0] if isinstance(out, tuple) else out  # some zoo networks return (logits, extra)
 
 
