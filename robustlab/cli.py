@@ -67,8 +67,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
                             adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep,
                             attacks=_attack_specs(args), transfer_from=_comma(args.transfer_from),
-                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv)
-    _report(run, records, args.json)
+                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv,
+                            allow_config_change=args.allow_config_change)
+    if run is not None:  # under torchrun only rank 0 reports
+        _report(run, records, args.json)
     return 0
 
 
@@ -95,6 +97,8 @@ def _report(run, records: list, as_json: bool) -> None:
     _print_records(records, as_json)
     if as_json:
         return
+    if run.resumed:
+        print(f"resumed: {run.done_before} cells were already in results.csv, {len(records)} ran now")
     if any(r.corruption != "none" for r in records):
         import pandas as pd
 
@@ -301,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
   robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --steps 1000 \
-      --transfer-from zoo:sdnet18-digits""")
+      --transfer-from zoo:sdnet18-digits
+  torchrun --nproc-per-node 4 -m robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c
+      (one process per GPU; the images are sharded, rank 0 writes; results equal a single-process run)""")
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
                                                  "evaluates several models on the same cells")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
@@ -333,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-adv", action="store_true", help="write adversarial examples (npz) to RUN_DIR/adversarial")
     p.add_argument("--skip-diagnostics", action="store_true", help="do not run the gradient-masking checks "
                                                                     "(64 images, a few extra attacks)")
-    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
+    p.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>); a directory that holds an "
+                                 "interrupted run of the same command is resumed: only its unfinished cells run")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume into --out although its run was made with other arguments (each row keeps its own)")
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 
@@ -469,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustlab: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("robustlab: interrupted; finished rows are in results.csv", file=sys.stderr)
+        print("robustlab: interrupted; every finished cell is saved in the run's results.csv: run the same command "
+              "again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`robustlab ... | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

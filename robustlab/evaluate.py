@@ -10,6 +10,7 @@ from robustlab.checkpoints import load_model, sha256_file
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.data import DATASETS, ImageSet, load_dataset
 from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
+from robustlab.distributed import init_from_env
 from robustlab.errors import RobustlabError
 from robustlab.progress import progress_bars
 from robustlab.suites import suite_names
@@ -94,10 +95,17 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
              corruptions: str | None = None, severities: Sequence[int] | None = None, c_dir: str | None = None,
              cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
              per_image: bool = False, lambda_sweep: str | None = None, attacks: Sequence[Any] = (),
-             transfer_from: Sequence[str] = (), diagnostics: bool = True,
-             save_adv: bool = False) -> tuple[RunDir, list[Record]]:
-    """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing."""
+             transfer_from: Sequence[str] = (), diagnostics: bool = True, save_adv: bool = False,
+             allow_config_change: bool = False) -> tuple[RunDir | None, list[Record]]:
+    """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing.
+
+    An `out` that holds an unfinished (or finished) run with the same arguments is resumed: only the cells not in
+    its results.csv run. Under torchrun every rank evaluates its share and only rank 0 writes (and gets the
+    RunDir; the other ranks get None)."""
+    shard, device = init_from_env(device)
     dev = resolve_device(device)
+    if save_adv and shard.world > 1:
+        raise RobustlabError("--save-adv writes every adversarial image from one process; run it without torchrun")
     DATASETS.get(dataset)
     suite = corruption_suite(corruptions, dataset=dataset, severities=severities) if corruptions else None
     data = load_dataset(dataset, data_dir)
@@ -116,8 +124,14 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     if c_dir is not None:
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
-    run = RunDir(out or default_run_dir(f"{models[0].name}-{dataset}" if len(models) == 1 else dataset),
-                 arguments=arguments or {}, device=dev)
+    if out is None:  # every rank must name the same directory
+        out = shard.broadcast(default_run_dir(f"{models[0].name}-{dataset}" if len(models) == 1 else dataset))
+    run = RunDir(out, arguments=arguments or {}, device=dev, allow_config_change=allow_config_change) \
+        if shard.main else None
+    info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics, shard=shard,
+                   save_adv=Path(out) / "adversarial" if save_adv else None)
+    if run is None:
+        return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
     if suite is not None:
         run.manifest["corruption_suite"] = {"name": suite.name, "table": suite.table, "description": suite.description,
                                             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells
@@ -127,18 +141,23 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
                                         "config": plan.model.config.to_dict()})
     if adaptive:
         run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image}
-    info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics,
-                   save_adv=run.path / "adversarial" if save_adv else None)
     if attacks:
         run.manifest["attacks"] = [vars(spec) for spec in attacks]
         run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}
-    warnings: list[str] = []
+    run.manifest["ranks"] = shard.world
+    warnings: list[str] = run.manifest.setdefault("warnings", [])
 
     def log(message: str) -> None:
         warnings.append(message)
         print(f"robustlab: {message}", file=sys.stderr)
 
-    records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet), sources=sources, log=log)
-    run.manifest["warnings"] = warnings
+    try:
+        records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet), sources=sources, log=log)
+    except KeyboardInterrupt:
+        run.finish("interrupted")
+        raise
+    except (RobustlabError, OSError) as e:
+        run.finish(f"failed: {e}")
+        raise
     run.finish()
     return run, records

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import platform
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from robustlab.errors import RobustlabError
 
@@ -72,30 +73,57 @@ class Record:
 
 
 COLUMNS = [("lambda" if f.name == "lambda_" else f.name) for f in dataclasses.fields(Record)]
+# What a row measured, as opposed to what it found: two rows with the same identity are the same cell. An adaptive
+# mode's lambda is an outcome, so only a fixed lambda is part of the identity.
+IDENTITY = ("model", "checkpoint_sha256", "dataset", "split", "corruption", "severity", "attack", "attack_source",
+            "norm", "eps", "steps", "restarts", "lambda_mode", "lambda", "n", "seed")
+
+
+def cell_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The identity of a row (a Record's row() or a row read back from results.csv) as CSV text."""
+    return tuple("" if c == "lambda" and row["lambda_mode"] != "fixed" else str(_fmt(row[c])) for c in IDENTITY)
 
 
 class ResultStore:
-    """results.csv in a run directory; every record is appended and synced to disk as soon as it exists."""
+    """results.csv in a run directory. Every record is appended as one line in one write and synced to disk as
+    soon as it exists, so a killed run loses at most the line being written; reopening drops such a torn line and
+    knows which cells are done (`done`)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f), None)
+        self.done: set[tuple[str, ...]] = set()
+        if not self.path.exists():
+            self._write_line(COLUMNS, mode="w")
+            return
+        self._drop_torn_line()
+        with open(self.path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
             if header != COLUMNS:
                 raise RobustlabError(f"{self.path} has another column layout (schema); write to a new --out")
-        else:
-            self._write_line(COLUMNS, mode="w")
+            self.done = {cell_key(dict(zip(COLUMNS, values))) for values in reader}
+
+    def _drop_torn_line(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+                os.fsync(f.fileno())
 
     def _write_line(self, values: list[Any], mode: str = "a") -> None:
-        with open(self.path, mode, newline="") as f:
-            csv.writer(f).writerow(values)
-            f.flush()
-            os.fsync(f.fileno())
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(values)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if mode == "w" else 0), 0o644)
+        try:
+            os.write(fd, buffer.getvalue().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def append(self, record: Record) -> None:
         row = record.row()
         self._write_line([_fmt(row[c]) for c in COLUMNS])
+        self.done.add(cell_key(row))
 
 
 def _fmt(value: Any) -> Any:

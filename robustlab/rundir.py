@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 from pathlib import Path
@@ -29,24 +30,58 @@ def refuse_existing_run(path: Path) -> None:
         raise RobustlabError(f"{path} already holds a run (results.csv); pass another --out or remove it")
 
 
-class RunDir:
-    """Creates the directory, refuses to mix a new run into an existing one, and keeps the manifest current."""
+# arguments that change how a run looks or where it runs, not what its rows measure
+NEUTRAL_ARGUMENTS = frozenset({"quiet", "json", "device", "out", "allow_config_change"})
 
-    def __init__(self, path: str | os.PathLike, *, arguments: dict[str, Any], device: torch.device) -> None:
+
+def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The arguments that differ between two invocations, as 'name: old -> new'."""
+    names = sorted((set(before) | set(after)) - NEUTRAL_ARGUMENTS)
+    return [f"{n}: {before.get(n)!r} -> {after.get(n)!r}" for n in names if before.get(n) != after.get(n)]
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+class RunDir:
+    """Creates the run directory, or resumes the run already in it (same arguments; other arguments only when
+    `allow_config_change`), and keeps the manifest current. `store.done` holds the cells finished before."""
+
+    def __init__(self, path: str | os.PathLike, *, arguments: dict[str, Any], device: torch.device,
+                 allow_config_change: bool = False) -> None:
         self.path = Path(path)
-        refuse_existing_run(self.path)
-        try:
-            (self.path / "figures").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RobustlabError(f"cannot create run directory {self.path} ({e.strerror}); pass a writable --out") \
-                from None
-        self.manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "arguments": arguments, "versions": package_versions(),
-            "device": device_description(device), "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "status": "running", "models": {},
-        }
+        self.resumed = (self.path / "results.csv").exists()
+        if self.resumed:
+            self.manifest = self._resume(arguments, allow_config_change)
+        else:
+            try:
+                (self.path / "figures").mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RobustlabError(f"cannot create run directory {self.path} ({e.strerror}); pass a writable "
+                                     "--out") from None
+            self.manifest = {
+                "schema_version": SCHEMA_VERSION, "arguments": arguments, "versions": package_versions(),
+                "device": device_description(device), "started": _now(), "status": "running", "models": {},
+            }
         self.save_manifest()
         self.store = ResultStore(self.path / "results.csv")
+        self.done_before = len(self.store.done)
+
+    def _resume(self, arguments: dict[str, Any], allow_config_change: bool) -> dict[str, Any]:
+        try:
+            manifest = json.loads((self.path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            raise RobustlabError(f"{self.path} holds results.csv but no readable manifest.json, so it cannot be "
+                                 "resumed; pass another --out") from None
+        changed = config_changes(manifest.get("arguments", {}), arguments)
+        if changed and not allow_config_change:
+            raise RobustlabError(f"{self.path} holds a run made with other arguments ({'; '.join(changed)}); repeat "
+                                 "its command to resume it, pass another --out, or add --allow-config-change")
+        manifest.setdefault("resumes", []).append({"at": _now(), "status_before": manifest.get("status"),
+                                                   "changed": changed})
+        manifest.update(arguments=arguments, status="running")
+        return manifest
 
     def add_model(self, name: str, info: dict[str, Any]) -> None:
         self.manifest["models"][name] = info

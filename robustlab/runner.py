@@ -18,7 +18,8 @@ from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
-from robustlab.results import Record, ResultStore, wilson_interval
+from robustlab.distributed import Shard
+from robustlab.results import Record, ResultStore, cell_key, wilson_interval
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,21 +75,48 @@ class ModelPlan:
 
 @dataclass
 class Counts:
+    """What a cell's batches add up to: sums only, so that shards of a cell add up to the whole (see `merged`)."""
     n: int
     correct: int
     top5_correct: int | None
-    residual_mean: float
+    residual_sum: float | None  # None: the model has no CSC layer
     seconds: float
-    lambda_mean: float = math.nan
-    lambda_std: float = math.nan
+    lambda_count: int = 0  # lambdas chosen per batch by an adaptive model, their sum and sum of squares
+    lambda_sum: float = 0.0
+    lambda_sumsq: float = 0.0
+
+    @property
+    def residual_mean(self) -> float:
+        return self.residual_sum / self.n if self.residual_sum is not None and self.n else math.nan
+
+    @property
+    def lambda_mean(self) -> float:
+        return self.lambda_sum / self.lambda_count if self.lambda_count else math.nan
+
+    @property
+    def lambda_std(self) -> float:
+        if not self.lambda_count:
+            return math.nan
+        return math.sqrt(max(0.0, self.lambda_sumsq / self.lambda_count - self.lambda_mean ** 2))
+
+    def merged(self, shard: Shard) -> "Counts":
+        """The counts of the whole cell, summed over the ranks that shared it."""
+        if shard.world == 1:
+            return self
+        n, correct, top5, residual, count, total, sumsq = shard.sum(
+            [self.n, self.correct, self.top5_correct or 0, self.residual_sum or 0.0, self.lambda_count,
+             self.lambda_sum, self.lambda_sumsq])
+        return Counts(n=int(n), correct=int(correct), top5_correct=None if self.top5_correct is None else int(top5),
+                      residual_sum=None if self.residual_sum is None else residual, seconds=shard.max(self.seconds),
+                      lambda_count=int(count), lambda_sum=total, lambda_sumsq=sumsq)
 
 
-def lambda_stats(per_batch: list[torch.Tensor]) -> dict[str, float]:
-    """Mean and spread of the lambdas a per-batch-selecting model chose (NaN when it chose none)."""
-    if not per_batch:
-        return {"lambda_mean": math.nan, "lambda_std": math.nan}
-    chosen = torch.cat([t.double().cpu() for t in per_batch])
-    return {"lambda_mean": float(chosen.mean()), "lambda_std": float(chosen.std(unbiased=False))}
+def lambda_sums(chosen: torch.Tensor | None) -> tuple[int, float, float]:
+    """Count, sum and sum of squares of the lambdas an adaptive model chose for a batch (none for other models)."""
+    if chosen is None:
+        return 0, 0.0, 0.0
+    c = chosen.detach().double().reshape(-1)
+    return len(c), float(c.sum()), float((c * c).sum())
 
 
 def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
@@ -100,13 +128,12 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
     correct = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     residual = torch.zeros((), dtype=torch.float64, device=device)
-    lambdas = []
+    lambdas = [0, 0.0, 0.0]
     with torch.inference_mode():
         for images, labels in batches:
             labels = labels.to(device, non_blocking=True)
             logits = model(to_pixels(images, device))
-            if getattr(model, "last_lambdas", None) is not None:  # a model that picks lambda per batch
-                lambdas.append(model.last_lambdas)
+            lambdas = [a + b for a, b in zip(lambdas, lambda_sums(getattr(model, "last_lambdas", None)))]
             finite = torch.isfinite(logits).all(dim=1)
             correct += ((logits.argmax(dim=1) == labels) & finite).sum()
             if top5:
@@ -117,8 +144,9 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return Counts(n=n, correct=int(correct), top5_correct=int(correct5) if top5 else None,
-                  residual_mean=float(residual) / n if first_csc is not None and n else math.nan,
-                  seconds=time.perf_counter() - start, **lambda_stats(lambdas))
+                  residual_sum=float(residual) if first_csc is not None else None,
+                  seconds=time.perf_counter() - start, lambda_count=int(lambdas[0]), lambda_sum=lambdas[1],
+                  lambda_sumsq=lambdas[2])
 
 
 def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,30 +161,43 @@ def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What every record of a run shares, and the run's options for attacks."""
+    """What every record of a run shares, the run's options for attacks, and this process's shard."""
     seed: int
     batch_size: int
     device: torch.device
     n: int | None = None
     diagnostics: bool = True
     save_adv: Path | None = None
+    shard: Shard = Shard()
+
+
+def identity(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, *, n: int, seed: int,
+             lam: float) -> dict[str, Any]:
+    """The Record fields that say what a cell measures (results.IDENTITY), known before it runs."""
+    spec = cell.attack
+    return dict(
+        model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
+        corruption=cell.corruption, severity=cell.severity, attack=spec.name if spec else "none",
+        attack_source=cell.source, norm=spec.norm if spec else "none", eps=spec.eps if spec else math.nan,
+        steps=spec.steps if spec else 0, restarts=spec.restarts if spec else 0, lambda_mode=setting.mode,
+        lambda_=lam, n=n, seed=seed)
 
 
 def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
                 seed: int, lam: float, flags: Sequence[str] = ()) -> Record:
     lo, hi = wilson_interval(counts.correct, counts.n)
-    spec = cell.attack
     return Record(
-        model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
-        corruption=cell.corruption, severity=cell.severity, attack=spec.name if spec else "none",
-        attack_source=cell.source, norm=spec.norm if spec else "none", eps=spec.eps if spec else math.nan,
-        steps=spec.steps if spec else 0, restarts=spec.restarts if spec else 0, lambda_mode=setting.mode,
-        lambda_=lam, lambda_std=counts.lambda_std, n=counts.n, correct=counts.correct,
-        accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
+        **identity(model, sha, data, cell, setting, n=counts.n, seed=seed, lam=lam),
+        lambda_std=counts.lambda_std, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
-        residual_mean=counts.residual_mean, flags=";".join(flags), seconds=counts.seconds, seed=seed,
+        residual_mean=counts.residual_mean, flags=";".join(flags), seconds=counts.seconds,
         robustlab_version=__version__)
+
+
+def fixed_lambda(model: RobustModel, setting: LambdaSetting) -> float:
+    """The lambda a 'fixed' setting runs the first CSC layer at: its value, else the model's own."""
+    return float(setting.value if setting.value is not None else csc_layers(model)[0].lmbda)
 
 
 @contextmanager
@@ -177,26 +218,27 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
         return
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     with restored(csc):
-        if setting.mode == "adaptive-set":
+        if setting.mode == "adaptive-set":  # every rank selects on the whole set: the same lambda everywhere
             with torch.inference_mode():
                 csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, info.n),
                                            setting.calibration, info.device)
-        elif setting.value is not None:
-            csc.lmbda = setting.value
+        else:
+            csc.lmbda = fixed_lambda(model, setting)
         yield model, float(csc.lmbda)
 
 
-def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], spec: Any,
+def count_robust(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]], spec: Any,
                  info: RunInfo, *, source: nn.Module | None = None, save: Path | None = None) -> Counts:
     """Images still correctly classified (clean and adversarial) under an attack crafted on `source` (transfer)
-    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics."""
+    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics. `batches` are
+    numbered: an attack's seed is the run seed plus the index of the batch's first image, whatever the shard."""
     from robustlab.attacks import attack_batch, transfer_batch
     start_time = time.perf_counter()
     first_csc = (csc_layers(model) or [None])[0]
-    n, robust, residual, lambdas, saved = 0, 0, 0.0, [], []
-    for images, labels in batches:
+    n, robust, residual, lambdas, saved = 0, 0, 0.0, [0, 0.0, 0.0], []
+    for index, (images, labels) in batches:
         x, y = to_pixels(images, info.device), labels.to(info.device)
-        seed = info.seed + n  # per batch, from the index of its first image
+        seed = info.seed + index * info.batch_size
         if source is None:
             out = attack_batch(model, x, y, spec, seed=seed)
         else:
@@ -204,8 +246,7 @@ def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         robust += int(out.robust.sum())
         if first_csc is not None and first_csc.residual is not None:
             residual += float(first_csc.residual.double().sum())
-        if getattr(model, "last_lambdas", None) is not None:
-            lambdas.append(model.last_lambdas)
+        lambdas = [a + b for a, b in zip(lambdas, lambda_sums(getattr(model, "last_lambdas", None)))]
         if save is not None:
             saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
         n += len(labels)
@@ -214,21 +255,25 @@ def count_robust(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         np.savez_compressed(save, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
                             labels=np.concatenate([b for _, b, _ in saved]),
                             robust=np.concatenate([c for _, _, c in saved]), eps=spec.eps, norm=spec.norm)
-    return Counts(n=n, correct=robust, top5_correct=None,
-                  residual_mean=residual / n if first_csc is not None and n else math.nan,
-                  seconds=time.perf_counter() - start_time, **lambda_stats(lambdas))
+    return Counts(n=n, correct=robust, top5_correct=None, residual_sum=residual if first_csc is not None else None,
+                  seconds=time.perf_counter() - start_time, lambda_count=int(lambdas[0]), lambda_sum=lambdas[1],
+                  lambda_sumsq=lambdas[2])
 
 
 def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],
-              info: RunInfo, store: ResultStore, progress: ProgressFactory, *,
+              info: RunInfo, store: ResultStore | None, progress: ProgressFactory, *,
               sources: dict[str, RobustModel] | None = None, log: Callable[[str], None] = lambda _: None
               ) -> list[Record]:
-    """Evaluate every (cell, model, lambda setting), appending each record to the store the moment it is done.
+    """Evaluate every (cell, model, lambda setting) not already in the store, appending each record to the store
+    the moment it is done; returns the new records.
 
     Models are evaluated cell by cell, so a generated corruption is produced once and then read from its cache.
     Before a model's first white-box attack, the gradient-masking diagnostics run on its first batch; their
-    flags go on every attack row of that model and setting.
+    flags go on every attack row of that model and setting. Under torchrun each rank counts its share of the
+    batches, the counts are summed, and only rank 0 (which holds `store`) writes.
     """
+    shard = info.shard
+    done = shard.broadcast(store.done if store is not None else set())
     records = []
     diagnosed: dict[tuple[str, LambdaSetting], list[str]] = {}
     for cell in cells:
@@ -237,28 +282,36 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
         for plan in plans:
             check_compatible(plan.model, data)
             for setting in plan.settings:
+                lam = fixed_lambda(plan.model, setting) if setting.mode == "fixed" else math.nan
+                planned = identity(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed, lam=lam)
+                if cell_key({**planned, "lambda": lam}) in done:
+                    continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != "none" else "",
                          f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
                          setting.mode if setting.mode != "fixed" else "")
-                batches = progress(checked_batches(data, info.batch_size, info.n),
-                                   total=math.ceil(total / info.batch_size), desc=" ".join(p for p in parts if p))
+                batches = shard.take(progress(checked_batches(data, info.batch_size, info.n),
+                                              total=math.ceil(total / info.batch_size),
+                                              desc=" ".join(p for p in parts if p)))
                 flags: list[str] = []
                 with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
                     if cell.attack is None:
-                        counts = count_correct(module, batches, info.device, top5=data.num_classes > 5)
+                        counts = count_correct(module, (b for _, b in batches), info.device,
+                                               top5=data.num_classes > 5)
                     else:
                         key = (plan.model.name, setting)
                         if key not in diagnosed:
-                            diagnosed[key] = diagnose(module, data, info, log) if info.diagnostics else []
+                            diagnosed[key] = diagnose(module, data, info, log) if info.diagnostics and shard.main else []
                         flags = diagnosed[key] + (["bpda_selection"] if setting.mode.startswith("adaptive") else [])
                         save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
                                                                                                  setting)
                         counts = count_robust(module, batches, cell.attack, info, save=save,
                                               source=sources[cell.source] if cell.source else None)
+                counts = counts.merged(shard)
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info.seed,
                                      counts.lambda_mean if lam is None else lam, flags)
-                store.append(record)
+                if store is not None:
+                    store.append(record)
                 records.append(record)
     return records
 

@@ -1,0 +1,79 @@
+"""Sharded evaluation under torchrun: each rank takes every world-th batch, the counts are summed across ranks and
+only rank 0 writes. Batches keep the single-process boundaries and seeds, so the results do not depend on the
+number of ranks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from robustlab.errors import RobustlabError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the work: rank `rank` of `world` processes (0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def take(self, batches: Iterable[T]) -> Iterator[tuple[int, T]]:
+        """This rank's batches with their global batch index."""
+        for index, batch in enumerate(batches):
+            if index % self.world == self.rank:
+                yield index, batch
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (float64: image counts stay exact)."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def max(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def init_from_env(device: str) -> tuple[Shard, str]:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR...): nccl when the
+    run is on CUDA, gloo on the CPU. Returns the shard and the device this rank uses (cuda:LOCAL_RANK)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Shard(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if device.startswith("cuda") and not cuda:
+        raise RobustlabError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RobustlabError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); start "
+                                 "at most one process per GPU (--nproc-per-node)")
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Shard(rank, world), f"cuda:{local_rank}" if cuda else "cpu"
