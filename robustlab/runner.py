@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from robustlab import __version__
 from robustlab.data import ImageSet, to_pixels
+from robustlab.data.base import check_labels
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
@@ -123,11 +124,10 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
 
 def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The data's batches, refusing labels outside 0..num_classes-1 at the boundary."""
+    first = 0
     for images, labels in data.batches(batch_size, n):
-        bad = labels[(labels < 0) | (labels >= data.num_classes)]
-        if len(bad):
-            raise RobustlabError(f"{data.name}: label {int(bad[0])} is outside 0..{data.num_classes - 1}; "
-                                 "the labels file does not match the dataset")
+        check_labels(labels, data.num_classes, f"{data.name} {data.split}", first)
+        first += len(labels)
         yield images, labels
 
 
