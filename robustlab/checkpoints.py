@@ -198,6 +198,11 @@ def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | t
     return model.to(device).eval()
 
 
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the model's weights and buffers that hold NaN or inf."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:
     """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights."""
     from robustlab.models.csc import Dictionary

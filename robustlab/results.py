@@ -88,10 +88,14 @@ class ResultStore:
             self._write_line(COLUMNS, mode="w")
 
     def _write_line(self, values: list[Any], mode: str = "a") -> None:
-        with open(self.path, mode, newline="") as f:
-            csv.writer(f).writerow(values)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, mode, newline="") as f:
+                csv.writer(f).writerow(values)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
+                from None
 
     def append(self, record: Record) -> None:
         row = record.row()
