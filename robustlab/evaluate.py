@@ -18,7 +18,8 @@ from robustlab.results import Record
 from robustlab.rundir import RunDir, default_run_dir
 from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.models import RobustModel, csc_layers
-from robustlab.runner import Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device, run_cells
+from robustlab.runner import (BatchLimit, Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device,
+                              run_cells)
 
 
 def default_cache_dir() -> Path:
@@ -139,7 +140,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     if adaptive:
         run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image}
     info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics,
-                   save_adv=run.path / "adversarial" if save_adv else None)
+                   save_adv=run.path / "adversarial" if save_adv else None, limit=BatchLimit(log))
     if attacks:
         run.manifest["attacks"] = [vars(spec) for spec in attacks]
         run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}

@@ -42,8 +42,8 @@ class _Decoded(Dataset):
             with Image.open(path) as img:
                 img = img.convert("RGB")
         except (OSError, UnidentifiedImageError) as e:
-            return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, f"cannot decode {path} ({e}); remove or " \
-                "replace the file"
+            problem = f"cannot decode {path} ({e}); remove or replace the file"
+            return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, problem
         # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
         return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label, ""
 

@@ -80,12 +80,13 @@ class NpyWriter:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
         self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         self.written = 0
-        self.file = open(self.tmp, "wb")
-        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                         "fortran_order": False, "shape": self.shape})
+        with open(self.tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                     "fortran_order": False, "shape": self.shape})
 
     def append(self, rows: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+        with open(self.tmp, "ab") as f:
+            f.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
         self.written += len(rows)
 
     def __enter__(self) -> NpyWriter:
@@ -93,7 +94,6 @@ class NpyWriter:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        self.file.close()
         if kind is None and self.written == self.shape[0]:
             os.replace(self.tmp, self.path)
         else:
