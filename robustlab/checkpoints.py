@@ -149,8 +149,8 @@ def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, guess:
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
         if keys:
             parts.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
-    hint = f"the keys look like --arch {guess.arch}" if guess and guess.arch != arch else \
-        f"check --arch (known: {', '.join(ARCHS)})"
+    hint = f"its keys fit --arch {guess.arch}: pass that, or no --arch" if guess and guess.arch != arch else \
+        f"pass the --arch it was trained as (known: {', '.join(ARCHS)})"
     raise RobustlabError(f"checkpoint does not fit arch {arch}: {'; '.join(parts)}; {hint}")
 
 

@@ -115,8 +115,8 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         check_compatible(model, data)
         damaged = nonfinite_tensors(model)
         if damaged:
-            log(f"warning: {model.name}: {len(damaged)} tensor{'s' * (len(damaged) > 1)} hold NaN or inf "
-                f"({', '.join(damaged[:3])}"
+            count = f"{len(damaged)} tensors hold" if len(damaged) > 1 else "1 tensor holds"
+            log(f"warning: {model.name}: {count} NaN or inf ({', '.join(damaged[:3])}"
                 f"{' ...' if len(damaged) > 3 else ''}); images with non-finite logits count as wrong; retrain "
                 "or copy the checkpoint again")
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]

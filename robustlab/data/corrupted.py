@@ -23,8 +23,8 @@ def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str
     path, labels_path = c_dir / f"{corruption}.npy", c_dir / "labels.npy"
     for p in (path, labels_path):
         if not p.is_file():
-            raise RobustlabError(f"{p} is missing; --c-dir must hold <corruption>.npy and labels.npy "
-                                 "(the published CIFAR-10-C layout)")
+            raise RobustlabError(f"{p} is missing; point --c-dir at a folder holding <corruption>.npy and "
+                                 "labels.npy (the published CIFAR-10-C layout)")
     images = NpyRows(path)
     try:
         labels = np.load(labels_path)
@@ -34,11 +34,11 @@ def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str
         check_pixels(np.load(path, mmap_mode="r"), str(path))
     per = len(images) // 5
     if len(images.shape) != 4 or images.shape[-1] != 3 or len(images) % 5 or not per:
-        raise RobustlabError(f"{path} has shape {images.shape}; expected (5*N, H, W, 3) with N >= 1 and "
-                             "severities 1..5 stacked in blocks of N")
+        raise RobustlabError(f"{path} has shape {images.shape}; expected (5*N, H, W, 3) with N >= 1 (severities 1..5 in "
+                             "blocks of N): use the published file, or write one with robustlab corrupt")
     if len(labels) != len(images) and len(labels) != per:
-        raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}; "
-                             f"expected {len(images)} (or {per})")
+        raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}, not "
+                             f"{len(images)} (or {per}); use the labels.npy published with these files")
     start = (severity - 1) * per
     lab = labels[start:start + per] if len(labels) == len(images) else labels
     check_labels(lab, num_classes, str(labels_path), start if len(labels) == len(images) else 0)
@@ -49,8 +49,8 @@ def load_imagenet_c(c_dir: str | Path, corruption: str, severity: int) -> Folder
     """`<c_dir>/<corruption>/<severity>/<wnid>/<file>.JPEG`."""
     root = Path(c_dir) / corruption / str(severity)
     if not root.is_dir():
-        raise RobustlabError(f"{root} is missing; --c-dir must hold <corruption>/<severity>/<wnid>/*.JPEG "
-                             "(the published ImageNet-C layout)")
+        raise RobustlabError(f"{root} is missing; point --c-dir at a folder holding "
+                             "<corruption>/<severity>/<wnid>/*.JPEG (the published ImageNet-C layout)")
     return FolderImageSet(root, name="imagenet", split="val")
 
 
