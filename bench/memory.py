@@ -6,11 +6,11 @@ Writes a synthetic CIFAR-10-C directory (2 corruptions x 5 severities x N random
 <corruption>.npy of shape (5N, 32, 32, 3) uint8 and labels.npy) and 100 clean CIFAR-10 test images to a
 temporary directory, then runs each variant in a fresh process and prints its peak resident set size (ru_maxrss,
 Linux) and its growth over the baseline at the same batch size. Per batch size: the baseline imports robustlab,
-loads the model and the clean split and evaluates one batch read from the C directory; `robustlab.evaluate.
-evaluate` runs all 11 cells (clean, 2 corruptions x 5 severities); and at the first batch size, as the control
-that shows what holding a split costs, the same evaluation reads the files through memory maps (the reader before
-issue #8), whose touched pages stay resident while a cell runs. The model is a pooled linear classifier registered for the
-bench, so that the data path, not the network, sets the time and the memory.
+loads the model and the clean split and evaluates one batch read from the C directory; `evaluate` (what
+`robustlab eval` runs) evaluates all 11 cells (clean, 2 corruptions x 5 severities); and at the first batch size,
+as the control that shows what holding a split costs, the same evaluation reads the files through memory maps
+(the reader before issue #8), whose touched pages stay resident while a cell runs. The model is a pooled linear
+classifier registered for the bench, so that the data path, not the network, sets the time and the memory.
 """
 from __future__ import annotations
 

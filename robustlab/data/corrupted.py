@@ -34,8 +34,8 @@ def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str
         check_pixels(np.load(path, mmap_mode="r"), str(path))
     per = len(images) // 5
     if len(images.shape) != 4 or images.shape[-1] != 3 or len(images) % 5 or not per:
-        raise RobustlabError(f"{path} has shape {images.shape}; expected (5*N, H, W, 3) with N >= 1 (severities 1..5 in "
-                             "blocks of N): use the published file, or write one with robustlab corrupt")
+        raise RobustlabError(f"{path} has shape {images.shape}; expected (5*N, H, W, 3) with N >= 1 (severities "
+                             "1..5 in blocks of N): use the published file, or write one with robustlab corrupt")
     if len(labels) != len(images) and len(labels) != per:
         raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}, not "
                              f"{len(images)} (or {per}); use the labels.npy published with these files")
