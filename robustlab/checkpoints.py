@@ -149,8 +149,8 @@ def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, guess:
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
         if keys:
             parts.append(f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
-    hint = f"the keys look like --arch {guess.arch}" if guess and guess.arch != arch else \
-        f"check --arch (known: {', '.join(ARCHS)})"
+    hint = f"its keys fit --arch {guess.arch}: pass that, or no --arch" if guess and guess.arch != arch else \
+        f"pass the --arch it was trained as (known: {', '.join(ARCHS)})"
     raise RobustlabError(f"checkpoint does not fit arch {arch}: {'; '.join(parts)}; {hint}")
 
 
@@ -196,6 +196,11 @@ def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | t
         model.name = text[len(ZOO_PREFIX):] if text.startswith(ZOO_PREFIX) else path.stem.split(".")[0]
         model.checkpoint_path = path
     return model.to(device).eval()
+
+
+def nonfinite_tensors(model: nn.Module) -> list[str]:
+    """Names of the model's weights and buffers that hold NaN or inf."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:

@@ -1,12 +1,13 @@
 """One evaluation run: load data and models, build the cells, run them into a run directory."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robustlab.checkpoints import load_model, sha256_file
+from robustlab.checkpoints import load_model, nonfinite_tensors, sha256_file
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.data import DATASETS, ImageSet, load_dataset
 from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
@@ -18,7 +19,8 @@ from robustlab.results import Record
 from robustlab.rundir import RunDir, default_run_dir
 from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.models import RobustModel, csc_layers
-from robustlab.runner import Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device, run_cells
+from robustlab.runner import (BatchLimit, Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device,
+                              run_cells)
 
 
 def default_cache_dir() -> Path:
@@ -109,12 +111,23 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     DATASETS.get(dataset)
     suite = corruption_suite(corruptions, dataset=dataset, severities=severities) if corruptions else None
     data = load_dataset(dataset, data_dir)
+    warnings: list[str] = []
+
+    def log(message: str) -> None:
+        warnings.append(message)
+        if shard.main:
+            print(f"robustlab: {message}", file=sys.stderr)
+
     models = [load_model(c, arch=arch, device=dev) for c in ckpts]
-    for model in models:
-        check_compatible(model, data)
     sources = {m.name: m for m in (load_model(c, device=dev) for c in transfer_from)}
-    for source in sources.values():
-        check_compatible(source, data)
+    for model in [*models, *sources.values()]:
+        check_compatible(model, data)
+        damaged = nonfinite_tensors(model)
+        if damaged:
+            count = f"{len(damaged)} tensors hold" if len(damaged) > 1 else "1 tensor holds"
+            log(f"warning: {model.name}: {count} NaN or inf ({', '.join(damaged[:3])}"
+                f"{' ...' if len(damaged) > 3 else ''}); images with non-finite logits count as wrong; retrain "
+                "or copy the checkpoint again")
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     cells += [Cell(attack=spec, source=name) for name in ([""] if not sources else list(sources)) for spec in attacks]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
@@ -129,7 +142,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     run = RunDir(out, arguments=arguments or {}, device=dev, allow_config_change=allow_config_change) \
         if shard.main else None
     info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics, shard=shard,
-                   save_adv=Path(out) / "adversarial" if save_adv else None)
+                   save_adv=Path(out) / "adversarial" if save_adv else None, limit=BatchLimit(log))
     if run is None:
         return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
     if suite is not None:
@@ -145,19 +158,18 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         run.manifest["attacks"] = [vars(spec) for spec in attacks]
         run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}
     run.manifest["ranks"] = shard.world
-    warnings: list[str] = run.manifest.setdefault("warnings", [])
-
-    def log(message: str) -> None:
-        warnings.append(message)
-        print(f"robustlab: {message}", file=sys.stderr)
-
+    warnings[:0] = run.manifest.get("warnings", []) if run.resumed else []  # a resumed run keeps its warnings
+    run.manifest["warnings"] = warnings  # the list: what is logged from here on is in it when the manifest saves
     try:
         records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet), sources=sources, log=log)
     except KeyboardInterrupt:
         run.finish("interrupted")
         raise
     except (RobustlabError, OSError) as e:
-        run.finish(f"failed: {e}")
-        raise
+        error = e if isinstance(e, RobustlabError) else RobustlabError(
+            f"{e.filename or 'a file'}: {e.strerror or e}; free space or fix the permissions, then run again")
+        with contextlib.suppress(RobustlabError):  # on a full disk the manifest may not save: report the cause
+            run.finish(f"failed: {error}")
+        raise error from None
     run.finish()
     return run, records

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
@@ -113,17 +114,27 @@ class ResultStore:
     def _write_line(self, values: list[Any], mode: str = "a") -> None:
         buffer = io.StringIO()
         csv.writer(buffer).writerow(values)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if mode == "w" else 0), 0o644)
         try:
-            os.write(fd, buffer.getvalue().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            _write_bytes(self.path, buffer.getvalue().encode(), truncate=mode == "w")
+        except OSError as e:
+            raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
+                from None
 
     def append(self, record: Record) -> None:
         row = record.row()
         self._write_line([_fmt(row[c]) for c in COLUMNS])
         self.done.add(cell_key(row))
+
+
+def _write_bytes(path: Path, data: bytes, *, truncate: bool) -> None:
+    """Append `data` in one write() and sync it: a killed process leaves the line whole or torn, never mixed."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o644)
+    try:
+        if os.write(fd, data) != len(data):  # only a full disk writes less to a regular file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fmt(value: Any) -> Any:

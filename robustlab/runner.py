@@ -6,7 +6,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -14,12 +14,15 @@ import torch.nn as nn
 
 from robustlab import __version__
 from robustlab.data import ImageSet, to_pixels
+from robustlab.data.base import check_labels
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 from robustlab.distributed import Shard
 from robustlab.results import Record, ResultStore, cell_key, wilson_interval
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -119,11 +122,52 @@ def lambda_sums(chosen: torch.Tensor | None) -> tuple[int, float, float]:
     return len(c), float(c.sum()), float((c * c).sum())
 
 
+class BatchLimit:
+    """The largest batch that has fit on the device: on a CUDA out-of-memory error the size halves (said once
+    through `log` per halving) and the same images run again; kept for the rest of the run."""
+
+    def __init__(self, log: Callable[[str], None] = lambda _: None) -> None:
+        self.size: int | None = None
+        self.log = log
+
+    def map(self, fn: Callable[[torch.Tensor, torch.Tensor, int], T], images: torch.Tensor,
+            labels: torch.Tensor) -> list[T]:
+        """fn(images, labels, offset of the first image) on pieces of the batch no larger than the limit."""
+        results, start = [], 0
+        while start < len(labels):
+            size = min(self.size or len(labels), len(labels) - start)
+            try:
+                results.append(fn(images[start:start + size], labels[start:start + size], start))
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise RobustlabError("CUDA out of memory at batch size 1; free GPU memory (other processes), "
+                                         "pick a smaller model or use --device cpu") from None
+                torch.cuda.empty_cache()
+                self.size = size // 2
+                self.log(f"CUDA out of memory at batch size {size}; retrying at {self.size}")
+                continue
+            start += size
+        return results
+
+
 def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                  *, top5: bool) -> Counts:
+                  *, top5: bool, limit: BatchLimit | None = None) -> Counts:
     """Top-1 (and top-5) hits over batches; images with non-finite logits count as wrong."""
     start = time.perf_counter()
     first_csc = (csc_layers(model) or [None])[0]
+    limit = limit or BatchLimit()
+
+    def hits(images: torch.Tensor, labels: torch.Tensor, _offset: int) -> tuple[Any, ...]:
+        labels = labels.to(device, non_blocking=True)
+        logits = model(to_pixels(images, device))
+        finite = torch.isfinite(logits).all(dim=1)
+        top1 = ((logits.argmax(dim=1) == labels) & finite).sum()
+        top5_hits = ((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1) & finite).sum() if top5 \
+            else torch.zeros_like(top1)
+        res = first_csc.residual.double().sum() if first_csc is not None and first_csc.residual is not None \
+            else torch.zeros((), dtype=torch.float64, device=device)
+        return top1, top5_hits, res, lambda_sums(getattr(model, "last_lambdas", None))
+
     n = 0
     correct = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
@@ -131,15 +175,11 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
     lambdas = [0, 0.0, 0.0]
     with torch.inference_mode():
         for images, labels in batches:
-            labels = labels.to(device, non_blocking=True)
-            logits = model(to_pixels(images, device))
-            lambdas = [a + b for a, b in zip(lambdas, lambda_sums(getattr(model, "last_lambdas", None)))]
-            finite = torch.isfinite(logits).all(dim=1)
-            correct += ((logits.argmax(dim=1) == labels) & finite).sum()
-            if top5:
-                correct5 += ((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1) & finite).sum()
-            if first_csc is not None and first_csc.residual is not None:
-                residual += first_csc.residual.double().sum()
+            for top1, top5_hits, res, chosen in limit.map(hits, images, labels):
+                correct += top1
+                correct5 += top5_hits
+                residual += res
+                lambdas = [a + b for a, b in zip(lambdas, chosen)]
             n += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -151,11 +191,10 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
 
 def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The data's batches, refusing labels outside 0..num_classes-1 at the boundary."""
+    first = 0
     for images, labels in data.batches(batch_size, n):
-        bad = labels[(labels < 0) | (labels >= data.num_classes)]
-        if len(bad):
-            raise RobustlabError(f"{data.name}: label {int(bad[0])} is outside 0..{data.num_classes - 1}; "
-                                 "the labels file does not match the dataset")
+        check_labels(labels, data.num_classes, f"{data.name} {data.split}", first)
+        first += len(labels)
         yield images, labels
 
 
@@ -169,6 +208,7 @@ class RunInfo:
     diagnostics: bool = True
     save_adv: Path | None = None
     shard: Shard = Shard()
+    limit: BatchLimit = field(default_factory=BatchLimit, compare=False)
 
 
 def identity(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, *, n: int, seed: int,
@@ -236,19 +276,26 @@ def count_robust(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tens
     start_time = time.perf_counter()
     first_csc = (csc_layers(model) or [None])[0]
     n, robust, residual, lambdas, saved = 0, 0, 0.0, [0, 0.0, 0.0], []
-    for index, (images, labels) in batches:
+
+    def attacked(images: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[Any, ...]:
         x, y = to_pixels(images, info.device), labels.to(info.device)
-        seed = info.seed + index * info.batch_size
         if source is None:
             out = attack_batch(model, x, y, spec, seed=seed)
         else:
             out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed)["target"]
-        robust += int(out.robust.sum())
-        if first_csc is not None and first_csc.residual is not None:
-            residual += float(first_csc.residual.double().sum())
-        lambdas = [a + b for a, b in zip(lambdas, lambda_sums(getattr(model, "last_lambdas", None)))]
-        if save is not None:
-            saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
+        res = float(first_csc.residual.double().sum()) if first_csc is not None and first_csc.residual is not None \
+            else 0.0
+        return out, labels, res, lambda_sums(getattr(model, "last_lambdas", None))
+
+    for index, (images, labels) in batches:
+        first = info.seed + index * info.batch_size
+        for out, piece_labels, res, chosen in info.limit.map(
+                lambda im, lb, offset: attacked(im, lb, first + offset), images, labels):
+            robust += int(out.robust.sum())
+            residual += res
+            lambdas = [a + b for a, b in zip(lambdas, chosen)]
+            if save is not None:
+                saved.append((out.adversarial.cpu().numpy(), piece_labels.numpy(), out.robust.cpu().numpy()))
         n += len(labels)
     if save is not None and saved:
         save.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +344,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
                     if cell.attack is None:
                         counts = count_correct(module, (b for _, b in batches), info.device,
-                                               top5=data.num_classes > 5)
+                                               top5=data.num_classes > 5, limit=info.limit)
                     else:
                         key = (plan.model.name, setting)
                         if key not in diagnosed:

@@ -47,7 +47,8 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
-        raise RobustlabError(f"{path}: invalid TOML ({e})") from None
+        raise RobustlabError(f"{path}: invalid TOML ({e}); fix the syntax there (a shipped suite in "
+                             f"{suite_dir('corruptions')} shows the format)") from None
 
 
 def key_line(path: Path, key: str) -> str:

@@ -53,7 +53,7 @@ def load_attack_suite(name_or_path: str | Path) -> list[AttackSpec]:
                 raise RobustlabError(f"{where(i, key)}: unknown key; known keys: {', '.join(ATTACK_KEYS)}")
         for key in ("name", "eps"):
             if key not in table:
-                raise RobustlabError(f"{where(i)}: missing key {key!r}; every attack needs name and eps")
+                raise RobustlabError(f"{where(i)}: missing key {key!r}; add it (every attack needs name and eps)")
         for key in ("name", "norm"):
             if key in table and not isinstance(table[key], str):
                 raise RobustlabError(f"{where(i, key)}: {table[key]!r} is not a string; quote it")

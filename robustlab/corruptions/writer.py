@@ -11,6 +11,7 @@ import torch
 
 from robustlab.corruptions.engine import corrupt
 from robustlab.data.base import ImageSet
+from robustlab.data.npy import NpyWriter
 from robustlab.errors import RobustlabError
 from robustlab.progress import ProgressFactory
 
@@ -32,21 +33,17 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
     steps = math.ceil(total / batch_size) * len(SEVERITIES)
     for name in corruptions:
         path = out / f"{name}.npy"
-        tmp = out / f".{name}.npy.tmp"
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(5 * total, h, w, 3))
         bar = progress(range(steps), total=steps, desc=name)
         ticks = iter(bar)
-        for s in SEVERITIES:
-            start = 0
-            for images, _ in base.batches(batch_size, total):
-                batch = corrupt(images.permute(0, 2, 3, 1).numpy(), name, s, table=table, seed=seed, start=start,
-                                device=device)
-                arr[(s - 1) * total + start:(s - 1) * total + start + len(batch)] = batch
-                start += len(batch)
-                next(ticks, None)
-        arr.flush()
-        del arr
-        os.replace(tmp, path)  # a file appears only when complete
+        with NpyWriter(path, (5 * total, h, w, 3), np.uint8) as arr:  # the file appears only when complete
+            for s in SEVERITIES:
+                start = 0
+                for images, _ in base.batches(batch_size, total):
+                    batch = corrupt(images.permute(0, 2, 3, 1).numpy(), name, s, table=table, seed=seed,
+                                    start=start, device=device)
+                    arr.append(batch)
+                    start += len(batch)
+                    next(ticks, None)
         written.append(path)
     np.save(out / "labels.npy", np.tile(labels.astype(np.int64), 5))
     return written

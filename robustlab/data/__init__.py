@@ -44,7 +44,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
             raise RobustlabError(f"--data-dir {data_dir} is not a directory")
     data = spec.reader(Path(data_dir) if data_dir is not None else None, split or spec.test_split)
     if len(data) == 0:
-        raise RobustlabError(f"dataset {name} ({data_dir}) holds no images; check --data-dir")
+        raise RobustlabError(f"dataset {name} ({data_dir}) holds no images in its {data.split} split; point "
+                             "--data-dir at a copy with images")
     return data
 
 

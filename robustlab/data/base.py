@@ -7,11 +7,40 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from robustlab.data.npy import NpyRows
+from robustlab.errors import RobustlabError
+
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
+
+
+def check_pixels(images: np.ndarray | torch.Tensor, where: str) -> None:
+    """Refuse images that are not uint8 pixels 0..255, naming the dtype and range found and the conversion."""
+    if images.dtype in (np.uint8, torch.uint8):
+        return
+    dtype = str(images.dtype).removeprefix("torch.")
+    if 0 in tuple(images.shape):
+        found = f"an empty {dtype} array"
+        fix = "store uint8 images"
+    else:
+        lo, hi = float(images.min()), float(images.max())
+        found = f"{dtype} with values in [{lo:.4g}, {hi:.4g}]"
+        fix = ("multiply by 255, round and store as uint8" if lo >= 0 and hi <= 1 else
+               "round and store as uint8" if lo >= 0 and hi <= 255 else "rescale to 0..255 and store as uint8")
+    raise RobustlabError(f"{where}: images are {found}, not uint8 pixels 0..255; {fix}")
+
+
+def check_labels(labels: np.ndarray | torch.Tensor, num_classes: int, where: str, first: int = 0) -> None:
+    """Refuse a label outside 0..num_classes-1, naming it and its image (`first`: the index of labels[0])."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise RobustlabError(f"{where}: label {int(labels[bad[0]])} is outside 0..{num_classes - 1} (image "
+                             f"{first + bad[0]}); use the labels that belong to these images, or the right --dataset")
 
 
 def to_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 NCHW -> float32 in [0, 1] on the device (the transfer stays uint8: 4x less to copy)."""
+    check_pixels(images, "image batch")
     return images.to(device, non_blocking=True).float().div_(255)
 
 
@@ -36,10 +65,12 @@ class ImageSet(ABC):
 
 
 class ArrayImageSet(ImageSet):
-    """Images held as one uint8 NHWC array (CIFAR, digits, CIFAR-C blocks)."""
+    """Images held as one uint8 NHWC array (CIFAR, digits), or read from a .npy file by rows (CIFAR-C blocks)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, name: str, split: str, num_classes: int,
-                 hflip: bool = False) -> None:
+    def __init__(self, images: np.ndarray | NpyRows, labels: np.ndarray, *, name: str, split: str,
+                 num_classes: int, hflip: bool = False) -> None:
+        if isinstance(images, np.ndarray):  # a file's dtype is checked where it is opened
+            check_pixels(images, name)
         self.images, self.labels = images, labels.astype(np.int64)
         self.name, self.split, self.num_classes = name, split, num_classes
         self.image_size = (int(images.shape[1]), int(images.shape[2]))

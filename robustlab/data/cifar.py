@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from robustlab.data.base import ArrayImageSet
+from robustlab.data.base import ArrayImageSet, check_labels, check_pixels
 from robustlab.errors import RobustlabError
 
 LAYOUTS = {
@@ -67,10 +67,12 @@ def load_cifar(name: str, data_dir: str | Path, split: str) -> ArrayImageSet:
         batch = read_batch(path)
         if "data" not in batch or layout["labels"] not in batch:
             raise RobustlabError(f"{path} lacks 'data' or '{layout['labels']}'; is it a {name} file?")
-        data = np.asarray(batch["data"], dtype=np.uint8)
+        data = np.asarray(batch["data"])
+        check_pixels(data, f"{path} 'data'")
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
             raise RobustlabError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[layout["labels"]], dtype=np.int64))
+        check_labels(labels[-1], layout["classes"], f"{path} '{layout['labels']}'")
     return ArrayImageSet(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), name=name,
                          split=split, num_classes=layout["classes"], hflip=True)

@@ -1,52 +1,56 @@
 """Corrupted splits: the published CIFAR-10/100-C and ImageNet-C layouts, and on-the-fly generation with a cache."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from robustlab.data.base import ArrayImageSet, Batch, ImageSet
+from robustlab.data.base import ArrayImageSet, Batch, ImageSet, check_labels, check_pixels
 from robustlab.data.imagenet import FolderImageSet
+from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.errors import RobustlabError
 
 CIFAR_C_PER_SEVERITY = 10000
 
 
 def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str, num_classes: int) -> ArrayImageSet:
-    """One (corruption, severity) block of a CIFAR-10-C / CIFAR-100-C directory, memory-mapped (read lazily)."""
+    """One (corruption, severity) block of a CIFAR-10-C / CIFAR-100-C directory, read batch by batch from disk."""
     c_dir = Path(c_dir)
     path, labels_path = c_dir / f"{corruption}.npy", c_dir / "labels.npy"
     for p in (path, labels_path):
         if not p.is_file():
-            raise RobustlabError(f"{p} is missing; --c-dir must hold <corruption>.npy and labels.npy "
-                                 "(the published CIFAR-10-C layout)")
+            raise RobustlabError(f"{p} is missing; point --c-dir at a folder holding <corruption>.npy and "
+                                 "labels.npy (the published CIFAR-10-C layout)")
+    images = NpyRows(path)
     try:
-        images = np.load(path, mmap_mode="r")
-        labels = np.load(labels_path, mmap_mode="r")
+        labels = np.load(labels_path)
     except ValueError as e:
-        raise RobustlabError(f"{path} or labels.npy is not a .npy array ({e})") from None
+        raise RobustlabError(f"{labels_path} is not a .npy array ({e}); save it with numpy.save") from None
+    if images.dtype != np.uint8:
+        check_pixels(np.load(path, mmap_mode="r"), str(path))
     per = len(images) // 5
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) % 5:
-        raise RobustlabError(f"{path} has shape {images.shape} {images.dtype}; expected (5*N, H, W, 3) uint8 with "
-                             "severities 1..5 stacked in blocks of N")
+    if len(images.shape) != 4 or images.shape[-1] != 3 or len(images) % 5 or not per:
+        raise RobustlabError(f"{path} has shape {images.shape}; expected (5*N, H, W, 3) with N >= 1 (severities "
+                             "1..5 in blocks of N): use the published file, or write one with robustlab corrupt")
     if len(labels) != len(images) and len(labels) != per:
-        raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}; "
-                             f"expected {len(images)} (or {per})")
-    block = slice((severity - 1) * per, severity * per)
-    lab = labels[block] if len(labels) == len(images) else labels
-    return ArrayImageSet(images[block], np.asarray(lab), name=name, split="test", num_classes=num_classes)
+        raise RobustlabError(f"labels.npy has {len(labels)} labels for {len(images)} images in {path.name}, not "
+                             f"{len(images)} (or {per}); use the labels.npy published with these files")
+    start = (severity - 1) * per
+    lab = labels[start:start + per] if len(labels) == len(images) else labels
+    check_labels(lab, num_classes, str(labels_path), start if len(labels) == len(images) else 0)
+    return ArrayImageSet(NpyRows(path, start, start + per), lab, name=name, split="test", num_classes=num_classes)
 
 
 def load_imagenet_c(c_dir: str | Path, corruption: str, severity: int) -> FolderImageSet:
     """`<c_dir>/<corruption>/<severity>/<wnid>/<file>.JPEG`."""
     root = Path(c_dir) / corruption / str(severity)
     if not root.is_dir():
-        raise RobustlabError(f"{root} is missing; --c-dir must hold <corruption>/<severity>/<wnid>/*.JPEG "
-                             "(the published ImageNet-C layout)")
+        raise RobustlabError(f"{root} is missing; point --c-dir at a folder holding "
+                             "<corruption>/<severity>/<wnid>/*.JPEG (the published ImageNet-C layout)")
     return FolderImageSet(root, name="imagenet", split="val")
 
 
@@ -81,26 +85,20 @@ class GeneratedImageSet(ImageSet):
         total = len(self) if n is None else min(n, len(self))
         cache = self._cache_path(total)
         if cache is not None and cache.is_file():
-            images = np.load(cache, mmap_mode="r")
-            yield from ArrayImageSet(images, self.base.label_array(total), name=self.name, split=self.split,
-                                     num_classes=self.num_classes).batches(batch_size, total)
+            yield from ArrayImageSet(NpyRows(cache), self.base.label_array(total), name=self.name,
+                                     split=self.split, num_classes=self.num_classes).batches(batch_size, total)
             return
-        writer = None
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
-            writer = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                               shape=(total, *self.image_size, 3))
-        start = 0
-        for images, labels in self.base.batches(batch_size, total):
-            hwc = images.permute(0, 2, 3, 1).numpy()
-            out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed, start=start,
-                          device=self.device, param=self.param)
-            if writer is not None:
-                writer[start:start + len(out)] = out
-            start += len(out)
-            yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
-        if writer is not None:
-            writer.flush()
-            del writer
-            os.replace(tmp, cache)  # only complete arrays become visible
+        with contextlib.ExitStack() as stack:
+            writer = None
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                writer = stack.enter_context(NpyWriter(cache, (total, *self.image_size, 3), np.uint8))
+            start = 0
+            for images, labels in self.base.batches(batch_size, total):
+                hwc = images.permute(0, 2, 3, 1).numpy()
+                out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed, start=start,
+                              device=self.device, param=self.param)
+                if writer is not None:
+                    writer.append(out)
+                start += len(out)
+                yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels

@@ -32,7 +32,9 @@ class _Decoded(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
+        """The image, its label, and '' (or why it could not be decoded, with a blank image: an exception raised
+        in a DataLoader worker reaches the main process wrapped in the worker's traceback)."""
         from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import functional as TF
         path, label = self.files[i]
@@ -40,9 +42,10 @@ class _Decoded(Dataset):
             with Image.open(path) as img:
                 img = img.convert("RGB")
         except (OSError, UnidentifiedImageError) as e:
-            raise RobustlabError(f"cannot decode {path} ({e}); remove or replace the file") from None
+            problem = f"cannot decode {path} ({e}); remove or replace the file"
+            return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, problem
         # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
-        return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label
+        return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label, ""
 
 
 class FolderImageSet(ImageSet):
@@ -65,7 +68,10 @@ class FolderImageSet(ImageSet):
         files = files if n is None else files[:n]
         loader = DataLoader(_Decoded(files), batch_size=batch_size, num_workers=self.workers,
                             persistent_workers=False)
-        for images, labels in loader:
+        for images, labels, problems in loader:
+            problem = next((p for p in problems if p), None)
+            if problem:
+                raise RobustlabError(problem)
             yield images, labels.to(torch.int64)
 
 
