@@ -196,7 +196,7 @@ def out_is_a_file(w):
 
 
 def out_holds_an_earlier_run(w):
-    return [*w.eval, "--out", w.earlier], ["already holds a run", "another --out"]
+    return [*w.eval, "--out", w.earlier], ["holds a run made with other arguments", "another --out"]
 
 
 def suite_with_invalid_toml(w):
