@@ -14,18 +14,22 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.fft import next_fast_len
 
 Rngs = Sequence[np.random.Generator]
 
 
-def _per_image(rngs: Rngs, draw, like: torch.Tensor) -> torch.Tensor:
-    """Stack one numpy draw per image (shape of one image) as a tensor like `like`."""
-    return torch.from_numpy(np.stack([draw(r) for r in rngs])).to(like)
+def _torch_draw(rngs: Rngs, method: str, like: torch.Tensor) -> torch.Tensor:
+    """One draw per image of the shape of one image of `like`, by Tensor.normal_ or .uniform_ from a CPU torch
+    generator seeded by that image's stream: torch's vectorized samplers are 2-4x faster than numpy's."""
+    out = torch.empty(like.shape)
+    for o, r in zip(out, rngs):
+        getattr(o, method)(generator=torch.Generator().manual_seed(int(r.integers(2 ** 63))))
+    return out.to(like)
 
 
 def gaussian_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
-    noise = _per_image(rngs, lambda r: r.standard_normal(x.shape[1:], dtype=np.float32), x)
-    return (x + c * noise).clamp_(0, 1) * 255
+    return (x + c * _torch_draw(rngs, "normal_", x)).clamp_(0, 1) * 255
 
 
 def shot_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
@@ -35,18 +39,14 @@ def shot_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
 
 
 def impulse_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
-    # salt and pepper in equal shares on a fraction c of all values (skimage's 's&p', per channel value)
-    u = _per_image(rngs, lambda r: r.random((2, *x.shape[1:]), dtype=np.float32), x)
-    flipped, salt = u[:, 0] < c, u[:, 1] < 0.5
-    out = x.clone()
-    out[flipped & salt] = 1.0
-    out[flipped & ~salt] = 0.0
-    return out * 255
+    # salt and pepper in equal shares on a fraction c of all values (skimage's 's&p', per channel value):
+    # u < c flips a value, and u < c / 2 makes it salt
+    u = _torch_draw(rngs, "uniform_", x)
+    return torch.where(u < c, (u < c / 2).to(x), x) * 255
 
 
 def speckle_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
-    noise = _per_image(rngs, lambda r: r.standard_normal(x.shape[1:], dtype=np.float32), x)
-    return (x + x * c * noise).clamp_(0, 1) * 255
+    return (x + x * c * _torch_draw(rngs, "normal_", x)).clamp_(0, 1) * 255
 
 
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> torch.Tensor:
@@ -83,12 +83,16 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 def defocus_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
+    # cv2.filter2D (the published code's) switches to a DFT for kernels of this size, and so do we: a direct
+    # 17x17..21x21 convolution is 5-10x slower on CPU. Zero-padding to `size` >= h + 2r keeps the circular
+    # convolution's wrap-around out of the kept window.
     k = torch.from_numpy(disk_kernel(*c)).to(x)
-    n, ch, h, w = x.shape
+    h, w = x.shape[-2:]
     r = (k.shape[0] - 1) // 2
-    # cv2.filter2D's default border is reflect-101, which is torch's 'reflect'
-    y = F.pad(x.reshape(n * ch, 1, h, w), (r, r, r, r), mode="reflect")
-    return F.conv2d(y, k.view(1, 1, *k.shape)).reshape(n, ch, h, w).clamp_(0, 1) * 255
+    y = F.pad(x, (r, r, r, r), mode="reflect")  # cv2.filter2D's default border is reflect-101, torch's 'reflect'
+    size = (next_fast_len(h + 2 * r, real=True), next_fast_len(w + 2 * r, real=True))
+    spectrum = torch.fft.rfft2(y, s=size) * torch.fft.rfft2(k.flip(0, 1), s=size)  # flipped: filter2D correlates
+    return torch.fft.irfft2(spectrum, s=size)[..., 2 * r:2 * r + h, 2 * r:2 * r + w].clamp_(0, 1) * 255
 
 
 def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list[tuple[int, int, float]]:
@@ -108,59 +112,42 @@ def motion_taps(radius: int, sigma: float, angle: float, max_shift: int) -> list
     return taps
 
 
+def shifted_sum(img: torch.Tensor, taps: list[tuple[int, int, float]]) -> torch.Tensor:
+    """sum of weight * img[..., h - dy, w - dx] over the (dy, dx, weight) taps, edges replicated, for one
+    (..., H, W) image: a slice per tap, where a gather per tap over a batch or a dense (4R+1)^2 convolution
+    with the motion line is 10-1000x slower on CPU."""
+    h, w = img.shape[-2:]
+    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in taps)
+    padded = F.pad(img.reshape(-1, h, w), (pad, pad, pad, pad), mode="replicate").reshape(*img.shape[:-2], h + 2 * pad,
+                                                                                           w + 2 * pad)
+    out = torch.zeros_like(img)
+    for dy, dx, weight in taps:
+        out.add_(padded[..., pad - dy:pad - dy + h, pad - dx:pad - dx + w], alpha=weight)
+    return out
+
+
 def motion_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
-    n, ch, h, w = x.shape
-    width = 2 * int(c[0]) + 1
-    dy, dx = np.zeros((n, width), dtype=np.int64), np.zeros((n, width), dtype=np.int64)
-    wt = np.zeros((n, width))  # taps after the motion left the image keep weight 0
-    for i, r in enumerate(rngs):
-        for t, (a, b, weight) in enumerate(motion_taps(int(c[0]), c[1], r.uniform(-45, 45), min(h, w))):
-            dy[i, t], dx[i, t], wt[i, t] = a, b, weight
-    # a sum of whole-pixel shifts with the edge rows/columns replicated (a gather per tap, not a dense
-    # (2W+1)^2 convolution, which is a thousand times slower on CPU)
-    dy, dx, wt = (torch.from_numpy(a).to(x.device) for a in (dy, dx, wt))
-    rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
-    out = torch.zeros_like(x)
-    for t in range(width):
-        ri = (rows[None] - dy[:, t, None]).clamp_(0, h - 1)[:, None, :, None].expand(n, ch, h, w)
-        ci = (cols[None] - dx[:, t, None]).clamp_(0, w - 1)[:, None, None, :].expand(n, ch, h, w)
-        out += wt[:, t].to(x).view(n, 1, 1, 1) * x.gather(2, ri).gather(3, ci)
-    return out * 255
+    h, w = x.shape[-2:]
+    taps = [motion_taps(int(c[0]), c[1], r.uniform(-45, 45), min(h, w)) for r in rngs]
+    return torch.stack([shifted_sum(img, t) for img, t in zip(x, taps)]) * 255
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """skimage.color.rgb2hsv for (N, 3, H, W) in [0, 1]."""
-    r, g, b = x.unbind(1)
-    v, _ = x.max(1)
-    delta = v - x.min(1).values
-    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
-    safe = delta.clamp_min(1e-12)
-    h = torch.where(r == v, (g - b) / safe, torch.where(g == v, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, v], 1)
-
-
-def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    """skimage.color.hsv2rgb for (N, 3, H, W)."""
-    h, s, v = hsv.unbind(1)
-    i = torch.floor(h * 6)
-    f = h * 6 - i
-    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-    i = (i.long() % 6).unsqueeze(0)
-    pick = lambda *c: torch.stack(c).gather(0, i).squeeze(0)  # noqa: E731  (the sextant's component)
-    return torch.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], 1)
-
-
+# brightness and saturate move one HSV coordinate, and every RGB component is a function of the hue times V and
+# S as v * (1 - s * f(h)): so skimage's rgb2hsv -> hsv2rgb round trip is done on RGB directly, without the hue.
 def brightness(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
-    hsv = rgb_to_hsv(x)
-    hsv[:, 2] = (hsv[:, 2] + c).clamp_(0, 1)
-    return hsv_to_rgb(hsv).clamp_(0, 1) * 255
+    v = x.amax(1, keepdim=True)
+    bright = (v + c).clamp_(0, 1)
+    return torch.where(v > 0, x * (bright / v.clamp_min(1e-12)), bright).clamp_(0, 1) * 255
 
 
 def saturate(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
-    hsv = rgb_to_hsv(x)
-    hsv[:, 1] = (hsv[:, 1] * c[0] + c[1]).clamp_(0, 1)
-    return hsv_to_rgb(hsv).clamp_(0, 1) * 255
+    v = x.amax(1, keepdim=True)
+    delta = v - x.amin(1, keepdim=True)
+    s = torch.where(v > 0, delta / v.clamp_min(1e-12), torch.zeros_like(v))
+    # f(h) per component; a grey pixel has hue 0 (red), where f = (0, 1, 1)
+    hue_0 = torch.tensor([0.0, 1.0, 1.0], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    f = torch.where(delta > 0, (v - x) / delta.clamp_min(1e-12), hue_0)
+    return (v * (1 - (s * c[0] + c[1]).clamp_(0, 1) * f)).clamp_(0, 1) * 255
 
 
 def contrast(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
@@ -169,37 +156,46 @@ def contrast(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def box_weights(in_size: int, out_size: int) -> torch.Tensor:
-    """PIL's BOX resampling coefficients as an (out, in) matrix."""
+def box_windows(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PIL's BOX resampling of 8-bit images along one axis: output o is the sum of inputs lo[o]..hi[o]-1 times
+    the fixed-point weight k[o] (Pillow's precompute_coeffs and normalize_coeffs_8bpc, 22 fraction bits)."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = 0.5 * filterscale
-    m = torch.zeros(out_size, in_size, dtype=torch.float64)
-    ss = 1.0 / filterscale
+    support, ss = 0.5 * filterscale, 1.0 / filterscale
+    lo, hi, k = [], [], []
     for o in range(out_size):
         center = (o + 0.5) * scale
-        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
-        for j in range(lo, hi):
-            u = (j - center + 0.5) * ss  # as Pillow computes it, with its box filter's (-0.5, 0.5] support
-            m[o, j] = 1.0 if -0.5 < u <= 0.5 else 0.0
-        total = m[o].sum()
-        if total > 0:
-            m[o] /= total
-    return m
+        first, end = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        # as Pillow computes it, with its box filter's (-0.5, 0.5] support; equal weights 1 / count
+        inside = [j for j in range(first, end) if -0.5 < (j - center + 0.5) * ss <= 0.5]
+        lo.append(inside[0])
+        hi.append(inside[-1] + 1)
+        k.append(int(0.5 + 1.0 / len(inside) * (1 << 22)))
+    return torch.tensor(lo), torch.tensor(hi), torch.tensor(k, dtype=torch.int32)
 
 
-def _pil_box_resize(x255: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
-    """PIL's Image.resize(BOX) on 8-bit images: horizontal pass, round to uint8, vertical pass, round."""
-    h, w = x255.shape[-2:]
-    if out_w != w:
-        x255 = torch.floor(x255 @ box_weights(w, out_w).T.to(x255) + 0.5).clamp_(0, 255)
-    if out_h != h:
-        x255 = torch.floor(box_weights(h, out_h).to(x255) @ x255 + 0.5).clamp_(0, 255)
-    return x255
+def _pil_box_resize(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+    """PIL's Image.resize(BOX) of int32 0..255 values along dim -1 or -2, in its integer arithmetic
+    (window sums from a cumulative sum: the windows are contiguous and equally weighted)."""
+    lo, hi, k = (t.to(img.device) for t in box_windows(img.shape[dim], out_size))
+    csum = torch.cat([torch.zeros_like(img.narrow(dim, 0, 1)), img.cumsum(dim, dtype=torch.int32)], dim)
+    sums = csum.index_select(dim, hi) - csum.index_select(dim, lo)
+    return (sums * (k if dim == -1 else k.view(-1, 1)) + (1 << 21)) >> 22
 
 
 def pixelate(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     h, w = x.shape[-2:]
-    x255 = torch.round(x.double() * 255)
-    small = _pil_box_resize(x255, int(h * c), int(w * c))
-    return _pil_box_resize(small, h, w).to(x)
+    img = torch.round(x * 255).to(torch.int32)
+    for out_h, out_w in ((int(h * c), int(w * c)), (h, w)):  # down, then up; horizontal pass first, as PIL
+        img = _pil_box_resize(_pil_box_resize(img, -1, out_w), -2, out_h)
+    return img.to(x)
+
+
+def jpeg_compression(x: torch.Tensor, c: int, rngs: Rngs) -> torch.Tensor:
+    # libjpeg through OpenCV, on the CPU: byte-identical to PIL's save(quality=c) and reopen (libjpeg-turbo,
+    # 4:2:0, standard tables, as the published code) without PIL's per-image overhead; OpenCV wants BGR
+    import cv2
+    bgr = torch.round(x.flip(1) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(c)]
+    out = np.stack([cv2.imdecode(cv2.imencode(".jpg", im, params)[1], cv2.IMREAD_COLOR) for im in bgr])
+    return torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2).flip(1).to(x)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -12,6 +13,10 @@ from robustlab.corruptions import batched, per_image
 from robustlab.corruptions.tables import BENCHMARK, EXTRA, TABLES
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
+
+# Bumped whenever a corruption's output bytes change, so that generated corruptions cached by an older engine
+# are not served (robustlab.data.corrupted keys its cache on it). 2: FFT defocus, torch-sampled noise.
+ENGINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,22 @@ def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Gene
     return np.random.default_rng([seed, zlib.crc32(name.encode()), severity, index])
 
 
+class ImageStreams(Sequence):
+    """The random streams of images start, start + 1, ..., built on first use: deterministic corruptions never
+    pay for them (building a Generator costs about as much as contrast on a 32x32 image)."""
+
+    def __init__(self, seed: int, name: str, severity: int, start: int, n: int) -> None:
+        self.seed, self.name, self.severity, self.start, self.n = seed, name, severity, start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.random.Generator:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return image_rng(self.seed, self.name, self.severity, self.start + i)
+
+
 def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar", seed: int = 0,
             start: int = 0, device: str | torch.device = "cpu", param: Any = None) -> np.ndarray:
     """Corrupt uint8 images (N, H, W, 3) or grayscale (N, H, W[, 1]); image i uses index start + i for its seed.
@@ -67,7 +88,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
     rgb = np.repeat(images.reshape(*images.shape[:3], 1), 3, axis=-1) if gray else images
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < 28:
         raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
-    rngs = [image_rng(seed, name, severity, start + i) for i in range(len(rgb))]
+    rngs = ImageStreams(seed, name, severity, start, len(rgb))
     if spec.batched:
         x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255
         out = spec.fn(x, p, rngs).permute(0, 2, 3, 1).cpu().numpy()

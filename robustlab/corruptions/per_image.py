@@ -9,13 +9,13 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 import importlib.util
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from robustlab.corruptions.batched import motion_taps
+from robustlab.corruptions.batched import motion_taps, shifted_sum
 from robustlab.errors import RobustlabError
 
 
@@ -59,14 +59,6 @@ def zoom_blur(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Gener
     return (x + out) / (len(factors) + 1) * 255
 
 
-def _motion_blur_gray(layer: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
-    taps = motion_taps(radius, sigma, angle, min(layer.shape))
-    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in taps)
-    padded = np.pad(layer, pad, mode="edge")
-    h, w = layer.shape
-    return sum(wt * padded[pad - dy:pad - dy + h, pad - dx:pad - dx + w] for dy, dx, wt in taps)
-
-
 def _gray(x: np.ndarray) -> np.ndarray:
     return x @ np.array([0.299, 0.587, 0.114])  # OpenCV's RGB2GRAY weights
 
@@ -77,7 +69,8 @@ def snow(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
     layer = clipped_zoom(layer[..., None], c[2])[..., 0]
     layer[layer < c[3]] = 0
     layer = np.uint8(np.clip(layer, 0, 1) * 255).astype(np.float64)
-    layer = _motion_blur_gray(layer, int(c[4]), c[5], rng.uniform(-135, -45))
+    taps = motion_taps(int(c[4]), c[5], rng.uniform(-135, -45), min(h, w))
+    layer = shifted_sum(torch.from_numpy(layer), taps).numpy()
     layer = np.clip(layer, 0, 255) / 255
     x = c[6] * x + (1 - c[6]) * np.maximum(x, _gray(x)[..., None] * 1.5 + 0.5)
     return (x + layer[..., None] + np.rot90(layer, k=2)[..., None]) * 255
@@ -183,10 +176,3 @@ def spatter(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
     mask[mask < 0.8] = 0
     mud = np.array([63, 42, 20], dtype=np.float32) / 255 * mask[..., None]
     return (x * (1 - mask[..., None]) + mud) * 255
-
-
-def jpeg_compression(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
-    from PIL import Image
-    buf = BytesIO()
-    Image.fromarray(np.uint8(np.round(x * 255))).save(buf, "JPEG", quality=int(c))
-    return np.asarray(Image.open(buf), dtype=np.float64)
