@@ -241,7 +241,7 @@ def test_same_seed_same_bytes_whatever_the_batch(name):
         np.testing.assert_array_equal(other, whole)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).batched))
+@pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).kind == "torch"))
 def test_torch_batched_paths_repeat_on_cpu(name):
     x = np.concatenate([digits()[:4], photos(4, 32, 32)])
     first = corrupt(x, name, 5, table="imagenet", seed=5, device="cpu")
@@ -393,7 +393,7 @@ def _same_numbers(icc, name: str, severity: int, im: np.ndarray, k: int) -> tupl
     np.random.seed(k)
     theirs = np.uint8(getattr(icc, name)(Image.fromarray(im), severity))
     c = parameter(name, severity, "imagenet")
-    if CORRUPTIONS.get(name).batched:
+    if CORRUPTIONS.get(name).kind == "torch":
         x = torch.from_numpy(im[None].copy()).permute(0, 3, 1, 2).double() / 255
         ours = getattr(batched, name)(x, c, [Legacy(k)]).permute(0, 2, 3, 1)[0].numpy()
     else:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from robustlab.corruptions import batched, per_image
+from robustlab.corruptions import batched, per_image, uint8_batch
 from robustlab.corruptions.tables import BENCHMARK, EXTRA, TABLES
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
@@ -24,7 +24,7 @@ class Corruption:
     name: str
     family: str
     fn: Callable[..., Any]
-    batched: bool  # torch on whole batches (CPU or GPU), else numpy one image at a time
+    kind: str  # "torch": whole batches (CPU or GPU); "uint8": whole uint8 batches on the CPU; "image": one at a time
 
 
 CORRUPTIONS: Registry[Corruption] = Registry("corruption")
@@ -34,11 +34,12 @@ _FAMILIES = {
     "weather": ["snow", "frost", "fog", "brightness", "spatter"],
     "digital": ["contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"],
 }
+_KINDS = {"torch": batched, "uint8": uint8_batch, "image": per_image}
+KIND_SUMMARY = {"torch": "batched torch", "uint8": "batched uint8 (Pillow/libjpeg, CPU)", "image": "per image"}
 for _family, _names in _FAMILIES.items():
     for _name in _names:
-        _batched = hasattr(batched, _name)
-        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(batched if _batched else per_image, _name),
-                                               _batched))
+        _kind = next(k for k, module in _KINDS.items() if hasattr(module, _name))
+        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(_KINDS[_kind], _name), _kind))
 assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
 
 
@@ -89,12 +90,14 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < 28:
         raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
     rngs = ImageStreams(seed, name, severity, start, len(rgb))
-    if spec.batched:
-        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255
-        out = spec.fn(x, p, rngs).permute(0, 2, 3, 1).cpu().numpy()
+    # float results are clipped and truncated to uint8, as the published generators do
+    if spec.kind == "torch":
+        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float().div_(255)
+        out = spec.fn(x, p, rngs).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    elif spec.kind == "uint8":
+        out = spec.fn(rgb, p, rngs)
     else:
-        out = np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)])
-    out = np.clip(out, 0, 255).astype(np.uint8)  # truncation, as the published generators do
+        out = np.clip(np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)]), 0, 255).astype(np.uint8)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
         out = np.clip(np.floor(out @ np.array([0.299, 0.587, 0.114]) + 0.5), 0, 255).astype(np.uint8)
         out = out.reshape(images.shape)
