@@ -15,25 +15,34 @@ from PIL import Image
 Rngs = Sequence[np.random.Generator]
 
 
-def _box_rows(rows: np.ndarray, width: int) -> np.ndarray:
-    """Pillow's BOX resampling of (R, W, 3) uint8 rows to `width` columns."""
-    return np.asarray(Image.fromarray(rows).resize((width, len(rows)), Image.BOX))
+def _box(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Pillow's Image.resize((width, height), BOX) of one (H, W, 3) uint8 array."""
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
 
 
 def box_resize(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Image.resize((out_w, out_h), BOX) of each image. Pillow resizes the width, rounds to uint8, then resizes
-    the height with the same integer arithmetic; so each pass is one call on the whole batch stacked as rows,
-    the height pass on the transposed images (two calls per batch instead of two per image)."""
+    the height, each pass independent across rows (resp. columns); so each pass is one call on the whole batch,
+    the images stacked (width pass) or side by side (height pass): two C calls per batch, not two per image."""
     n, h, w, _ = images.shape
-    wide = _box_rows(images.reshape(n * h, w, 3), out_w).reshape(n, h, out_w, 3)
-    columns = np.ascontiguousarray(wide.transpose(0, 2, 1, 3)).reshape(n * out_w, h, 3)
-    return _box_rows(columns, out_h).reshape(n, out_w, out_h, 3).transpose(0, 2, 1, 3)
+    stacked = _box(images.reshape(n * h, w, 3), out_w, n * h)
+    side_by_side = stacked.reshape(n, h, out_w, 3).transpose(1, 0, 2, 3).reshape(h, n * out_w, 3)
+    return _box(side_by_side, n * out_w, out_h).reshape(out_h, n, out_w, 3).transpose(1, 0, 2, 3)
+
+
+def box_enlarge_index(in_size: int, out_size: int) -> np.ndarray:
+    """The source pixel of each output pixel when Pillow's BOX filter enlarges: its window holds one pixel, at
+    (o + 0.5) * in / out rounded down (precompute_coeffs, in double), with weight 1 exactly."""
+    return ((np.arange(out_size) + 0.5) * (in_size / out_size)).astype(np.intp)
 
 
 def pixelate(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:
+    # BOX down and BOX up, as the published code (imagecorruptions upscales with NEAREST, which agrees at 32 and
+    # 224); the enlargement is a gather, 8x faster than Pillow's 3-tap resampling with two zero weights
     h, w = images.shape[1:3]
-    # BOX down and BOX up, as the published code (imagecorruptions upscales with NEAREST, which agrees at 32 and 224)
-    return np.ascontiguousarray(box_resize(box_resize(images, int(h * c), int(w * c)), h, w))
+    small = box_resize(images, int(h * c), int(w * c))
+    cols = np.take(small, box_enlarge_index(small.shape[2], w), axis=2)
+    return np.take(cols, box_enlarge_index(small.shape[1], h), axis=1)
 
 
 def jpeg_compression(images: np.ndarray, c: int, rngs: Rngs) -> np.ndarray:
