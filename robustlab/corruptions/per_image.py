@@ -12,10 +12,9 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from robustlab.corruptions.batched import motion_taps, shifted_sum
+from robustlab.corruptions.batched import motion_kernel
 from robustlab.errors import RobustlabError
 
 
@@ -64,13 +63,14 @@ def _gray(x: np.ndarray) -> np.ndarray:
 
 
 def snow(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
+    import cv2
     h, w = x.shape[:2]
     layer = rng.normal(loc=c[0], scale=c[1], size=(h, w))
     layer = clipped_zoom(layer[..., None], c[2])[..., 0]
     layer[layer < c[3]] = 0
     layer = np.uint8(np.clip(layer, 0, 1) * 255).astype(np.float64)
-    taps = motion_taps(int(c[4]), c[5], rng.uniform(-135, -45), min(h, w))
-    layer = shifted_sum(torch.from_numpy(layer), taps).numpy()
+    kernel = motion_kernel(int(c[4]), c[5], rng.uniform(-135, -45), min(h, w))
+    layer = cv2.filter2D(layer, -1, kernel, borderType=cv2.BORDER_REPLICATE)
     layer = np.clip(layer, 0, 255) / 255
     x = c[6] * x + (1 - c[6]) * np.maximum(x, _gray(x)[..., None] * 1.5 + 0.5)
     return (x + layer[..., None] + np.rot90(layer, k=2)[..., None]) * 255
