@@ -8,7 +8,7 @@ published generators do. Written from the formulas of Hendrycks & Dietterich's b
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -135,6 +135,34 @@ def motion_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Te
     h, w = x.shape[-2:]
     kernels = np.stack([motion_kernel(int(c[0]), c[1], r.uniform(-45, 45), min(h, w)) for r in rngs])
     return filter2d(x, kernels, cv2.BORDER_REPLICATE).mul_(255)
+
+
+def zoom_coordinates(size: int, factor: float) -> np.ndarray:
+    """Along one axis, the source coordinate of each output pixel of the published clipped_zoom: a centred crop
+    of ceil(size / factor) pixels, zoomed by scipy.ndimage.zoom (which maps zoomed index o to o * (crop - 1) /
+    (zoomed - 1)), cropped back to `size`."""
+    crop = math.ceil(size / factor)
+    zoomed = round(crop * factor)
+    top, trim = (size - crop) // 2, (zoomed - size) // 2
+    return top + (trim + np.arange(size)) * ((crop - 1) / (zoomed - 1))
+
+
+def clipped_zoom(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """The published clipped_zoom (scipy.ndimage.zoom, order 1) of (N, C, H, W): scipy's order-1 zoom is bilinear
+    sampling at zoom_coordinates, here one grid_sample on the whole batch, 10-25x faster than scipy's spline code
+    image by image."""
+    n, _, h, w = x.shape
+    gy, gx = (torch.from_numpy(zoom_coordinates(size, factor) * 2 / (size - 1) - 1).to(x) for size in (h, w))
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1).expand(n, h, w, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def zoom_blur(x: torch.Tensor, c: tuple[float, float, float], rngs: Rngs) -> torch.Tensor:
+    factors = np.arange(*c)
+    out = x.clone()
+    for z in factors:
+        out += clipped_zoom(x, z)
+    return out.div_(len(factors) + 1).mul_(255)
 
 
 # brightness and saturate move one HSV coordinate, and every RGB component is a function of the hue times V and
