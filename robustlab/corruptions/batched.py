@@ -186,8 +186,3 @@ def saturate(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tenso
     f = torch.where(delta > 0, (v - x) / delta.clamp_min(1e-12), hue_0)
     f.mul_((s * c[0] + c[1]).clamp_(0, 1))  # the new S times f(h)
     return (v * (1 - f)).clamp_(0, 1).mul_(255)
-
-
-def contrast(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
-    means = x.mean(dim=(2, 3), keepdim=True)
-    return (x - means).mul_(c).add_(means).clamp_(0, 1).mul_(255)

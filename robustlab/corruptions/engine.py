@@ -35,7 +35,7 @@ _FAMILIES = {
     "digital": ["contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"],
 }
 _KINDS = {"torch": batched, "uint8": uint8_batch, "image": per_image}
-KIND_SUMMARY = {"torch": "batched torch", "uint8": "batched uint8 (Pillow/libjpeg, CPU)", "image": "per image"}
+KIND_SUMMARY = {"torch": "batched torch", "uint8": "batched uint8 (C libraries, CPU)", "image": "per image"}
 for _family, _names in _FAMILIES.items():
     for _name in _names:
         _kind = next(k for k, module in _KINDS.items() if hasattr(module, _name))
