@@ -58,7 +58,7 @@ def jpeg_compression(images: np.ndarray, c: int, rngs: Rngs) -> np.ndarray:
 def contrast(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:
     # (x - mean) * c + mean maps each byte value of an image's channel to one output byte: a 256-entry table per
     # image and channel (float64, from the exact mean), applied by cv2.LUT
-    n, h, w, _ = images.shape
+    h, w = images.shape[1:3]
     means = np.array([cv2.sumElems(im)[:3] for im in images]) / (255.0 * h * w)
     values = np.arange(256)[None, :, None] / 255.0
     tables = (np.clip((values - means[:, None]) * c + means[:, None], 0, 1) * 255).astype(np.uint8)
