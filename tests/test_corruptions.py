@@ -295,12 +295,13 @@ def test_pixelate_is_pil_box_down_and_up_as_published(table):
 
 @pytest.mark.parametrize("border", [cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE])
 def test_accelerator_fft_filter_equals_opencv_filter2d(border):
-    # defocus and motion blur run cv2.filter2D on the CPU and one batched torch FFT elsewhere: same numbers
+    # gaussian, defocus and motion blur run OpenCV on the CPU and one batched torch FFT elsewhere: same numbers
     x = torch.from_numpy(photos(3, 40, 56)).permute(0, 3, 1, 2).float() / 255
     radius, sigma = parameter("motion_blur", 3, "imagenet")
     angles = np.random.default_rng(0).uniform(-45, 45, len(x))
     motion = np.stack([batched.motion_kernel(radius, sigma, a, min(x.shape[-2:])) for a in angles])
-    for kernels in (motion, batched.disk_kernel(*parameter("defocus_blur", 3, "imagenet"))[None]):
+    for kernels in (motion, batched.disk_kernel(*parameter("defocus_blur", 3, "imagenet"))[None],
+                    batched.gaussian_kernel(parameter("gaussian_blur", 3, "imagenet"))):
         np.testing.assert_allclose(batched.filter_fft(x, kernels, border), batched.filter_cv2(x, kernels, border),
                                    atol=1e-5)
 
