@@ -15,8 +15,8 @@ from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
 
 # Bumped whenever a corruption's output bytes change, so that generated corruptions cached by an older engine
-# are not served (robustlab.data.corrupted keys its cache on it). 2: filter2D/FFT defocus and motion blur,
-# sepFilter2D gaussian blur, grid_sample zoom blur, torch-sampled gaussian/speckle noise, one uniform per value for impulse noise.
+# are not served (robustlab.data.corrupted keys its cache on it). 2: OpenCV/FFT gaussian, defocus and motion
+# blur, grid_sample zoom blur, torch-sampled gaussian/speckle noise, one uniform per value for impulse noise.
 ENGINE_VERSION = 2
 
 
