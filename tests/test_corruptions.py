@@ -241,6 +241,14 @@ def test_same_seed_same_bytes_whatever_the_batch(name):
         np.testing.assert_array_equal(other, whole)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_views_give_the_same_bytes(name):
+    # what a channels-first batch permuted to channels-last (robustlab.data.corrupted) hands over
+    x = np.ascontiguousarray(digits()[:2].transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    assert not x.flags.c_contiguous
+    np.testing.assert_array_equal(corrupt(x, name, 3, seed=4), corrupt(np.ascontiguousarray(x), name, 3, seed=4))
+
+
 @pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).kind == "torch"))
 def test_torch_batched_paths_repeat_on_cpu(name):
     x = np.concatenate([digits()[:4], photos(4, 32, 32)])

@@ -96,7 +96,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
         x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float().div_(255)
         out = spec.fn(x, p, rngs).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
     elif spec.kind == "uint8":
-        out = spec.fn(rgb, p, rngs)
+        out = spec.fn(np.ascontiguousarray(rgb), p, rngs)  # OpenCV refuses strided views
     else:
         out = np.clip(np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)]), 0, 255).astype(np.uint8)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
