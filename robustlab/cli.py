@@ -261,6 +261,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from robustlab.attacks import ATTACKS
     from robustlab.checkpoints import zoo_names
     from robustlab.corruptions import BENCHMARK, CORRUPTIONS
+    from robustlab.corruptions.engine import KIND_SUMMARY
     from robustlab.data import DATASETS
     from robustlab.suites import suite_names
     from robustlab.models import ARCHS
@@ -271,7 +272,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         "datasets": lambda: [(n, s.summary) for n, s in DATASETS.items()],
         "zoo": lambda: [(f"zoo:{n}", "shipped checkpoint") for n in zoo_names()],
         "corruptions": lambda: [(n, f"{c.family}{'' if n in BENCHMARK else ' (extra)'}, "
-                                    f"{'batched torch' if c.batched else 'per image'}") for n, c in CORRUPTIONS.items()],
+                                    f"{KIND_SUMMARY[c.kind]}") for n, c in CORRUPTIONS.items()],
         "attacks": lambda: [(n, f"{'white-box' if e.white_box else 'black-box'}, {'/'.join(e.norms)}")
                             for n, e in ATTACKS.items()],
         "suites": lambda: [(f"corruptions/{n}", "corruption suite") for n in suite_names("corruptions")] +

@@ -241,7 +241,15 @@ def test_same_seed_same_bytes_whatever_the_batch(name):
         np.testing.assert_array_equal(other, whole)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).batched))
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_views_give_the_same_bytes(name):
+    # what a channels-first batch permuted to channels-last (robustlab.data.corrupted) hands over
+    x = np.ascontiguousarray(digits()[:2].transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    assert not x.flags.c_contiguous
+    np.testing.assert_array_equal(corrupt(x, name, 3, seed=4), corrupt(np.ascontiguousarray(x), name, 3, seed=4))
+
+
+@pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).kind == "torch"))
 def test_torch_batched_paths_repeat_on_cpu(name):
     x = np.concatenate([digits()[:4], photos(4, 32, 32)])
     first = corrupt(x, name, 5, table="imagenet", seed=5, device="cpu")
@@ -291,6 +299,19 @@ def test_pixelate_is_pil_box_down_and_up_as_published(table):
                                        .resize((w, h), Image.BOX)) for im in x])
             np.testing.assert_array_equal(corrupt(x, "pixelate", severity, table=table), ref,
                                           err_msg=f"{h}x{w} severity {severity}")
+
+
+@pytest.mark.parametrize("border", [cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE])
+def test_accelerator_fft_filter_equals_opencv_filter2d(border):
+    # gaussian, defocus and motion blur run OpenCV on the CPU and one batched torch FFT elsewhere: same numbers
+    x = torch.from_numpy(photos(3, 40, 56)).permute(0, 3, 1, 2).float() / 255
+    radius, sigma = parameter("motion_blur", 3, "imagenet")
+    angles = np.random.default_rng(0).uniform(-45, 45, len(x))
+    motion = np.stack([batched.motion_kernel(radius, sigma, a, min(x.shape[-2:])) for a in angles])
+    for kernels in (motion, batched.disk_kernel(*parameter("defocus_blur", 3, "imagenet"))[None],
+                    batched.gaussian_kernel(parameter("gaussian_blur", 3, "imagenet"))):
+        np.testing.assert_allclose(batched.filter_fft(x, kernels, border), batched.filter_cv2(x, kernels, border),
+                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("table", ["cifar", "imagenet"])
@@ -393,7 +414,7 @@ def _same_numbers(icc, name: str, severity: int, im: np.ndarray, k: int) -> tupl
     np.random.seed(k)
     theirs = np.uint8(getattr(icc, name)(Image.fromarray(im), severity))
     c = parameter(name, severity, "imagenet")
-    if CORRUPTIONS.get(name).batched:
+    if CORRUPTIONS.get(name).kind == "torch":
         x = torch.from_numpy(im[None].copy()).permute(0, 3, 1, 2).double() / 255
         ours = getattr(batched, name)(x, c, [Legacy(k)]).permute(0, 2, 3, 1)[0].numpy()
     else:

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from robustlab.corruptions import batched, per_image
+from robustlab.corruptions import batched, per_image, uint8_batch
 from robustlab.corruptions.tables import BENCHMARK, EXTRA, TABLES
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
+
+# Bumped whenever a corruption's output bytes change, so that generated corruptions cached by an older engine
+# are not served (robustlab.data.corrupted keys its cache on it). 2: OpenCV/FFT gaussian, defocus and motion
+# blur, grid_sample zoom blur, torch-sampled gaussian/speckle noise, one uniform per value for impulse noise.
+ENGINE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class Corruption:
     name: str
     family: str
     fn: Callable[..., Any]
-    batched: bool  # torch on whole batches (CPU or GPU), else numpy one image at a time
+    kind: str  # "torch": whole batches (CPU or GPU); "uint8": whole uint8 batches on the CPU; "image": one at a time
 
 
 CORRUPTIONS: Registry[Corruption] = Registry("corruption")
@@ -29,11 +35,12 @@ _FAMILIES = {
     "weather": ["snow", "frost", "fog", "brightness", "spatter"],
     "digital": ["contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"],
 }
+_KINDS = {"torch": batched, "uint8": uint8_batch, "image": per_image}
+KIND_SUMMARY = {"torch": "batched torch", "uint8": "batched uint8 (C libraries, CPU)", "image": "per image"}
 for _family, _names in _FAMILIES.items():
     for _name in _names:
-        _batched = hasattr(batched, _name)
-        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(batched if _batched else per_image, _name),
-                                               _batched))
+        _kind = next(k for k, module in _KINDS.items() if hasattr(module, _name))
+        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(_KINDS[_kind], _name), _kind))
 assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
 
 
@@ -52,6 +59,22 @@ def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Gene
     return np.random.default_rng([seed, zlib.crc32(name.encode()), severity, index])
 
 
+class ImageStreams(Sequence):
+    """The random streams of images start, start + 1, ..., built on first use: deterministic corruptions never
+    pay for them (building a Generator costs ~10 us, more than contrast takes on a 32x32 image)."""
+
+    def __init__(self, seed: int, name: str, severity: int, start: int, n: int) -> None:
+        self.seed, self.name, self.severity, self.start, self.n = seed, name, severity, start, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> np.random.Generator:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return image_rng(self.seed, self.name, self.severity, self.start + i)
+
+
 def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar", seed: int = 0,
             start: int = 0, device: str | torch.device = "cpu", param: Any = None) -> np.ndarray:
     """Corrupt uint8 images (N, H, W, 3) or grayscale (N, H, W[, 1]); image i uses index start + i for its seed.
@@ -67,13 +90,15 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
     rgb = np.repeat(images.reshape(*images.shape[:3], 1), 3, axis=-1) if gray else images
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < 28:
         raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
-    rngs = [image_rng(seed, name, severity, start + i) for i in range(len(rgb))]
-    if spec.batched:
-        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float() / 255
-        out = spec.fn(x, p, rngs).permute(0, 2, 3, 1).cpu().numpy()
+    rngs = ImageStreams(seed, name, severity, start, len(rgb))
+    # float results are clipped and truncated to uint8, as the published generators do
+    if spec.kind == "torch":
+        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float().div_(255)
+        out = spec.fn(x, p, rngs).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    elif spec.kind == "uint8":
+        out = spec.fn(np.ascontiguousarray(rgb), p, rngs)  # OpenCV refuses strided views
     else:
-        out = np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)])
-    out = np.clip(out, 0, 255).astype(np.uint8)  # truncation, as the published generators do
+        out = np.clip(np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)]), 0, 255).astype(np.uint8)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
         out = np.clip(np.floor(out @ np.array([0.299, 0.587, 0.114]) + 0.5), 0, 255).astype(np.uint8)
         out = out.reshape(images.shape)

@@ -1,4 +1,4 @@
-"""Corruptions computed one image at a time with numpy/scipy/OpenCV/PIL (inherently per-image algorithms).
+"""Corruptions computed one image at a time with numpy/scipy/OpenCV (inherently per-image algorithms).
 
 Each function takes one (H, W, 3) float64 image in [0, 1], the severity's parameter and a numpy Generator,
 and returns the 0..255 scale, unclipped (the engine clips and truncates). Written from the formulas of
@@ -6,16 +6,15 @@ Hendrycks & Dietterich's benchmark code, generalized from square 32/224 images t
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 import importlib.util
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from robustlab.corruptions.batched import motion_taps
+from robustlab.corruptions.batched import clipped_zoom, motion_kernel
 from robustlab.errors import RobustlabError
 
 
@@ -40,44 +39,19 @@ def glass_blur(x: np.ndarray, c: tuple[float, int, int], rng: np.random.Generato
     return np.clip(_gaussian(img / 255.0, sigma), 0, 1) * 255
 
 
-def clipped_zoom(img: np.ndarray, factor: float) -> np.ndarray:
-    """Zoom into the centre by `factor` (bilinear) and crop back to the input size."""
-    h, w = img.shape[:2]
-    ch, cw = int(math.ceil(h / factor)), int(math.ceil(w / factor))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    zoomed = ndimage.zoom(img[top:top + ch, left:left + cw], (factor, factor) + (1,) * (img.ndim - 2), order=1)
-    th, tw = (zoomed.shape[0] - h) // 2, (zoomed.shape[1] - w) // 2
-    return zoomed[th:th + h, tw:tw + w]
-
-
-def zoom_blur(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
-    x = x.astype(np.float32)
-    factors = np.arange(*c)
-    out = np.zeros_like(x)
-    for z in factors:
-        out += clipped_zoom(x, z)
-    return (x + out) / (len(factors) + 1) * 255
-
-
-def _motion_blur_gray(layer: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
-    taps = motion_taps(radius, sigma, angle, min(layer.shape))
-    pad = max(max(abs(dy), abs(dx)) for dy, dx, _ in taps)
-    padded = np.pad(layer, pad, mode="edge")
-    h, w = layer.shape
-    return sum(wt * padded[pad - dy:pad - dy + h, pad - dx:pad - dx + w] for dy, dx, wt in taps)
-
-
 def _gray(x: np.ndarray) -> np.ndarray:
     return x @ np.array([0.299, 0.587, 0.114])  # OpenCV's RGB2GRAY weights
 
 
 def snow(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
+    import cv2
     h, w = x.shape[:2]
     layer = rng.normal(loc=c[0], scale=c[1], size=(h, w))
-    layer = clipped_zoom(layer[..., None], c[2])[..., 0]
+    layer = clipped_zoom(torch.from_numpy(layer)[None, None], c[2])[0, 0].numpy()
     layer[layer < c[3]] = 0
     layer = np.uint8(np.clip(layer, 0, 1) * 255).astype(np.float64)
-    layer = _motion_blur_gray(layer, int(c[4]), c[5], rng.uniform(-135, -45))
+    kernel = motion_kernel(int(c[4]), c[5], rng.uniform(-135, -45), min(h, w))
+    layer = cv2.filter2D(layer, -1, kernel, borderType=cv2.BORDER_REPLICATE)
     layer = np.clip(layer, 0, 255) / 255
     x = c[6] * x + (1 - c[6]) * np.maximum(x, _gray(x)[..., None] * 1.5 + 0.5)
     return (x + layer[..., None] + np.rot90(layer, k=2)[..., None]) * 255
@@ -183,10 +157,3 @@ def spatter(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
     mask[mask < 0.8] = 0
     mud = np.array([63, 42, 20], dtype=np.float32) / 255 * mask[..., None]
     return (x * (1 - mask[..., None]) + mud) * 255
-
-
-def jpeg_compression(x: np.ndarray, c: int, rng: np.random.Generator) -> np.ndarray:
-    from PIL import Image
-    buf = BytesIO()
-    Image.fromarray(np.uint8(np.round(x * 255))).save(buf, "JPEG", quality=int(c))
-    return np.asarray(Image.open(buf), dtype=np.float64)

@@ -72,9 +72,11 @@ class GeneratedImageSet(ImageSet):
         return self.base.label_array(n)
 
     def _cache_path(self, n: int) -> Path | None:
+        from robustlab.corruptions.engine import ENGINE_VERSION
         if self.cache_dir is None:
             return None
-        key = repr((self.base.name, self.base.split, len(self.base), self.table, self.param, self.seed, n))
+        key = repr((self.base.name, self.base.split, len(self.base), self.table, self.param, self.seed, n,
+                    ENGINE_VERSION))
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.base.name}-{self.corruption}-{self.severity}-{digest}.npy"
 
