@@ -185,16 +185,19 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
     calib = load_calibration(calib_path)
     assert calib.calibration_split == "digits/train" and len(calib.sweep) == 6 and len(calib.points) == 2
     assert (tmp_path / "calib.png").is_file() and (tmp_path / "calib.svg").is_file()
-    for flag in ([], ["--per-image"]):
+    for flag in ([], ["--per-image"], ["--select-n", 8]):
         out = tmp_path / f"run{len(flag)}"
         assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--corruptions",
                        "gaussian_noise", "--severities", "5", "--adaptive-lambda", calib_path, *flag, "--out", out,
                        "--quiet") == 0
         df = pd.read_csv(out / "results.csv")
-        mode = "adaptive-image" if flag else "adaptive-set"
+        mode = "adaptive-image" if flag == ["--per-image"] else "adaptive-set"
         assert list(df["lambda_mode"]) == ["fixed", mode, "fixed", mode]
         assert df["lambda"].between(0.1 - 1e-9, 0.3 + 1e-9).all()
-        assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == bool(flag)
+        assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == (mode == "adaptive-image")
+        assert list(df["flags"].astype("string").fillna("")) == ["", "lambda_from_first_8" if "--select-n" in flag else ""] * 2
+    assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
+                   "--per-image", "--select-n", 8, "--out", tmp_path / "refused") == 2
     out = tmp_path / "sweep"
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--lambda-sweep",
                    "0.1,0.5,2.0", "--out", out, "--quiet") == 0
