@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from robustlab.errors import RobustlabError
 
 GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
-GRID_CHUNK_BYTES = 2 << 20  # code maps of one chunk of images in residual_grid: about an L2 cache
 
 
 def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], kernel: int, stride: int,
@@ -198,27 +197,13 @@ class CSCConv2d(nn.Module):
 
     @torch.no_grad()
     def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
-        """(len(lambdas), N) residuals of this layer on its input x at each lambda, for a fraction of the cost of
-        one forward per lambda: the numbers a forward records at that lambda, bit for bit when x fits one chunk,
-        else up to float rounding (convolutions on fewer images may round differently, as a smaller batch does).
-
-        The lambda-free conv of x runs once for the whole grid. On the CPU the images go through in chunks small
-        enough that a chunk's code maps stay in cache while every lambda of the grid reuses them.
-        """
+        """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
+        records at that lambda, with the lambda-free first conv of x run once for the whole grid."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        out = x.new_empty((len(lambdas), len(x)))
-        chunk = len(x)
-        if x.device.type == "cpu":
-            h, w = ((size + 2 * self.padding - self.kernel_size) // self.stride + 1 for size in x.shape[-2:])
-            chunk = max(1, GRID_CHUNK_BYTES // (self.out_channels * h * w * x.element_size()))
-        for start in range(0, len(x), chunk):
-            part = x[start:start + chunk]
-            first = F.conv2d(part, W, stride=self.stride, padding=self.padding)
-            for k, lam in enumerate(lambdas):
-                out[k, start:start + chunk] = self._residual(part, A, self._solve(part, A, W, scale,
-                                                                                  lam * s * scale, first))
-        return out
+        first = F.conv2d(x, W, stride=self.stride, padding=self.padding)
+        return torch.stack([self._residual(x, A, self._solve(x, A, W, scale, lam * s * scale, first))
+                            for lam in lambdas])
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
