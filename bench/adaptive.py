@@ -2,9 +2,11 @@
 over the naive alternative of running the whole network at every grid lambda.
 
     python bench/adaptive.py [--device cpu|cuda] [--n 512] [--batch-size 128] [--repeats 3] [--width 1.0]
+                             [--select-n M] [--no-naive]
 
 SDNet-18 (CIFAR input, random weights; cost does not depend on the weights), a 14-point grid. All variants
-run on the same images in one process, alternating, median of the repeats.
+run on the same images in one process, alternating, median of the repeats. --select-n adds per-set selection
+on the first M images (eval --select-n); --no-naive leaves out the whole network per grid lambda (14x the cost).
 """
 from __future__ import annotations
 
@@ -40,6 +42,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--select-n", type=int, default=0, metavar="M")
+    ap.add_argument("--no-naive", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
     cfg = ModelConfig(arch="sdnet18", num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
@@ -54,15 +58,15 @@ def main() -> None:
     calib = Calibration(checkpoint_sha256="", arch="sdnet18", layer=0, noise="gaussian", grid=grid, levels=[],
                         sweep=[{}], points=[{}], fit=Fit(1e-4, 0.1, 1.0), calibration_split="", n=0, seed=0)
     csc = csc_layer(model)
-    batches = lambda: checked_batches(data, args.batch_size, None)  # noqa: E731
+    batches = lambda n=None: checked_batches(data, args.batch_size, n)  # noqa: E731
 
     def fixed() -> None:
         csc.lmbda = 0.1
         count_correct(model, batches(), device, top5=True)
 
-    def adaptive_set() -> None:
+    def adaptive_set(select_n: int | None = None) -> None:
         with torch.inference_mode():
-            csc.lmbda = select_for_set(model, batches(), calib, device)
+            csc.lmbda = select_for_set(model, batches(select_n), calib, device)
         count_correct(model, batches(), device, top5=True)
         csc.lmbda = 0.1
 
@@ -75,8 +79,11 @@ def main() -> None:
             count_correct(model, batches(), device, top5=True)
         csc.lmbda = 0.1
 
-    variants = {"fixed lambda": fixed, "adaptive, per set": adaptive_set, "adaptive, per image": adaptive_image,
-                "whole network x 14 lambdas": every_lambda}
+    variants = {"fixed lambda": fixed, "adaptive, per set": adaptive_set, "adaptive, per image": adaptive_image}
+    if args.select_n:
+        variants[f"adaptive, per set, first {args.select_n}"] = lambda: adaptive_set(args.select_n)
+    if not args.no_naive:
+        variants["whole network x 14 lambdas"] = every_lambda
     fixed()  # warm-up (and the CSC step size)
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.repeats):
@@ -86,11 +93,13 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {where}; SDNet-18 width {args.width}; {args.n} images, batch {args.batch_size}; "
           f"grid of {len(grid)}; median of {args.repeats}")
-    print(f"{'variant':28s} {'seconds':>8s} {'img/s':>8s} {'vs fixed':>9s}")
+    print(f"{'variant':34s} {'seconds':>8s} {'img/s':>8s} {'vs fixed':>9s}")
     for name, t in med.items():
-        print(f"{name:28s} {t:8.3f} {args.n / t:8.1f} {t / med['fixed lambda']:9.3f}")
-    for name in ("adaptive, per set", "adaptive, per image"):
-        print(f"{name}: {med['whole network x 14 lambdas'] / med[name]:.2f}x faster than the whole network per lambda")
+        print(f"{name:34s} {t:8.3f} {args.n / t:8.1f} {t / med['fixed lambda']:9.3f}")
+    if "whole network x 14 lambdas" in med:
+        for name in (k for k in med if k.startswith("adaptive")):
+            print(f"{name}: {med['whole network x 14 lambdas'] / med[name]:.2f}x faster than the whole network per "
+                  "lambda")
 
 
 if __name__ == "__main__":

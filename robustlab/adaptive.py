@@ -79,15 +79,8 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
 def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
     """(len(grid), N) residuals of one CSC layer at every grid lambda; only that layer runs per lambda."""
     csc = csc_layer(model, layer)
-    out = []
-    with torch.no_grad(), restored(csc):
-        inp = layer_input(model, csc, x)
-        csc.record_residual = True
-        for lam in grid:
-            csc.lmbda = lam
-            csc(inp)
-            out.append(csc.residual)
-    return torch.stack(out)
+    with torch.no_grad():
+        return csc.residual_grid(layer_input(model, csc, x), grid)
 
 
 @dataclass

@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
                             adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep,
                             attacks=_attack_specs(args), transfer_from=_comma(args.transfer_from),
-                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv,
+                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv, select_n=args.select_n,
                             allow_config_change=args.allow_config_change)
     if run is not None:  # under torchrun only rank 0 reports
         _report(run, records, args.json)
@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adaptive-lambda", metavar="CALIB.json", help="add rows with lambda chosen by Algorithm 1 "
                                                                    "(per test set; see robustlab calibrate)")
     p.add_argument("--per-image", action="store_true", help="with --adaptive-lambda: choose lambda per image")
+    p.add_argument("--select-n", type=_positive_int, metavar="N", help="with --adaptive-lambda, per set: choose "
+                   "lambda on each set's first N images (faster on large sets; default all, the exact rule)")
     p.add_argument("--lambda-sweep", metavar="GRID", help="a row per lambda: 0.1:1.4:14, geom:0.1:0.3:14, "
                                                           "a comma list, official or default")
     p.add_argument("--attack", help="pgd-linf, pgd-l2, fgsm, apgd-ce, apgd-t, autoattack, square")

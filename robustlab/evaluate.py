@@ -62,9 +62,11 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
 
 
 def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, adaptive: str | None,
-                 per_image: bool, lambda_sweep: str | None) -> list[ModelPlan]:
+                 per_image: bool, lambda_sweep: str | None, select_n: int | None = None) -> list[ModelPlan]:
     """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused."""
     asked = lambda_value is not None or adaptive is not None or lambda_sweep is not None
+    if select_n is not None and (adaptive is None or per_image):
+        raise RobustlabError("--select-n applies to per-set selection only; add --adaptive-lambda, drop --per-image")
     calib = load_calibration(adaptive) if adaptive is not None else None
     plans = []
     matched = False
@@ -84,7 +86,8 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
             settings = [LambdaSetting("fixed", lambda_value)]
         if calib is not None and calib.checkpoint_sha256 == sha:
             matched = True
-            settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib))
+            settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib,
+                                          select_n=select_n))
         plans.append(ModelPlan(model, sha, settings))
     if calib is not None and not matched:
         load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint
@@ -98,7 +101,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
              cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
              per_image: bool = False, lambda_sweep: str | None = None, attacks: Sequence[Any] = (),
              transfer_from: Sequence[str] = (), diagnostics: bool = True, save_adv: bool = False,
-             allow_config_change: bool = False) -> tuple[RunDir | None, list[Record]]:
+             select_n: int | None = None, allow_config_change: bool = False) -> tuple[RunDir | None, list[Record]]:
     """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing.
 
     An `out` that holds an unfinished (or finished) run with the same arguments is resumed: only the cells not in
@@ -133,7 +136,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
                          cache_dir=cache_dir or default_cache_dir(), device=dev)
     plans = lambda_plans(models, lambda_value=lambda_value, adaptive=adaptive, per_image=per_image,
-                         lambda_sweep=lambda_sweep)
+                         lambda_sweep=lambda_sweep, select_n=select_n)
     if c_dir is not None:
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
@@ -153,7 +156,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         run.add_model(plan.model.name, {"checkpoint": str(plan.model.checkpoint_path), "sha256": plan.sha256,
                                         "config": plan.model.config.to_dict()})
     if adaptive:
-        run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image}
+        run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image, "select_n": select_n}
     if attacks:
         run.manifest["attacks"] = [vars(spec) for spec in attacks]
         run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}

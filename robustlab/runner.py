@@ -63,10 +63,16 @@ class Cell:
 @dataclass(frozen=True)
 class LambdaSetting:
     """How a CSC model's lambda is set for a row: the model's own or a fixed value ('fixed'), or chosen by
-    Algorithm 1 from a calibration ('adaptive-set' per test set, 'adaptive-image' per image); 'n.a.' without CSC."""
+    Algorithm 1 from a calibration ('adaptive-set' per test set, 'adaptive-image' per image); 'n.a.' without CSC.
+    `select_n`: per test set, select on its first select_n images only (None: on all of them, the exact rule)."""
     mode: str = "fixed"
     value: float | None = None
     calibration: Any = field(default=None, compare=False)
+    select_n: int | None = None
+
+    def subsampled(self, total: int) -> bool:
+        """Whether a clean or corrupted set of `total` images gets its lambda from a part of it only."""
+        return self.mode == "adaptive-set" and self.select_n is not None and self.select_n < total
 
 
 @dataclass
@@ -247,7 +253,7 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
 
     Per-image selection, and any selection under attack (the attack must see the whole pipeline), run through
     AdaptiveLambda, which selects on every batch it is given; per-set selection on clean data picks one lambda
-    from the whole cell first, as in the paper.
+    from the whole cell first, as in the paper (or from its first `select_n` images, when set).
     """
     from robustlab.adaptive import AdaptiveLambda, select_for_set
     if setting.mode == "n.a.":
@@ -259,9 +265,10 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     with restored(csc):
         if setting.mode == "adaptive-set":  # every rank selects on the whole set: the same lambda everywhere
+            n = info.n if setting.select_n is None else min(info.n or setting.select_n, setting.select_n)
             with torch.inference_mode():
-                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, info.n),
-                                           setting.calibration, info.device)
+                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, n), setting.calibration,
+                                           info.device)
         else:
             csc.lmbda = fixed_lambda(model, setting)
         yield model, float(csc.lmbda)
@@ -340,7 +347,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 batches = shard.take(progress(checked_batches(data, info.batch_size, info.n),
                                               total=math.ceil(total / info.batch_size),
                                               desc=" ".join(p for p in parts if p)))
-                flags: list[str] = []
+                flags = [f"lambda_from_first_{setting.select_n}"] if setting.subsampled(total) else []
                 with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
                     if cell.attack is None:
                         counts = count_correct(module, (b for _, b in batches), info.device,

@@ -9,8 +9,9 @@ import torch
 
 import robustlab
 from robustlab.adaptive import (AdaptiveLambda, Calibration, Fit, best_lambdas, default_grid, fit_line,
-                                load_calibration, parse_grid, residual_grid)
+                                load_calibration, parse_grid, residual_grid, select_for_set)
 from robustlab.cli import main
+from robustlab.data import to_pixels
 from robustlab.errors import RobustlabError
 from robustlab.models import csc_layer
 from tests.conftest import tiny_model
@@ -89,8 +90,34 @@ def test_residual_grid_runs_only_the_csc_layer_and_matches_full_forwards():
         robustlab.set_lambda(model, lam)
         with torch.no_grad():
             model(x)
-        assert torch.allclose(table[k], robustlab.last_residual(model), rtol=1e-5)
+        assert torch.equal(table[k], robustlab.last_residual(model))
     assert csc_layer(model).lmbda == 0.3  # set by the loop above, not by residual_grid
+
+
+def test_fast_selection_picks_what_the_whole_network_per_lambda_picks():
+    model = tiny_model("sdnet18")
+    contrast = torch.linspace(0.2, 1.0, 8).view(-1, 1, 1, 1)  # residuals, and so the lambdas, differ
+    images = (torch.rand(8, 3, 32, 32) * contrast * 255).to(torch.uint8)
+    x = to_pixels(images, torch.device("cpu"))
+    grid = list(default_grid(0.1, n=7))
+    reference = []
+    with torch.no_grad():
+        for lam in grid:
+            robustlab.set_lambda(model, lam)
+            model(x)
+            reference.append(robustlab.last_residual(model).clone())
+    reference = torch.stack(reference)
+    robustlab.set_lambda(model, 0.1)
+    calib = _calib(grid, a=grid[3] / float(reference[3].median()), b=0.0)  # consistent mid-grid
+    per_image = AdaptiveLambda(model, calib, per_image=True)
+    with torch.no_grad():
+        per_image(x)
+    expected = calib.select(reference)
+    assert len(set(expected.tolist())) > 1, "the images must pick different lambdas for the test to mean much"
+    assert torch.equal(per_image.last_lambdas, expected)
+    batches = [(images[:5], None), (images[5:], None)]
+    chosen = select_for_set(model, batches, calib, torch.device("cpu"))
+    assert chosen == float(calib.select(reference.double().mean(dim=1, keepdim=True))[0])
 
 
 def test_per_image_selection_over_identical_images_equals_per_set():
@@ -155,16 +182,19 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
     calib = load_calibration(calib_path)
     assert calib.calibration_split == "digits/train" and len(calib.sweep) == 6 and len(calib.points) == 2
     assert (tmp_path / "calib.png").is_file() and (tmp_path / "calib.svg").is_file()
-    for flag in ([], ["--per-image"]):
+    for flag in ([], ["--per-image"], ["--select-n", 8]):
         out = tmp_path / f"run{len(flag)}"
         assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--corruptions",
                        "gaussian_noise", "--severities", "5", "--adaptive-lambda", calib_path, *flag, "--out", out,
                        "--quiet") == 0
         df = pd.read_csv(out / "results.csv")
-        mode = "adaptive-image" if flag else "adaptive-set"
+        mode = "adaptive-image" if flag == ["--per-image"] else "adaptive-set"
         assert list(df["lambda_mode"]) == ["fixed", mode, "fixed", mode]
         assert df["lambda"].between(0.1 - 1e-9, 0.3 + 1e-9).all()
-        assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == bool(flag)
+        assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == (mode == "adaptive-image")
+        assert list(df["flags"].astype("string").fillna("")) == ["", "lambda_from_first_8" if "--select-n" in flag else ""] * 2
+    assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
+                   "--per-image", "--select-n", 8, "--out", tmp_path / "refused") == 2
     out = tmp_path / "sweep"
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--lambda-sweep",
                    "0.1,0.5,2.0", "--out", out, "--quiet") == 0

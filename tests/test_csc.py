@@ -44,6 +44,19 @@ def test_layer_matches_dense_reference(kw):
     assert (code > 0).any(), "the test input must give a non-trivial code"
 
 
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_residual_grid_equals_a_forward_per_lambda_bit_for_bit(kw):
+    layer = make_layer(**kw).float()
+    x = torch.rand(5, kw["in_channels"], 8, 8)
+    grid = [0.0, 0.05, 0.1, 0.3, 1.0]
+    table = layer.residual_grid(x, grid)
+    for k, lam in enumerate(grid):
+        layer.lmbda = lam
+        layer(x)
+        assert torch.equal(table[k], layer.residual), (lam, (table[k] - layer.residual).abs().max())
+    assert len(set(table[:, 0].tolist())) == len(grid), "every lambda must give its own residual"
+
+
 def test_step_size_is_power_iteration_of_the_true_largest_eigenvalue():
     layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1)
     layer(torch.rand(1, 3, 8, 8, dtype=torch.float64))

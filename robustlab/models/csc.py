@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -127,56 +127,83 @@ class CSCConv2d(nn.Module):
                 f"padding={self.padding}, lmbda={self.lmbda}, mu={self.mu}, n_steps={self.n_steps}, "
                 f"non_negative={self.non_negative}, n_dict={self.n_dict}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_dict > 1:
-            x = x.repeat(1, self.n_dict, 1, 1)
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, self.n_dict, 1, 1) if self.n_dict > 1 else x
+
+    def _operator(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """The lambda-free parts of a forward on x: atoms A, the conv weight W, the step s and the scale."""
         A = self.dn.atoms()
         s = self.dn.step(A, tuple(x.shape[1:]))
-        # prox(base + s * conv(v)) with the step, the elastic-net scale 1 / (1 + mu s) and, for non-negative
-        # codes, the threshold folded into the (small) conv weight and bias instead of the (large) code maps
+        # prox(base + s * conv(v)) with the step and the elastic-net scale 1 / (1 + mu s) folded into the (small)
+        # conv weight instead of the (large) code maps
         scale = 1 / (1 + self.mu * s)
-        W = A * (s * scale)
-        per_image = isinstance(self.lmbda, torch.Tensor)  # one lambda per image (Algorithm 1, per image)
-        if per_image:
-            if self.lmbda.shape != (x.shape[0],):
-                raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
-                                     f"{x.shape[0]} images")
-            theta = (self.lmbda.to(x) * (s * scale)).view(-1, 1, 1, 1)
-            bias = None
-        else:
-            theta = self.lmbda * s * scale
-            bias = A.new_full((A.shape[0],), -theta) if self.non_negative else None
-        op = None
+        return A, A * (s * scale), s, scale
 
-        def prox_step(v: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
-            z = F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
+    def _decode(self, code: torch.Tensor, A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        op = _adjoint_output_padding(x.shape[-2:], code.shape[-2:], self.kernel_size, self.stride, self.padding)
+        return F.conv_transpose2d(code, A, stride=self.stride, padding=self.padding, output_padding=op)
+
+    def _residual(self, x: torch.Tensor, A: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return (x - self._decode(code, A, x)).pow(2).sum(dim=(1, 2, 3)) / self.n_dict
+
+    def _solve(self, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, scale: float, theta: float | torch.Tensor,
+               first: torch.Tensor | None = None) -> torch.Tensor:
+        """The code after n_steps FISTA steps with threshold theta (a number, or one per image as (N, 1, 1, 1));
+        `first`, when given, is conv(x, W) without bias, which does not depend on lambda."""
+        per_image = isinstance(theta, torch.Tensor)
+        # a single non-negative threshold goes into the conv bias, saving a pass over the code maps
+        bias = W.new_full((W.shape[0],), -theta) if self.non_negative and not per_image else None
+
+        def prox(z: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
             if per_image:
                 return F.relu_(z.sub_(theta)) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
             return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
 
-        def decode(code: torch.Tensor) -> torch.Tensor:
-            nonlocal op
-            if op is None:
-                op = _adjoint_output_padding(x.shape[-2:], code.shape[-2:], self.kernel_size, self.stride,
-                                             self.padding)
-            return F.conv_transpose2d(code, A, stride=self.stride, padding=self.padding, output_padding=op)
+        def conv(v: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
 
-        c = prox_step(x, None)
+        if first is None:
+            c = prox(conv(x), None)
+        else:  # conv with a bias adds it last, so first + bias is the same number; the copy keeps first intact
+            c = prox(first.clone() if bias is None else first + bias.view(-1, 1, 1), None)
         if self.n_steps >= 2:
             c_prev = c
-            c = prox_step(x - decode(c), c)
+            c = prox(conv(x - self._decode(c, A, x)), c)
             t = GOLDEN
             for _ in range(self.n_steps - 2):
                 t_prev, t = t, (1 + math.sqrt(1 + 4 * t * t)) / 2
                 a = (t_prev + t - 1) / t * c + (1 - t_prev) / t * c_prev
                 c_prev = c
-                c = prox_step(x - decode(c), a)
+                c = prox(conv(x - self._decode(c, A, x)), a)
+        return c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._tiled(x)
+        A, W, s, scale = self._operator(x)
+        if isinstance(self.lmbda, torch.Tensor):  # one lambda per image (Algorithm 1, per image)
+            if self.lmbda.shape != (x.shape[0],):
+                raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
+                                     f"{x.shape[0]} images")
+            theta = (self.lmbda.to(x) * (s * scale)).view(-1, 1, 1, 1)
+        else:
+            theta = self.lmbda * s * scale
+        c = self._solve(x, A, W, scale, theta)
         if self.record_residual:
             with torch.no_grad():
-                self.residual = (x - decode(c)).pow(2).sum(dim=(1, 2, 3)) / self.n_dict
+                self.residual = self._residual(x, A, c)
         return c
+
+    @torch.no_grad()
+    def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
+        """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
+        records at that lambda, with the lambda-free first conv of x run once for the whole grid."""
+        x = self._tiled(x)
+        A, W, s, scale = self._operator(x)
+        first = F.conv2d(x, W, stride=self.stride, padding=self.padding)
+        return torch.stack([self._residual(x, A, self._solve(x, A, W, scale, lam * s * scale, first))
+                            for lam in lambdas])
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
