@@ -354,8 +354,9 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                                top5=data.num_classes > 5, limit=info.limit)
                     else:
                         key = (plan.model.name, setting)
-                        if key not in diagnosed:
-                            diagnosed[key] = diagnose(module, data, info, log) if info.diagnostics and shard.main else []
+                        if key not in diagnosed:  # rank 0 alone writes rows, so it alone needs the flags
+                            run_checks = info.diagnostics and shard.main
+                            diagnosed[key] = diagnose(module, data, info, log) if run_checks else []
                         flags = diagnosed[key] + (["bpda_selection"] if setting.mode.startswith("adaptive") else [])
                         save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
                                                                                                  setting)
