@@ -85,6 +85,17 @@ def test_topk_accuracy_and_knn_precision_on_hand_made_cases() -> None:
     assert knn_precision(train, train_labels, np.array([[0.05], [1.05]]), np.array([0, 1]), 2) == pytest.approx(0.75)
 
 
+def assert_reproduces(model: RobustModel, metrics: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's top-1 and top-2 on the digits test split equal the recorded metrics; returns images, logits."""
+    test = load_dataset("digits")
+    images, labels = next(test.batches(len(test)))
+    with torch.no_grad():
+        logits = model(images.float() / 255)
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(metrics["top1"])
+    assert topk_accuracy(logits, labels, 2) == pytest.approx(metrics["top2"])
+    return images, logits
+
+
 @pytest.fixture(scope="module")
 def fitted() -> tuple[RobustModel, dict]:
     return fit_rdsn(RDSNConfig(dataset="digits", k=64, depth=2, pool="avg"), data_dir=None,
@@ -95,12 +106,7 @@ def test_fit_learns_digits_and_the_head_reproduces_its_metrics(fitted, tmp_path:
     model, metrics = fitted
     assert metrics["top1"] > 0.8 and metrics["top2"] >= metrics["top1"]
     assert 0.5 < metrics["knn_precision@10"] <= 1
-    test = load_dataset("digits")
-    images, labels = next(test.batches(len(test)))
-    with torch.no_grad():
-        logits = model(images.float() / 255)
-    assert topk_accuracy(logits, labels, 1) == pytest.approx(metrics["top1"])
-    assert topk_accuracy(logits, labels, 2) == pytest.approx(metrics["top2"])
+    images, logits = assert_reproduces(model, metrics)
     path = tmp_path / "rdsn.pt"
     save_checkpoint(model, path)
     payload = read_checkpoint(path)
@@ -148,11 +154,4 @@ def test_gradient_attacks_on_rdsn_are_flagged() -> None:
 
 def test_shipped_rdsn_checkpoint_reproduces_its_recorded_accuracy() -> None:
     payload = read_checkpoint(load_model("zoo:rdsn-digits").checkpoint_path)
-    record = payload["rdsn_fit"]
-    model = load_model("zoo:rdsn-digits")
-    test = load_dataset("digits")
-    images, labels = next(test.batches(len(test)))
-    with torch.no_grad():
-        logits = model(images.float() / 255)
-    assert topk_accuracy(logits, labels, 1) == pytest.approx(record["top1"])
-    assert topk_accuracy(logits, labels, 2) == pytest.approx(record["top2"])
+    assert_reproduces(load_model("zoo:rdsn-digits"), payload["rdsn_fit"])
