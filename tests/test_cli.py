@@ -196,12 +196,16 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 
 
 def test_existing_run_is_never_overwritten(tmp_path, cifar10_dir, sdnet_ckpt, capsys):
+    """The same command resumes (here: nothing left to run); another one is refused; the rows stay as they were."""
     out = tmp_path / "run"
     args = ["eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", cifar10_dir, "--out", out, "--quiet"]
     assert run_cli(*args) == 0
     before = (out / "results.csv").read_bytes()
-    assert run_cli(*args) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    capsys.readouterr()
+    assert run_cli(*args) == 0
+    assert "1 cells were already in results.csv, 0 ran now" in capsys.readouterr().out
+    assert run_cli(*args, "--n", 3) == 2
+    assert "holds a run made with other arguments (n: None -> 3)" in capsys.readouterr().err
     assert (out / "results.csv").read_bytes() == before
 
 
