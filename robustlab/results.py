@@ -94,7 +94,7 @@ class ResultStore:
         self.path = Path(path)
         self.done: set[tuple[str, ...]] = set()
         if not self.path.exists():
-            self._write_line(COLUMNS, mode="w")
+            self._write_line(COLUMNS, truncate=True)
             return
         self._drop_torn_line()
         with open(self.path, newline="") as f:
@@ -111,11 +111,11 @@ class ResultStore:
                 f.truncate(data.rfind(b"\n") + 1)
                 os.fsync(f.fileno())
 
-    def _write_line(self, values: list[Any], mode: str = "a") -> None:
+    def _write_line(self, values: list[Any], *, truncate: bool = False) -> None:
         buffer = io.StringIO()
         csv.writer(buffer).writerow(values)
         try:
-            _write_bytes(self.path, buffer.getvalue().encode(), truncate=mode == "w")
+            _write_bytes(self.path, buffer.getvalue().encode(), truncate=truncate)
         except OSError as e:
             raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
                 from None
