@@ -7,6 +7,8 @@ over the naive alternative of running the whole network at every grid lambda.
 SDNet-18 (CIFAR input, random weights; cost does not depend on the weights), a 14-point grid. All variants
 run on the same images in one process, alternating, median of the repeats. --select-n adds per-set selection
 on the first M images (eval --select-n); --no-naive leaves out the whole network per grid lambda (14x the cost).
+The C allocator is set up as the command line sets it (robustlab/allocator.py); ROBUSTLAB_MALLOC=system measures
+glibc's defaults.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robustlab.adaptive import AdaptiveLambda, Calibration, Fit, OFFICIAL_GRID, select_for_set  # noqa: E402
+from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.data import ArrayImageSet  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net, csc_layer  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
@@ -45,6 +48,7 @@ def main() -> None:
     ap.add_argument("--select-n", type=int, default=0, metavar="M")
     ap.add_argument("--no-naive", action="store_true")
     args = ap.parse_args()
+    malloc = keep_freed_memory()
     device = resolve_device(args.device)
     cfg = ModelConfig(arch="sdnet18", num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD,
                       arch_kwargs={"width": args.width})
@@ -91,8 +95,8 @@ def main() -> None:
             times[name].append(timed(fn))
     med = {k: statistics.median(v) for k, v in times.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {where}; SDNet-18 width {args.width}; {args.n} images, batch {args.batch_size}; "
-          f"grid of {len(grid)}; median of {args.repeats}")
+    print(f"device: {where}; malloc: {malloc}; SDNet-18 width {args.width}; {args.n} images, batch "
+          f"{args.batch_size}; grid of {len(grid)}; median of {args.repeats}")
     print(f"{'variant':34s} {'seconds':>8s} {'img/s':>8s} {'vs fixed':>9s}")
     for name, t in med.items():
         print(f"{name:34s} {t:8.3f} {args.n / t:8.1f} {t / med['fixed lambda']:9.3f}")

@@ -65,7 +65,10 @@ def write_data(root: Path, n: int) -> None:
 
 
 def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, float]:
-    """Run one variant in this (fresh) process; its peak memory in MiB and seconds."""
+    """Run one variant in this (fresh) process, its C allocator set up as the command line's; its peak memory in
+    MiB and seconds."""
+    from robustlab.allocator import keep_freed_memory
+    keep_freed_memory()
     from robustlab.checkpoints import load_model
     from robustlab.data import load_dataset
     from robustlab.data.corrupted import load_cifar_c

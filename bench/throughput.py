@@ -5,7 +5,8 @@
 "harness" is robustlab.evaluate.evaluate (what `robustlab eval` runs) on CIFAR-10 pickles written to a temporary
 directory, timed by the run's own per-cell clock; "bare" is `model(x)` over the same images already on the
 device as float tensors. Runs alternate (model x path, repeated) and the median is reported, so that the
-ratios compare figures taken side by side under the same machine load.
+ratios compare figures taken side by side under the same machine load. The C allocator is set up as the command
+line sets it (robustlab/allocator.py); ROBUSTLAB_MALLOC=system measures glibc's defaults.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
 
+from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.checkpoints import save_checkpoint  # noqa: E402
 from robustlab.evaluate import evaluate  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    malloc = keep_freed_memory()
     device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="robustlab-bench-"))
     data_dir = write_cifar(tmp / "data", n_test=args.n)
@@ -74,7 +77,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in speeds.items()}
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; batch {args.batch_size}; {args.n} CIFAR-size images; median of {args.repeats}")
+    print(f"device: {name}; malloc: {malloc}; batch {args.batch_size}; {args.n} CIFAR-size images; median of "
+          f"{args.repeats}")
     print(f"{'model':10s} {'bare img/s':>11s} {'harness img/s':>14s} {'harness/bare':>13s}")
     for arch in models:
         print(f"{arch:10s} {med[arch, 'bare']:11.1f} {med[arch, 'harness']:14.1f} "

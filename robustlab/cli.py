@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
+from robustlab.allocator import keep_freed_memory
 from robustlab.errors import RobustlabError
 
 EXIT_BAD_INPUT = 2
@@ -475,6 +476,7 @@ exit 1: some did (listed); exit 2: a baseline cell is missing or the files' sche
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except RobustlabError as e:

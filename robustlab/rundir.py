@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from robustlab.allocator import allocator_in_use
 from robustlab.errors import RobustlabError
 from robustlab.results import SCHEMA_VERSION, ResultStore, package_versions, write_json
 
@@ -62,7 +63,7 @@ class RunDir:
                                      "--out") from None
             self.manifest = {
                 "schema_version": SCHEMA_VERSION, "arguments": arguments, "versions": package_versions(),
-                "device": device_description(device), "started": _now(), "status": "running", "models": {},
+                "device": device_description(device), "malloc": allocator_in_use(), "started": _now(), "status": "running", "models": {},
             }
         self.save_manifest()
         self.store = ResultStore(self.path / "results.csv")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from robustlab.allocator import allocator_in_use
 from robustlab.checkpoints import load_model, save_checkpoint
 from robustlab.cli import main
 from robustlab.results import COLUMNS
@@ -52,6 +53,7 @@ def test_eval_end_to_end_on_cifar10_pickles(tmp_path, cifar10_dir, sdnet_ckpt, c
     assert row["checkpoint_sha256"] == sha and manifest["models"]["sdnet"]["sha256"] == sha
     assert manifest["status"] == "finished" and manifest["device"].startswith("cpu")
     assert manifest["arguments"]["dataset"] == "cifar10" and torch.__version__.startswith(manifest["versions"]["torch"])
+    assert manifest["malloc"] == allocator_in_use() != "system"  # main() kept freed memory (robustlab/allocator.py)
 
 
 def test_batch_size_and_n_and_parent_dir(tmp_path, cifar10_dir, sdnet_ckpt):

@@ -16,6 +16,16 @@ import torch.nn.functional as F
 from robustlab.errors import RobustlabError
 
 GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
+# residual_grid's working set per chunk of images: the code maps of all their (lambda, image) pairs. On the CPU,
+# 8 MiB (2 CIFAR images x 14 lambdas) ran the grid 1.3x faster than 4 or 16 images and 4x faster than the whole
+# batch at once (bench/adaptive.py); a GPU wants large launches instead.
+GRID_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
+# Image-like inputs (few channels) without gradients go through patch space (one matmul plus k * k shifted
+# slices) instead of oneDNN, which vectorizes over channels: the 64 -> 3 transposed convolution ran 3.7x faster
+# (2.4x for the 7x7 stride-2 ImageNet stem) and the 3 -> 64 convolution of 28 CIFAR images 5x faster (oneDNN
+# took 1-5 ms, varying run to run). With gradients the slices' backward is 10x slower, and for 64 -> 64 the
+# matmul loses 2x, so everything else stays on conv2d / conv_transpose2d.
+PATCH_MAX_CHANNELS = 4
 
 
 def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], kernel: int, stride: int,
@@ -23,6 +33,43 @@ def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], ke
     # The official code hard-codes output_padding 1 for stride 2; deriving it from the sizes gives the
     # same value on even inputs and stays the exact adjoint on odd ones.
     return tuple(h - ((c - 1) * stride - 2 * padding + kernel) for h, c in zip(in_hw, code_hw))
+
+
+def _patch_view(x: torch.Tensor, k: int, stride: int, padding: int) -> torch.Tensor:
+    """(N, C * k * k, L) sliding windows of x (zero-padded): F.unfold without its slower im2col loop."""
+    xp = F.pad(x, (padding,) * 4)
+    n, c, h, w = xp.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    sn, sc, sh, sw = xp.stride()
+    return xp.as_strided((n, c, k, k, ho, wo), (sn, sc, sh, sw, sh * stride, sw * stride)).reshape(n, -1, ho * wo)
+
+
+def conv_by_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int,
+                    padding: int) -> torch.Tensor:
+    """conv2d(x, weight, bias) as one matmul over the sliding windows (see PATCH_MAX_CHANNELS)."""
+    k = weight.shape[-1]
+    windows = _patch_view(x, k, stride, padding)
+    flat = weight.reshape(weight.shape[0], -1)
+    out = torch.matmul(flat, windows) if bias is None else torch.baddbmm(bias.view(1, -1, 1), flat.expand(
+        len(x), *flat.shape), windows)
+    h, w = ((d + 2 * padding - k) // stride + 1 for d in x.shape[-2:])
+    return out.view(len(x), -1, h, w)
+
+
+def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: int, padding: int,
+                         out_hw: Sequence[int]) -> torch.Tensor:
+    """conv_transpose2d(code, weight) cropped to out_hw, as one matmul into patch space and k * k shifted
+    additions (see PATCH_MAX_CHANNELS)."""
+    n, c_out, h, w = code.shape
+    c_in, k = weight.shape[1], weight.shape[-1]
+    patches = torch.matmul(weight.reshape(c_out, -1).t(), code.reshape(n, c_out, h * w)).view(n, c_in, k, k, h, w)
+    H, W = out_hw
+    full = code.new_zeros(n, c_in, max((h - 1) * stride + k, H + padding), max((w - 1) * stride + k, W + padding))
+    span_h, span_w = (h - 1) * stride + 1, (w - 1) * stride + 1
+    for dy in range(k):
+        for dx in range(k):
+            full[:, :, dy:dy + span_h:stride, dx:dx + span_w:stride] += patches[:, :, dy, dx]
+    return full[:, :, padding:padding + H, padding:padding + W]
 
 
 def largest_eigenvalue(weight: torch.Tensor, in_shape: tuple[int, int, int], *, stride: int, padding: int,
@@ -139,7 +186,17 @@ class CSCConv2d(nn.Module):
         scale = 1 / (1 + self.mu * s)
         return A, A * (s * scale), s, scale
 
+    def _by_patches(self, x: torch.Tensor, A: torch.Tensor) -> bool:
+        """Whether this forward goes through patch space (see PATCH_MAX_CHANNELS)."""
+        return x.shape[1] <= PATCH_MAX_CHANNELS and not (torch.is_grad_enabled() and (x.requires_grad or
+                                                                                       A.requires_grad))
+
+    def _conv(self, v: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, by_patches: bool) -> torch.Tensor:
+        return (conv_by_patches if by_patches else F.conv2d)(v, W, bias, stride=self.stride, padding=self.padding)
+
     def _decode(self, code: torch.Tensor, A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self._by_patches(x, A):
+            return transpose_by_patches(code, A, stride=self.stride, padding=self.padding, out_hw=x.shape[-2:])
         op = _adjoint_output_padding(x.shape[-2:], code.shape[-2:], self.kernel_size, self.stride, self.padding)
         return F.conv_transpose2d(code, A, stride=self.stride, padding=self.padding, output_padding=op)
 
@@ -149,25 +206,27 @@ class CSCConv2d(nn.Module):
     def _solve(self, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, scale: float, theta: float | torch.Tensor,
                first: torch.Tensor | None = None) -> torch.Tensor:
         """The code after n_steps FISTA steps with threshold theta (a number, or one per image as (N, 1, 1, 1));
-        `first`, when given, is conv(x, W) without bias, which does not depend on lambda."""
+        `first`, when given with a per-image theta, is conv(x, W), which does not depend on lambda (it is
+        overwritten)."""
         per_image = isinstance(theta, torch.Tensor)
         # a single non-negative threshold goes into the conv bias, saving a pass over the code maps
         bias = W.new_full((W.shape[0],), -theta) if self.non_negative and not per_image else None
 
         def prox(z: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+            if per_image and self.non_negative:
+                z.sub_(theta)  # before the base, as the scalar threshold in the conv bias is: the same numbers
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
             if per_image:
-                return F.relu_(z.sub_(theta)) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
+                return F.relu_(z) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
             return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
 
-        def conv(v: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
+        by_patches = self._by_patches(x, A)
 
-        if first is None:
-            c = prox(conv(x), None)
-        else:  # conv with a bias adds it last, so first + bias is the same number; the copy keeps first intact
-            c = prox(first.clone() if bias is None else first + bias.view(-1, 1, 1), None)
+        def conv(v: torch.Tensor) -> torch.Tensor:
+            return self._conv(v, W, bias, by_patches)
+
+        c = prox(conv(x) if first is None else first, None)
         if self.n_steps >= 2:
             c_prev = c
             c = prox(conv(x - self._decode(c, A, x)), c)
@@ -186,7 +245,7 @@ class CSCConv2d(nn.Module):
             if self.lmbda.shape != (x.shape[0],):
                 raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
                                      f"{x.shape[0]} images")
-            theta = (self.lmbda.to(x) * (s * scale)).view(-1, 1, 1, 1)
+            theta = (self.lmbda.double() * (s * scale)).to(x).view(-1, 1, 1, 1)  # rounded as residual_grid's
         else:
             theta = self.lmbda * s * scale
         c = self._solve(x, A, W, scale, theta)
@@ -198,12 +257,25 @@ class CSCConv2d(nn.Module):
     @torch.no_grad()
     def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
         """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
-        records at that lambda, with the lambda-free first conv of x run once for the whole grid."""
+        records at that lambda. The lambda-free first conv runs once per image; the grid runs as one batch of
+        (lambda, image) pairs per chunk of images."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        first = F.conv2d(x, W, stride=self.stride, padding=self.padding)
-        return torch.stack([self._residual(x, A, self._solve(x, A, W, scale, lam * s * scale, first))
-                            for lam in lambdas])
+        thetas = torch.tensor([lam * s * scale for lam in lambdas], dtype=x.dtype, device=x.device)  # as forward's
+        code_bytes = len(lambdas) * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
+        chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
+
+        def pairs(t: torch.Tensor) -> torch.Tensor:  # a copy per lambda, lambda-major
+            return t.repeat(len(lambdas), 1, 1, 1)
+
+        out = []
+        for xs in x.split(chunk):
+            first = self._conv(xs, W, None, self._by_patches(xs, A))
+            theta = thetas.repeat_interleave(len(xs)).view(-1, 1, 1, 1)
+            xr = pairs(xs)
+            code = self._solve(xr, A, W, scale, theta, pairs(first))
+            out.append(self._residual(xr, A, code).view(len(lambdas), len(xs)))
+        return torch.cat(out, dim=1)
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
