@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from robustlab.errors import RobustlabError
 
 GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
-# residual_grid's working set per chunk of images: the code maps of all their (lambda, image) pairs. On the CPU,
-# 8 MiB (2 CIFAR images x 14 lambdas) ran the grid 1.3x faster than 4 or 16 images and 4x faster than the whole
-# batch at once (bench/adaptive.py); a GPU wants large launches instead.
+# residual_grid's working set per chunk of images: the code maps of all their (lambda, image) pairs. On the
+# 2-core CPU, 8 MiB (2 CIFAR images x 14 lambdas) ran SDNet-18's grid as fast as 1 image per chunk, 1.1x faster
+# than 4, 1.5x than 16 and 2.7x than a whole 128-image batch at once; a GPU wants large launches instead.
 GRID_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
-# Image-like inputs (few channels) without gradients go through patch space (one matmul plus k * k shifted
-# slices) instead of oneDNN, which vectorizes over channels: the 64 -> 3 transposed convolution ran 3.7x faster
-# (2.4x for the 7x7 stride-2 ImageNet stem) and the 3 -> 64 convolution of 28 CIFAR images 5x faster (oneDNN
-# took 1-5 ms, varying run to run). With gradients the slices' backward is 10x slower, and for 64 -> 64 the
-# matmul loses 2x, so everything else stays on conv2d / conv_transpose2d.
+# Decoding into image-like inputs (few channels) without gradients goes through patch space (one matmul plus
+# k * k shifted slices) instead of oneDNN's transposed convolution, which vectorizes over the output channels:
+# 64 -> 3 channels ran 2.2x faster for 128 CIFAR images, 2.4x for the 7x7 stride-2 ImageNet stem. With gradients
+# the slices' backward is 10x slower, and for 64 -> 64 the matmul loses 2x, so those stay on conv_transpose2d.
+# (The same trick for the forward 3 -> 64 convolution lost 10-80% to oneDNN.)
 PATCH_MAX_CHANNELS = 4
 
 
@@ -33,27 +33,6 @@ def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], ke
     # The official code hard-codes output_padding 1 for stride 2; deriving it from the sizes gives the
     # same value on even inputs and stays the exact adjoint on odd ones.
     return tuple(h - ((c - 1) * stride - 2 * padding + kernel) for h, c in zip(in_hw, code_hw))
-
-
-def _patch_view(x: torch.Tensor, k: int, stride: int, padding: int) -> torch.Tensor:
-    """(N, C * k * k, L) sliding windows of x (zero-padded): F.unfold without its slower im2col loop."""
-    xp = F.pad(x, (padding,) * 4)
-    n, c, h, w = xp.shape
-    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-    sn, sc, sh, sw = xp.stride()
-    return xp.as_strided((n, c, k, k, ho, wo), (sn, sc, sh, sw, sh * stride, sw * stride)).reshape(n, -1, ho * wo)
-
-
-def conv_by_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, stride: int,
-                    padding: int) -> torch.Tensor:
-    """conv2d(x, weight, bias) as one matmul over the sliding windows (see PATCH_MAX_CHANNELS)."""
-    k = weight.shape[-1]
-    windows = _patch_view(x, k, stride, padding)
-    flat = weight.reshape(weight.shape[0], -1)
-    out = torch.matmul(flat, windows) if bias is None else torch.baddbmm(bias.view(1, -1, 1), flat.expand(
-        len(x), *flat.shape), windows)
-    h, w = ((d + 2 * padding - k) // stride + 1 for d in x.shape[-2:])
-    return out.view(len(x), -1, h, w)
 
 
 def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: int, padding: int,
@@ -187,12 +166,9 @@ class CSCConv2d(nn.Module):
         return A, A * (s * scale), s, scale
 
     def _by_patches(self, x: torch.Tensor, A: torch.Tensor) -> bool:
-        """Whether this forward goes through patch space (see PATCH_MAX_CHANNELS)."""
+        """Whether this forward decodes through patch space (see PATCH_MAX_CHANNELS)."""
         return x.shape[1] <= PATCH_MAX_CHANNELS and not (torch.is_grad_enabled() and (x.requires_grad or
                                                                                        A.requires_grad))
-
-    def _conv(self, v: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, by_patches: bool) -> torch.Tensor:
-        return (conv_by_patches if by_patches else F.conv2d)(v, W, bias, stride=self.stride, padding=self.padding)
 
     def _decode(self, code: torch.Tensor, A: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._by_patches(x, A):
@@ -221,10 +197,8 @@ class CSCConv2d(nn.Module):
                 return F.relu_(z) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
             return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
 
-        by_patches = self._by_patches(x, A)
-
         def conv(v: torch.Tensor) -> torch.Tensor:
-            return self._conv(v, W, bias, by_patches)
+            return F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)
 
         c = prox(conv(x) if first is None else first, None)
         if self.n_steps >= 2:
@@ -270,7 +244,7 @@ class CSCConv2d(nn.Module):
 
         out = []
         for xs in x.split(chunk):
-            first = self._conv(xs, W, None, self._by_patches(xs, A))
+            first = F.conv2d(xs, W, stride=self.stride, padding=self.padding)
             theta = thetas.repeat_interleave(len(xs)).view(-1, 1, 1, 1)
             xr = pairs(xs)
             code = self._solve(xr, A, W, scale, theta, pairs(first))
