@@ -273,7 +273,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         "datasets": lambda: [(n, s.summary) for n, s in DATASETS.items()],
         "zoo": lambda: [(f"zoo:{n}", "shipped checkpoint") for n in zoo_names()],
         "corruptions": lambda: [(n, f"{c.family}{'' if n in BENCHMARK else ' (extra)'}, "
-                                    f"{KIND_SUMMARY[c.kind]}") for n, c in CORRUPTIONS.items()],
+                                    f"{KIND_SUMMARY[c.kind]}{'; batched torch on GPU' if c.on_accelerator else ''}")
+                            for n, c in CORRUPTIONS.items()],
         "attacks": lambda: [(n, f"{'white-box' if e.white_box else 'black-box'}, {'/'.join(e.norms)}")
                             for n, e in ATTACKS.items()],
         "suites": lambda: [(f"corruptions/{n}", "corruption suite") for n in suite_names("corruptions")] +

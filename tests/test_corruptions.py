@@ -38,7 +38,7 @@ from scipy.ndimage import map_coordinates
 
 from robustlab.compat import patch_third_party
 from robustlab.corruptions import CORRUPTIONS, corrupt, parameter
-from robustlab.corruptions import batched, per_image
+from robustlab.corruptions import batched, engine, per_image
 
 NAMES = sorted(CORRUPTIONS)
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur", "snow",
@@ -299,6 +299,20 @@ def test_pixelate_is_pil_box_down_and_up_as_published(table):
                                        .resize((w, h), Image.BOX)) for im in x])
             np.testing.assert_array_equal(corrupt(x, "pixelate", severity, table=table), ref,
                                           err_msg=f"{h}x{w} severity {severity}")
+
+
+@pytest.mark.parametrize("table", ["cifar", "imagenet"])
+@pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).on_accelerator))
+def test_accelerator_paths_give_the_cpu_paths_bytes(name, table):
+    # contrast and pixelate run C libraries on the CPU and torch on a GPU; the torch code, run here on the CPU,
+    # must give the same bytes (it runs the same float64 arithmetic wherever it runs)
+    spec = CORRUPTIONS.get(name)
+    for h, w in [(28, 28), (32, 32), (33, 33), (40, 56), (224, 224)]:
+        x = sized(h, w)
+        for severity in range(1, 6):
+            p = parameter(name, severity, table)
+            np.testing.assert_array_equal(engine.run(spec.on_accelerator, "torch", x, p, None, "cpu"),
+                                          corrupt(x, name, severity, table=table), err_msg=f"{h}x{w} {severity}")
 
 
 @pytest.mark.parametrize("border", [cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE])

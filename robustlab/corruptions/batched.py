@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
+from robustlab.corruptions.uint8_batch import box_enlarge_index
+
 Rngs = Sequence[np.random.Generator]
 
 
@@ -167,6 +169,52 @@ def zoom_blur(x: torch.Tensor, c: tuple[float, float, float], rngs: Rngs) -> tor
 
 # brightness and saturate move one HSV coordinate, and every RGB component is a function of the hue times V and
 # S as v * (1 - s * f(h)): so skimage's rgb2hsv -> hsv2rgb round trip is done on RGB directly, without the hue.
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    """The uint8 values of x (bytes / 255) as float64: exact integers for the byte-exact paths below."""
+    return x.double().mul_(255).round_()
+
+
+def contrast(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
+    # uint8_batch.contrast's numbers: float64, the mean from the exact byte sum
+    v = _bytes(x)
+    means = v.sum(dim=(2, 3), keepdim=True) / (255.0 * x.shape[-2] * x.shape[-1])
+    return ((v / 255 - means) * c + means).clamp_(0, 1).mul_(255)
+
+
+def box_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """Pillow's BOX resampling of a line as an (out_size, in_size) matrix of its 22-bit fixed-point coefficients
+    (precompute_coeffs, normalize_coeffs_8bpc in libImaging/Resample.c, written from their arithmetic)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support, ss = 0.5 * filterscale, 1.0 / filterscale
+    weights = np.zeros((out_size, in_size))
+    for o in range(out_size):
+        center = (o + 0.5) * scale
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        t = (np.arange(lo, hi) - center + 0.5) * ss
+        k = ((t > -0.5) & (t <= 0.5)).astype(np.float64)
+        weights[o, lo:hi] = np.trunc(0.5 + (k / k.sum() if k.sum() else k) * (1 << 22))
+    return torch.from_numpy(weights)
+
+
+def _box_pass(v: torch.Tensor, weights: torch.Tensor, dim: int) -> torch.Tensor:
+    # one 8-bit pass: (2^21 + sum of byte * coefficient) >> 22, clipped; float64 holds these sums exactly
+    w = weights.to(v.device)
+    s = v @ w.t() if dim == -1 else w @ v
+    return s.add_(1 << 21).div_(1 << 22).floor_().clamp_(0, 255)
+
+
+def pixelate(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
+    # uint8_batch.pixelate byte for byte (Pillow's BOX down, width then height, then the BOX enlargement's
+    # one-pixel gather) as matrix products, for accelerators
+    h, w = x.shape[-2:]
+    sh, sw = int(h * c), int(w * c)
+    small = _box_pass(_box_pass(_bytes(x), box_weights(w, sw), -1), box_weights(h, sh), -2)
+    rows = torch.from_numpy(box_enlarge_index(sh, h)).to(x.device)
+    cols = torch.from_numpy(box_enlarge_index(sw, w)).to(x.device)
+    return small.index_select(-2, rows).index_select(-1, cols)
+
+
 def brightness(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     v = x.amax(1, keepdim=True)
     bright = (v + c).clamp_(0, 1)

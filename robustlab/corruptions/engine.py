@@ -26,6 +26,7 @@ class Corruption:
     family: str
     fn: Callable[..., Any]
     kind: str  # "torch": whole batches (CPU or GPU); "uint8": whole uint8 batches on the CPU; "image": one at a time
+    on_accelerator: Callable[..., Any] | None = None  # a "uint8" corruption's torch path, same bytes, off the CPU
 
 
 CORRUPTIONS: Registry[Corruption] = Registry("corruption")
@@ -35,12 +36,14 @@ _FAMILIES = {
     "weather": ["snow", "frost", "fog", "brightness", "spatter"],
     "digital": ["contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"],
 }
-_KINDS = {"torch": batched, "uint8": uint8_batch, "image": per_image}
+# the C-library uint8 path first where both exist: on the CPU it beats torch's float passes (uint8_batch.py)
+_KINDS = {"uint8": uint8_batch, "torch": batched, "image": per_image}
 KIND_SUMMARY = {"torch": "batched torch", "uint8": "batched uint8 (C libraries, CPU)", "image": "per image"}
 for _family, _names in _FAMILIES.items():
     for _name in _names:
         _kind = next(k for k, module in _KINDS.items() if hasattr(module, _name))
-        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(_KINDS[_kind], _name), _kind))
+        _torch = getattr(batched, _name, None) if _kind == "uint8" else None
+        CORRUPTIONS.register(_name, Corruption(_name, _family, getattr(_KINDS[_kind], _name), _kind, _torch))
 assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
 
 
@@ -91,15 +94,23 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or min(rgb.shape[1:3]) < 28:
         raise RobustlabError(f"images must be (N, H, W, 3) or grayscale with H, W >= 28, got {images.shape}")
     rngs = ImageStreams(seed, name, severity, start, len(rgb))
-    # float results are clipped and truncated to uint8, as the published generators do
-    if spec.kind == "torch":
-        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float().div_(255)
-        out = spec.fn(x, p, rngs).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    elif spec.kind == "uint8":
-        out = spec.fn(np.ascontiguousarray(rgb), p, rngs)  # OpenCV refuses strided views
+    if spec.on_accelerator is not None and torch.device(device).type != "cpu":
+        out = run(spec.on_accelerator, "torch", rgb, p, rngs, device)
     else:
-        out = np.clip(np.stack([spec.fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)]), 0, 255).astype(np.uint8)
+        out = run(spec.fn, spec.kind, rgb, p, rngs, device)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
         out = np.clip(np.floor(out @ np.array([0.299, 0.587, 0.114]) + 0.5), 0, 255).astype(np.uint8)
         out = out.reshape(images.shape)
     return out
+
+
+def run(fn: Callable[..., Any], kind: str, rgb: np.ndarray, p: Any, rngs: Sequence[np.random.Generator],
+        device: str | torch.device) -> np.ndarray:
+    """One corruption function of a kind (Corruption.kind) on uint8 (N, H, W, 3) images; uint8 out. Float results
+    are clipped and truncated to uint8, as the published generators do."""
+    if kind == "torch":
+        x = torch.from_numpy(rgb).to(device).permute(0, 3, 1, 2).float().div_(255)
+        return fn(x, p, rngs).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    if kind == "uint8":
+        return fn(np.ascontiguousarray(rgb), p, rngs)  # OpenCV refuses strided views
+    return np.clip(np.stack([fn(img / 255.0, p, r) for img, r in zip(rgb, rngs)]), 0, 255).astype(np.uint8)

@@ -2,9 +2,10 @@
 code (Pillow, libjpeg), and byte lookup tables.
 
 Each function takes (N, H, W, 3) uint8 images, the severity's parameter and one numpy Generator per image, and
-returns (N, H, W, 3) uint8. They run on the CPU whatever the engine's device (its input and output are numpy
-arrays anyway): Pillow, libjpeg and cv2.LUT process an image several times faster than torch's elementwise float
-passes over it, and stay byte-identical to the published generators.
+returns (N, H, W, 3) uint8. They run on the CPU: Pillow, libjpeg and cv2.LUT process an image several times
+faster than torch's elementwise float passes over it, and stay byte-identical to the published generators. On an
+accelerator the engine runs batched.py's torch versions of contrast and pixelate instead (the same bytes, tested
+on the CPU); JPEG stays here, since a GPU codec (nvJPEG) would not give libjpeg's bytes.
 """
 from __future__ import annotations
 
