@@ -200,7 +200,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
         return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
     result = compare(read_results_csv(args.baseline), read_results_csv(args.current), max_drop=args.max_drop,
                      alpha=args.alpha)
-    print(result.cells.to_json(orient="records", indent=2))
+    print(result.to_json())
     return exit_code(result)
 
 

@@ -52,6 +52,12 @@ class RegressResult:
     def failed(self) -> bool:
         return bool(self.cells["regression"].any())
 
+    def to_json(self) -> str:
+        """The cells as JSON records, the numeric key columns as numbers (null where a cell has none: the eps of
+        an unattacked cell, the lambda of an adaptive one); the keys are matched as the text the CSV holds."""
+        numeric = {c: pd.to_numeric(self.cells[c].replace("", None)) for c in ("severity", "eps", "steps", "lambda")}
+        return self.cells.assign(**numeric).to_json(orient="records", indent=2, double_precision=15)
+
 
 def drop_test(base_correct: int, base_n: int, cur_correct: int, cur_n: int) -> tuple[float, float]:
     """One-sided pooled two-proportion z-test of H1: current accuracy < baseline accuracy -> (z, p-value).

@@ -3,6 +3,7 @@ max-drop margin, exit codes and bad input."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pandas as pd
@@ -150,3 +151,17 @@ def test_csv_round_trip_and_exit_code(tmp_path):
     assert regress(tmp_path / "baseline.csv", tmp_path / "current.csv", stream=io.StringIO()) == 1
     with pytest.raises(RobustlabError, match="not a results.csv"):
         read_results_csv(tmp_path / "nope.csv")
+
+
+def test_json_gives_the_key_columns_as_numbers(tmp_path):
+    rows = [clean(), pgd(eps=8 / 255), clean("s", mode="fixed", lam=0.1, corruption="fog", severity=3),
+            clean("s", mode="adaptive-set", lam=0.3)]
+    frame(*rows).to_csv(tmp_path / "baseline.csv", index=False)
+    result = compare(read_results_csv(tmp_path / "baseline.csv"), read_results_csv(tmp_path / "baseline.csv"))
+    cells = {(c["model"], c["attack"], c["lambda_mode"]): c for c in json.loads(result.to_json())}
+    attacked, fog, adaptive = cells["m", "pgd-linf", "n.a."], cells["s", "none", "fixed"], cells["s", "none",
+                                                                                                 "adaptive-set"]
+    assert attacked["eps"] == pytest.approx(8 / 255, rel=1e-12) and attacked["steps"] == 10
+    assert fog["severity"] == 3 and fog["lambda"] == 0.1 and fog["eps"] is None
+    assert adaptive["lambda"] is None, "an adaptive cell is matched without its lambda"
+    assert cells["m", "none", "n.a."]["current_correct"] == 900 and cells["m", "none", "n.a."]["verdict"] == "ok"
