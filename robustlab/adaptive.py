@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
 from robustlab.models.csc import restored
@@ -196,16 +197,17 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
 
 
 def select_for_set(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], calib: Calibration,
-                   device: torch.device) -> float:
-    """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda."""
-    total, count = None, 0
+                   device: torch.device, shard: Shard = Shard()) -> float:
+    """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda.
+    Under torchrun `batches` are this rank's, and the sums are added up over the ranks."""
+    total, count = torch.zeros(len(calib.grid), dtype=torch.float64), 0
     for images, _ in batches:
-        r = residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1)
-        total = r if total is None else total + r
+        total += residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1).cpu()
         count += len(images)
-    if total is None:
+    *sums, count = shard.sum([*total.tolist(), count])
+    if count == 0:
         raise RobustlabError("no images to select lambda on")
-    return float(calib.select((total / count).view(-1, 1))[0])
+    return float(calib.select((torch.tensor(sums, dtype=torch.float64) / count).view(-1, 1))[0])
 
 
 class AdaptiveLambda(nn.Module):

@@ -195,12 +195,12 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
                   lambda_sumsq=lambdas[2])
 
 
-def checked_batches(data: ImageSet, batch_size: int, n: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The data's batches, refusing labels outside 0..num_classes-1 at the boundary."""
-    first = 0
-    for images, labels in data.batches(batch_size, n):
-        check_labels(labels, data.num_classes, f"{data.name} {data.split}", first)
-        first += len(labels)
+def checked_batches(data: ImageSet, batch_size: int, n: int | None,
+                    shard: Shard = Shard()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The data's batches (a shard's only), refusing labels outside 0..num_classes-1 at the boundary."""
+    indices = shard.indices(math.ceil(min(len(data), n if n is not None else len(data)) / batch_size))
+    for index, (images, labels) in zip(indices, data.batches(batch_size, n, shard=shard)):
+        check_labels(labels, data.num_classes, f"{data.name} {data.split}", index * batch_size)
         yield images, labels
 
 
@@ -264,11 +264,11 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
         return
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     with restored(csc):
-        if setting.mode == "adaptive-set":  # every rank selects on the whole set: the same lambda everywhere
+        if setting.mode == "adaptive-set":  # each rank sums the residuals of its batches; all get one lambda
             n = info.n if setting.select_n is None else min(info.n or setting.select_n, setting.select_n)
             with torch.inference_mode():
-                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, n), setting.calibration,
-                                           info.device)
+                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, n, info.shard),
+                                           setting.calibration, info.device, info.shard)
         else:
             csc.lmbda = fixed_lambda(model, setting)
         yield model, float(csc.lmbda)
@@ -344,9 +344,9 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 parts = (plan.model.name, cell.corruption if cell.corruption != "none" else "",
                          f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
                          setting.mode if setting.mode != "fixed" else "")
-                batches = shard.take(progress(checked_batches(data, info.batch_size, info.n),
-                                              total=math.ceil(total / info.batch_size),
-                                              desc=" ".join(p for p in parts if p)))
+                own = shard.indices(math.ceil(total / info.batch_size))
+                batches = zip(own, progress(checked_batches(data, info.batch_size, info.n, shard), total=len(own),
+                                            desc=" ".join(p for p in parts if p)))
                 flags = [f"lambda_from_first_{setting.select_n}"] if setting.subsampled(total) else []
                 with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
                     if cell.attack is None:

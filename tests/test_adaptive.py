@@ -12,6 +12,7 @@ from robustlab.adaptive import (AdaptiveLambda, Calibration, Fit, best_lambdas, 
                                 load_calibration, parse_grid, residual_grid, select_for_set)
 from robustlab.cli import main
 from robustlab.data import to_pixels
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import csc_layer
 from tests.conftest import tiny_model
@@ -213,3 +214,30 @@ def test_lambda_options_refused_without_csc_or_with_a_foreign_calibration(tmp_pa
                    "--out", tmp_path / "b") == 2
     assert "calibrated for checkpoint ffffffffffff" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_per_set_selection_over_ranks_sums_their_residuals():
+    """Under torchrun each rank selects on its batches and the residual sums are added over the ranks: every rank
+    gets the lambda of the whole set."""
+    model = tiny_model("sdnet18")
+    contrast = torch.linspace(0.2, 1.0, 10).view(-1, 1, 1, 1)
+    images = (torch.rand(10, 3, 32, 32) * contrast * 255).to(torch.uint8)
+    batches = [(images[i:i + 3], None) for i in range(0, 10, 3)]  # 4 batches: ranks hold 2 and 2
+    grid = list(default_grid(0.1, n=7))
+    r = residual_grid(model, to_pixels(images, torch.device("cpu")), grid).double().mean(dim=1)
+    calib = _calib(grid, a=grid[3] / float(r[3]), b=0.0)
+    whole = select_for_set(model, batches, calib, torch.device("cpu"))
+    partial: dict[int, list[float]] = {}
+
+    class Recorded(Shard):  # records this rank's sums; returns them added to the other rank's
+        def sum(self, values: list[float]) -> list[float]:
+            partial[self.rank] = values
+            return [a + b for a, b in zip(values, partial.get(1 - self.rank, [0.0] * len(values)))]
+
+    select_for_set(model, batches[0::2], calib, torch.device("cpu"), Recorded(0, 2))
+    chosen = select_for_set(model, batches[1::2], calib, torch.device("cpu"), Recorded(1, 2))
+    assert partial[0][-1] + partial[1][-1] == 10, "the image counts add up"
+    assert chosen == whole
+    assert select_for_set(model, batches[1::2], calib, torch.device("cpu")) != whole, "a rank alone would differ"
+    with pytest.raises(RobustlabError, match="no images"):
+        select_for_set(model, [], calib, torch.device("cpu"))

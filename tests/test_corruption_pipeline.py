@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from robustlab.cli import main
 from robustlab.corruptions import corrupt
@@ -177,3 +178,50 @@ def test_generated_cache_hit_returns_the_same_images_and_labels(tmp_path):
         b = np.concatenate([b[i].numpy() for b in again])
         assert np.array_equal(a, b)
     assert np.array_equal(np.concatenate([b[1].numpy() for b in again]), base.labels[:20])
+
+
+def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
+    """Under torchrun each reader yields rank r's batches (r, r + world, ...) exactly as the whole split has them,
+    and reads, decodes and corrupts no other image; a shard writes no cache (it holds only part of the split)."""
+    import robustlab.corruptions as corruptions
+    import robustlab.data.imagenet as imagenet
+    from robustlab.data import ArrayImageSet
+    from robustlab.data.corrupted import GeneratedImageSet
+    from robustlab.data.imagenet import FolderImageSet
+    from robustlab.distributed import Shard
+
+    rng = np.random.default_rng(0)
+    arrays = ArrayImageSet(rng.integers(0, 256, (23, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 23),
+                           name="cifar10", split="test", num_classes=10)
+    folders = FolderImageSet(write_imagenet(tmp_path / "val", classes=3, per_class=3), name="imagenet",
+                             split="val", workers=0)
+    decoded, corrupted = [], []
+    real_decode, real_corrupt = imagenet._Decoded.__getitem__, corruptions.corrupt
+    monkeypatch.setattr(imagenet._Decoded, "__getitem__", lambda self, i: decoded.append(self.files[i]) or
+                        real_decode(self, i))
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, *a, **k: corrupted.append(len(x)) or
+                        real_corrupt(x, *a, **k))
+
+    def generated(cache: str) -> GeneratedImageSet:
+        return GeneratedImageSet(arrays, "gaussian_noise", 3, table="cifar", seed=1, cache_dir=tmp_path / cache)
+
+    for data, batch, n in [(arrays, 5, None), (folders, 2, 7), (generated("whole"), 5, 21)]:
+        whole = list(data.batches(batch, n))
+        for world in (2, 3):
+            for rank in range(world):
+                decoded.clear(), corrupted.clear()
+                got = list((generated(f"shard{world}") if isinstance(data, GeneratedImageSet) else data).batches(
+                    batch, n, shard=Shard(rank, world)))
+                want = whole[rank::world]
+                assert len(got) == len(want), (type(data).__name__, rank, world)
+                for (gi, gl), (wi, wl) in zip(got, want):
+                    assert torch.equal(gi, wi) and torch.equal(gl, wl)
+                if isinstance(data, FolderImageSet):
+                    assert len(decoded) == sum(len(b[1]) for b in want)
+                if isinstance(data, GeneratedImageSet):
+                    assert corrupted == [len(b[1]) for b in want]
+                    assert not list((tmp_path / f"shard{world}").glob("*.npy")), "a shard must not cache a part"
+    # a whole cache, once written, serves shards too (read by rows, nothing generated)
+    corrupted.clear()
+    got = list(generated("whole").batches(5, 21, shard=Shard(1, 2)))
+    assert corrupted == [] and len(got) == 2

@@ -155,11 +155,14 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path: Path) -> None:
     single = subprocess.run([sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "single")], env=env,
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
+    # a cache of its own: the ranks generate their own batches of the corruption (and cache nothing)
     sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                              "-m", "robustlab", *args, "--out", str(tmp_path / "sharded")], env=env,
+                              "-m", "robustlab", *args, "--out", str(tmp_path / "sharded")],
+                             env={**env, "ROBUSTLAB_CACHE": str(tmp_path / "cache-sharded")},
                              capture_output=True, text=True, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert sharded.stdout.count("results: ") == 1  # rank 0 alone reports
     assert len(rows(tmp_path / "sharded")) == 3
     assert measured(tmp_path / "sharded") == measured(tmp_path / "single")
     assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["ranks"] == 2
+    assert not list((tmp_path / "cache-sharded").glob("**/*.npy"))

@@ -1,6 +1,7 @@
 """The dataset interface the runner reads: uint8 NCHW batches and int64 labels."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Iterator
 
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 
 from robustlab.data.npy import NpyRows
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W), int64 labels (N,)
@@ -60,8 +62,10 @@ class ImageSet(ABC):
         """The labels of the first n images (all by default), without reading any image."""
 
     @abstractmethod
-    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
-        """Batches of the first n images, or of the images at `order` (a permutation, for training)."""
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
+                shard: Shard = Shard()) -> Iterator[Batch]:
+        """Batches of the first n images, or of the images at `order` (a permutation, for training); with a
+        shard, only its batches (shard.indices), the others neither read nor decoded."""
 
 
 class ArrayImageSet(ImageSet):
@@ -82,9 +86,11 @@ class ArrayImageSet(ImageSet):
     def label_array(self, n: int | None = None) -> np.ndarray:
         return self.labels[:n]
 
-    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
+                shard: Shard = Shard()) -> Iterator[Batch]:
         stop = len(self) if n is None else min(n, len(self))
-        for i in range(0, stop, batch_size):
+        for index in shard.indices(math.ceil(stop / batch_size)):
+            i = index * batch_size
             j = min(i + batch_size, stop)
             idx = slice(i, j) if order is None else order[i:j]
             images = self.images[idx]

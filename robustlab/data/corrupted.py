@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +13,7 @@ import torch
 from robustlab.data.base import ArrayImageSet, Batch, ImageSet, check_labels, check_pixels
 from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 
 CIFAR_C_PER_SEVERITY = 10000
@@ -80,7 +82,8 @@ class GeneratedImageSet(ImageSet):
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.base.name}-{self.corruption}-{self.severity}-{digest}.npy"
 
-    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
+                shard: Shard = Shard()) -> Iterator[Batch]:
         from robustlab.corruptions import corrupt
         if order is not None:
             raise RobustlabError("generated corruptions are read in order; shuffle the clean split instead")
@@ -88,19 +91,19 @@ class GeneratedImageSet(ImageSet):
         cache = self._cache_path(total)
         if cache is not None and cache.is_file():
             yield from ArrayImageSet(NpyRows(cache), self.base.label_array(total), name=self.name,
-                                     split=self.split, num_classes=self.num_classes).batches(batch_size, total)
+                                     split=self.split, num_classes=self.num_classes).batches(batch_size, total,
+                                                                                            shard=shard)
             return
         with contextlib.ExitStack() as stack:
             writer = None
-            if cache is not None:
+            if cache is not None and shard.world == 1:  # a shard generates only its part: nothing whole to cache
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 writer = stack.enter_context(NpyWriter(cache, (total, *self.image_size, 3), np.uint8))
-            start = 0
-            for images, labels in self.base.batches(batch_size, total):
+            indices = shard.indices(math.ceil(total / batch_size))
+            for index, (images, labels) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
                 hwc = images.permute(0, 2, 3, 1).numpy()
-                out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed, start=start,
-                              device=self.device, param=self.param)
+                out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,
+                              start=index * batch_size, device=self.device, param=self.param)
                 if writer is not None:
                     writer.append(out)
-                start += len(out)
                 yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels

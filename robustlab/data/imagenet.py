@@ -1,6 +1,7 @@
 """ImageNet-style class folders (`<root>/<wnid>/<file>.JPEG`), decoded and center-cropped to 224x224."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -9,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from robustlab.data.base import Batch, ImageSet
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 
 EXTENSIONS = {".jpeg", ".jpg", ".png"}
@@ -63,9 +65,13 @@ class FolderImageSet(ImageSet):
     def label_array(self, n: int | None = None) -> np.ndarray:
         return np.array([label for _, label in self.files[:n]], dtype=np.int64)
 
-    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
+                shard: Shard = Shard()) -> Iterator[Batch]:
         files = self.files if order is None else [self.files[i] for i in order]
         files = files if n is None else files[:n]
+        # only this shard's batches go to the workers; each is whole but the split's last, so they batch alike
+        files = [f for b in shard.indices(math.ceil(len(files) / batch_size))
+                 for f in files[b * batch_size:(b + 1) * batch_size]]
         loader = DataLoader(_Decoded(files), batch_size=batch_size, num_workers=self.workers,
                             persistent_workers=False)
         for images, labels, problems in loader:
