@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -265,7 +266,7 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
                          n: int = 500, seed: int = 0, batch_size: int = 256, device: str = "auto", quiet: bool = False,
                          figure: str | Path | None = None) -> tuple[Calibration, list[Path]]:
     """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
-    from robustlab.checkpoints import load_model, sha256_file
+    from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
     from robustlab.progress import progress_bars
     from robustlab.reports.figures import lambda_residual_figure
@@ -273,6 +274,9 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
 
     dev = resolve_device(device)
     model = load_model(ckpt, arch=arch, device=dev)
+    damaged = nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing")
+    if damaged:
+        print(f"robustlab: {damaged}", file=sys.stderr)
     grid = parse_grid(lambdas, float(csc_layer(model, layer).lmbda))
     base = load_dataset(dataset, data_dir, split)
     calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=noise, levels=levels, grid=grid, n=n,

@@ -203,6 +203,17 @@ def nonfinite_tensors(model: nn.Module) -> list[str]:
     return [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
+def nonfinite_warning(model: RobustModel, consequence: str) -> str | None:
+    """A warning naming the weights that hold NaN or inf, what follows from it and the fix (None when all are
+    finite)."""
+    damaged = nonfinite_tensors(model)
+    if not damaged:
+        return None
+    count = f"{len(damaged)} tensors hold" if len(damaged) > 1 else "1 tensor holds"
+    return (f"warning: {model.name}: {count} NaN or inf ({', '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}"
+            f"); {consequence}; retrain or copy the checkpoint again")
+
+
 def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:
     """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights."""
     from robustlab.models.csc import Dictionary

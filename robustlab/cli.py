@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from robustlab.allocator import keep_freed_memory
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, write_error
 
 EXIT_BAD_INPUT = 2
+# a write that failed for lack of space or permission (corrupt, report, ...): one line, not a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 DEMO_MODELS = ("sdnet18-digits", "resnet18-digits")
 DEMO_CORRUPTIONS = "cifar10-c"  # the 15 benchmark corruptions with the CIFAR parameters
 DEMO_CALIBRATION_IMAGES = 300
@@ -482,6 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except RobustlabError as e:
         print(f"robustlab: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"robustlab: error: {write_error(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("robustlab: interrupted; every finished cell is saved in the run's results.csv: run the same command "

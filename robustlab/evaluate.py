@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from robustlab.checkpoints import load_model, nonfinite_tensors, sha256_file
+from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.data import DATASETS, ImageSet, load_dataset
 from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
 from robustlab.distributed import init_from_env
-from robustlab.errors import RobustlabError
+from robustlab.errors import RobustlabError, write_error
 from robustlab.progress import progress_bars
 from robustlab.suites import suite_names
 from robustlab.results import Record
@@ -125,12 +125,9 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
     sources = {m.name: m for m in (load_model(c, device=dev) for c in transfer_from)}
     for model in [*models, *sources.values()]:
         check_compatible(model, data)
-        damaged = nonfinite_tensors(model)
+        damaged = nonfinite_warning(model, "images with non-finite logits count as wrong")
         if damaged:
-            count = f"{len(damaged)} tensors hold" if len(damaged) > 1 else "1 tensor holds"
-            log(f"warning: {model.name}: {count} NaN or inf ({', '.join(damaged[:3])}"
-                f"{' ...' if len(damaged) > 3 else ''}); images with non-finite logits count as wrong; retrain "
-                "or copy the checkpoint again")
+            log(damaged)
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     cells += [Cell(attack=spec, source=name) for name in ([""] if not sources else list(sources)) for spec in attacks]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
@@ -169,8 +166,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         run.finish("interrupted")
         raise
     except (RobustlabError, OSError) as e:
-        error = e if isinstance(e, RobustlabError) else RobustlabError(
-            f"{e.filename or 'a file'}: {e.strerror or e}; free space or fix the permissions, then run again")
+        error = e if isinstance(e, RobustlabError) else write_error(e)
         with contextlib.suppress(RobustlabError):  # on a full disk the manifest may not save: report the cause
             run.finish(f"failed: {error}")
         raise error from None

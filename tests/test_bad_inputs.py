@@ -29,6 +29,7 @@ import robustlab.results
 from robustlab.checkpoints import save_checkpoint
 from robustlab.cli import main
 from robustlab.data import ArrayImageSet, to_pixels
+from robustlab.data.npy import NpyWriter
 from robustlab.errors import RobustlabError
 from robustlab.runner import count_correct
 from tests.conftest import tiny_model, write_cifar, write_imagenet
@@ -272,6 +273,20 @@ def test_nan_weights_warn_and_their_nan_logits_count_as_wrong(world, capsys):
     assert manifest["status"] == "finished" and manifest["warnings"] == [err.strip().removeprefix("robustlab: ")]
 
 
+def test_nan_weights_warn_before_a_calibration(world, capsys):
+    model = tiny_model("sdnet18")
+    with torch.no_grad():
+        model.net.linear.weight[3, 0] = float("nan")
+    save_checkpoint(model, world.root / "nan.pt")
+    code = main(["calibrate", "--ckpt", str(world.root / "nan.pt"), "--dataset", "cifar10", "--data-dir",
+                 str(world.data), "--split", "test", "--n", "8", "--levels", "0.1", "--lambdas", "0.1:0.2:2",
+                 "--out", str(world.root / "calib.json"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert err.startswith("robustlab: warning: nan: 1 tensor holds NaN or inf (net.linear.weight)")
+    assert err.count("\n") == 1 and "mean nothing" in err and "retrain" in err
+
+
 class _NanOnOddImages(nn.Module):
     """Logits that put each image's label first, NaN for the images at odd positions."""
 
@@ -336,6 +351,26 @@ def test_full_disk_keeps_the_finished_rows(world, capsys, monkeypatch):
     assert "ended" in manifest
     after = snapshot(world.root)
     assert {k: v for k, v in after.items() if not k.startswith("run/")} == before
+
+
+def test_full_disk_while_writing_corruptions_keeps_the_finished_files(world, capsys, monkeypatch):
+    out = world.root / "c-written"
+    real_append, appended = NpyWriter.append, []
+
+    def disk_fills_in_the_second_file(self, rows):
+        appended.append(self.path.name)
+        if self.path.name == "contrast.npy":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp))
+        real_append(self, rows)
+
+    monkeypatch.setattr(NpyWriter, "append", disk_fills_in_the_second_file)
+    code = main(["corrupt", "--dataset", "cifar10", "--data-dir", str(world.data), "--out", str(out),
+                 "--corruptions", "brightness,contrast", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert_error_line(err, "contrast.npy", "No space left on device", "free space")
+    assert sorted(p.name for p in out.iterdir()) == ["brightness.npy"], "the finished file stays, no partial one"
+    assert np.load(out / "brightness.npy").shape == (5 * N, 32, 32, 3)
 
 
 def test_undecodable_image_midway_keeps_the_finished_rows(tmp_path):
