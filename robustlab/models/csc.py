@@ -231,8 +231,8 @@ class CSCConv2d(nn.Module):
     @torch.no_grad()
     def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
         """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
-        records at that lambda. The lambda-free first conv runs once per image; the grid runs as one batch of
-        (lambda, image) pairs per chunk of images."""
+        without gradients records at that lambda. The lambda-free first conv runs once per image; the grid runs
+        as one batch of (lambda, image) pairs per chunk of images."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = torch.tensor([lam * s * scale for lam in lambdas], dtype=x.dtype, device=x.device)  # as forward's
