@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-# 10 blocks of 64 MiB, each written then freed: page faults counted by the kernel, not timed
+# 20 blocks of 64 MiB, each written then freed: page faults counted by the kernel, not timed
 PROBE = """
 import resource, sys, torch
 from robustlab.allocator import keep_freed_memory
 state = keep_freed_memory()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(20):
     torch.empty(16 << 20).fill_(1.0)
 print(state)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -35,6 +35,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     system, system_faults = probe("system")
     assert kept.startswith("glibc") and system == "system"
     per_block = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
-    assert system_faults >= 9 * per_block, "glibc's defaults map every 64 MiB block anew"
-    assert kept_faults <= 3 * per_block, "a kept block is faulted in once or twice, then reused"
+    assert system_faults >= 19 * per_block, "glibc's defaults map every 64 MiB block anew"
+    # kept: the heap grows once (2-3 blocks' worth of faults, run to run), then reuses its memory
+    assert kept_faults <= 5 * per_block, "a kept block is faulted in once, then reused"
 
