@@ -201,9 +201,9 @@ def select_for_set(model: RobustModel, batches: Iterable[tuple[torch.Tensor, tor
                    device: torch.device, shard: Shard = Shard()) -> float:
     """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda.
     Under torchrun `batches` are this rank's, and the sums are added up over the ranks."""
-    total, count = torch.zeros(len(calib.grid), dtype=torch.float64), 0
+    total, count = torch.zeros(len(calib.grid), dtype=torch.float64, device=device), 0
     for images, _ in batches:
-        total += residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1).cpu()
+        total += residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1)
         count += len(images)
     *sums, count = shard.sum([*total.tolist(), count])
     if count == 0:

@@ -4,6 +4,7 @@ depend on the number of ranks."""
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +25,9 @@ class Shard:
     def main(self) -> bool:
         return self.rank == 0
 
-    def owns(self, index: int) -> bool:
-        """Whether batch `index` (counted over the whole split) is this rank's."""
-        return index % self.world == self.rank
-
-    def indices(self, n_batches: int) -> range:
-        """This rank's batch indices out of n_batches, in order: the readers yield exactly these batches."""
-        return range(self.rank, n_batches, self.world)
+    def batch_indices(self, n_images: int, batch_size: int) -> range:
+        """This rank's indices among the batches of n_images, in order: the readers yield exactly these batches."""
+        return range(self.rank, math.ceil(n_images / batch_size), self.world)
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (float64: image counts stay exact)."""

@@ -198,7 +198,7 @@ def count_correct(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torc
 def checked_batches(data: ImageSet, batch_size: int, n: int | None,
                     shard: Shard = Shard()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The data's batches (a shard's only), refusing labels outside 0..num_classes-1 at the boundary."""
-    indices = shard.indices(math.ceil(min(len(data), n if n is not None else len(data)) / batch_size))
+    indices = shard.batch_indices(min(len(data), n if n is not None else len(data)), batch_size)
     for index, (images, labels) in zip(indices, data.batches(batch_size, n, shard=shard)):
         check_labels(labels, data.num_classes, f"{data.name} {data.split}", index * batch_size)
         yield images, labels
@@ -344,7 +344,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 parts = (plan.model.name, cell.corruption if cell.corruption != "none" else "",
                          f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
                          setting.mode if setting.mode != "fixed" else "")
-                own = shard.indices(math.ceil(total / info.batch_size))
+                own = shard.batch_indices(total, info.batch_size)
                 batches = zip(own, progress(checked_batches(data, info.batch_size, info.n, shard), total=len(own),
                                             desc=" ".join(p for p in parts if p)))
                 flags = [f"lambda_from_first_{setting.select_n}"] if setting.subsampled(total) else []

@@ -167,8 +167,6 @@ def zoom_blur(x: torch.Tensor, c: tuple[float, float, float], rngs: Rngs) -> tor
     return out.div_(len(factors) + 1).mul_(255)
 
 
-# brightness and saturate move one HSV coordinate, and every RGB component is a function of the hue times V and
-# S as v * (1 - s * f(h)): so skimage's rgb2hsv -> hsv2rgb round trip is done on RGB directly, without the hue.
 def _bytes(x: torch.Tensor) -> torch.Tensor:
     """The uint8 values of x (bytes / 255) as float64: exact integers for the byte-exact paths below."""
     return x.double().mul_(255).round_()
@@ -215,6 +213,8 @@ def pixelate(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     return small.index_select(-2, rows).index_select(-1, cols)
 
 
+# brightness and saturate move one HSV coordinate, and every RGB component is a function of the hue times V and
+# S as v * (1 - s * f(h)): so skimage's rgb2hsv -> hsv2rgb round trip is done on RGB directly, without the hue.
 def brightness(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     v = x.amax(1, keepdim=True)
     bright = (v + c).clamp_(0, 1)

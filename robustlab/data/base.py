@@ -1,7 +1,6 @@
 """The dataset interface the runner reads: uint8 NCHW batches and int64 labels."""
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Iterator
 
@@ -65,7 +64,7 @@ class ImageSet(ABC):
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
                 shard: Shard = Shard()) -> Iterator[Batch]:
         """Batches of the first n images, or of the images at `order` (a permutation, for training); with a
-        shard, only its batches (shard.indices), the others neither read nor decoded."""
+        shard, only its batches (shard.batch_indices), the others neither read nor decoded."""
 
 
 class ArrayImageSet(ImageSet):
@@ -89,7 +88,7 @@ class ArrayImageSet(ImageSet):
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
                 shard: Shard = Shard()) -> Iterator[Batch]:
         stop = len(self) if n is None else min(n, len(self))
-        for index in shard.indices(math.ceil(stop / batch_size)):
+        for index in shard.batch_indices(stop, batch_size):
             i = index * batch_size
             j = min(i + batch_size, stop)
             idx = slice(i, j) if order is None else order[i:j]

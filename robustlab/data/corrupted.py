@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -99,7 +98,7 @@ class GeneratedImageSet(ImageSet):
             if cache is not None and shard.world == 1:  # a shard generates only its part: nothing whole to cache
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 writer = stack.enter_context(NpyWriter(cache, (total, *self.image_size, 3), np.uint8))
-            indices = shard.indices(math.ceil(total / batch_size))
+            indices = shard.batch_indices(total, batch_size)
             for index, (images, labels) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
                 hwc = images.permute(0, 2, 3, 1).numpy()
                 out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,

@@ -1,7 +1,6 @@
 """ImageNet-style class folders (`<root>/<wnid>/<file>.JPEG`), decoded and center-cropped to 224x224."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -70,7 +69,7 @@ class FolderImageSet(ImageSet):
         files = self.files if order is None else [self.files[i] for i in order]
         files = files if n is None else files[:n]
         # only this shard's batches go to the workers; each is whole but the split's last, so they batch alike
-        files = [f for b in shard.indices(math.ceil(len(files) / batch_size))
+        files = [f for b in shard.batch_indices(len(files), batch_size)
                  for f in files[b * batch_size:(b + 1) * batch_size]]
         loader = DataLoader(_Decoded(files), batch_size=batch_size, num_workers=self.workers,
                             persistent_workers=False)
