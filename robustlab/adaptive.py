@@ -237,20 +237,28 @@ class AdaptiveLambda(nn.Module):
             return self.model(x)
 
 
-def calibration_levels(noise: str) -> list[float]:
-    """Default levels of a noise family: the repository's noise-calibration suite (design.md's levels)."""
+CALIBRATION_SUITE = "noise-calibration"  # the official script's levels (design.md)
+
+
+def calibration_levels(noise: str, suite: str = CALIBRATION_SUITE) -> list[float]:
+    """The levels a suite (a name or a file) lists for a noise family."""
     from robustlab.corruptions.suites import load_corruption_suite
-    suite = load_corruption_suite("noise-calibration")
-    return [float(c.param) for c in suite.cells if c.corruption == NOISES[noise]]
+    loaded = load_corruption_suite(suite)
+    levels = [float(c.param) for c in loaded.cells if c.corruption == NOISES[noise] and c.param is not None]
+    if not levels:
+        raise RobustlabError(f"suite {suite} lists no levels for {NOISES[noise]}; give a suite with a [levels] "
+                             f"entry for it, or numbers (--levels 0.02,0.1)")
+    return levels
 
 
-def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, levels: Sequence[float] | None,
+def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, levels: Sequence[float] | str | None,
               grid: Sequence[float], n: int, seed: int, batch_size: int, device: torch.device, layer: int,
               progress: ProgressFactory) -> Calibration:
     """Algorithm 1's fit on calibration images: the sweep, lambda* per level, and the least-squares line."""
     if noise not in NOISES:
         raise RobustlabError(f"unknown noise {noise!r}; use one of {', '.join(NOISES)}")
-    levels = list(levels) if levels else calibration_levels(noise)
+    if isinstance(levels, str) or not levels:
+        levels = calibration_levels(noise, levels or CALIBRATION_SUITE)
     rows = sweep(model, base, corruption=NOISES[noise], levels=levels, grid=grid, n=n, seed=seed,
                  batch_size=batch_size, device=device, layer=layer, progress=progress)
     points = best_lambdas(rows)
@@ -262,9 +270,10 @@ def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, le
 
 def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str | None = None,
                          data_dir: str | None = None, split: str = "train", noise: str = "gaussian",
-                         levels: Sequence[float] | None = None, lambdas: str = "default", layer: int = 0,
+                         levels: Sequence[float] | str | None = None, lambdas: str = "default", layer: int = 0,
                          n: int = 500, seed: int = 0, batch_size: int = 256, device: str = "auto", quiet: bool = False,
-                         figure: str | Path | None = None) -> tuple[Calibration, list[Path]]:
+                         figure: str | Path | None = None,
+                         official_config: str | None = None) -> tuple[Calibration, list[Path]]:
     """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
     from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
@@ -273,10 +282,11 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
     from robustlab.runner import resolve_device
 
     dev = resolve_device(device)
-    model = load_model(ckpt, arch=arch, device=dev)
-    damaged = nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing")
-    if damaged:
-        print(f"robustlab: {damaged}", file=sys.stderr)
+    model = load_model(ckpt, arch=arch, device=dev, official_config=official_config)
+    for line in (nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing"),
+                 model.csc_settings and model.csc_settings.notice(model.name)):
+        if line:
+            print(f"robustlab: {line}", file=sys.stderr)
     grid = parse_grid(lambdas, float(csc_layer(model, layer).lmbda))
     base = load_dataset(dataset, data_dir, split)
     calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=noise, levels=levels, grid=grid, n=n,

@@ -17,6 +17,8 @@ import torch.nn as nn
 from robustlab.errors import RobustlabError
 from robustlab.models import ARCHS, ModelConfig, RobustModel, build_net
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from robustlab.models.sdnet import CSC_DEFAULTS
+from robustlab.official_config import CscSettings, OfficialConfig, beside, read_official_config
 
 FORMAT = "robustlab"
 FORMAT_VERSION = 1
@@ -154,12 +156,22 @@ def _load_weights(net: nn.Module, sd: dict[str, torch.Tensor], arch: str, guess:
     raise RobustlabError(f"checkpoint does not fit arch {arch}: {'; '.join(parts)}; {hint}")
 
 
-def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = None) -> RobustModel:
-    """Build the model a loaded checkpoint object describes (robustlab format or official state_dict)."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+def is_robustlab_format(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = None,
+                          official: OfficialConfig | None = None) -> RobustModel:
+    """Build the model a loaded checkpoint object describes (robustlab format or official state_dict); `official`
+    is the official experiment configuration of an official checkpoint (its CSC settings)."""
+    robustlab_format = is_robustlab_format(obj)
+    if robustlab_format:
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise RobustlabError(f"{path} has checkpoint format {obj['format_version']}, newer than this "
                                  f"robustlab reads ({FORMAT_VERSION}); upgrade robustlab")
+        if official is not None:
+            raise RobustlabError(f"{path} is in robustlab's format, which records its own settings; drop "
+                                 f"--official-config {official.path} (it is for official SDNet checkpoints)")
         config = ModelConfig.from_dict(obj["config"])
         sd, guess = obj["state_dict"], config
         if arch and arch != config.arch:
@@ -172,9 +184,51 @@ def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = 
                                  f"(first: {', '.join(list(sd)[:3])}); pass --arch (known: {', '.join(ARCHS)})")
         config = guess if arch is None else ModelConfig(
             **{**(guess.__dict__ if guess else _default_config(arch, sd).__dict__), "arch": arch})
+        if official is not None:
+            _check_official(official, config, path)
+    config, settings = _with_csc_settings(config, official, robustlab_format)
     net = build_net(config)
     _load_weights(net, sd, config.arch, guess)
-    return RobustModel(net, config)
+    model = RobustModel(net, config)
+    model.csc_settings = settings
+    return model
+
+
+def _check_official(official: OfficialConfig, config: ModelConfig, path: str | os.PathLike) -> None:
+    """Refuse an official configuration that describes another network than the checkpoint's keys."""
+    said = official.arch()
+    conflicts = []
+    if said is not None and said != config.arch:
+        conflicts.append(f"MODEL.NAME {official.name} (arch {said}) but the keys are arch {config.arch}")
+    if official.num_classes is not None and official.num_classes != config.num_classes:
+        conflicts.append(f"MODEL.NUM_CLASSES {official.num_classes} but the keys have {config.num_classes} classes")
+    n_dict = config.arch_kwargs.get("n_dict", 1)
+    if official.expansion is not None and ARCHS.get(config.arch).family == "sdnet" and official.expansion != n_dict:
+        conflicts.append(f"MODEL.EXPANSION_FACTOR {official.expansion} but the keys have n_dict {n_dict}")
+    if conflicts:
+        raise RobustlabError(f"official config {official.path} does not fit {path}: {'; '.join(conflicts)}; give "
+                             "the configuration the checkpoint was trained with")
+
+
+def _with_csc_settings(config: ModelConfig, official: OfficialConfig | None,
+                       robustlab_format: bool) -> tuple[ModelConfig, CscSettings | None]:
+    """The config with every hidden CSC setting explicit, and where they came from (None for non-SDNet archs).
+
+    robustlab's own checkpoints were built with CSC_DEFAULTS wherever they do not record a value, and an official
+    configuration that omits a key trained with the official default, so only an official checkpoint without a
+    configuration has assumed values."""
+    if ":" in config.arch or ARCHS.get(config.arch).family != "sdnet":
+        return config, None
+    given = {k: v for k, v in config.arch_kwargs.items() if k in CSC_DEFAULTS}
+    if robustlab_format:
+        settings = CscSettings("checkpoint")
+    elif official is not None:
+        given.update(official.hidden)
+        settings = CscSettings(f"official config {official.path}")
+    else:
+        settings = CscSettings("defaults", assumed={k: v for k, v in CSC_DEFAULTS.items() if k not in given})
+    kwargs = {**config.arch_kwargs, **CSC_DEFAULTS, **given}
+    return ModelConfig(**{**config.__dict__, "arch_kwargs": kwargs}), settings
 
 
 def _default_config(arch: str, sd: dict[str, torch.Tensor]) -> ModelConfig:
@@ -184,15 +238,25 @@ def _default_config(arch: str, sd: dict[str, torch.Tensor]) -> ModelConfig:
     return ModelConfig(arch=arch, num_classes=num_classes, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
 
 
-def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu") -> RobustModel:
-    """Load a checkpoint (path or zoo name) as a pixel-space [0, 1] -> logits model in eval mode."""
+def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
+               official_config: str | os.PathLike | None = None) -> RobustModel:
+    """Load a checkpoint (path or zoo name) as a pixel-space [0, 1] -> logits model in eval mode.
+
+    An official SDNet checkpoint takes its CSC settings from `official_config`, else from a YAML file of its stem
+    beside it, else the official defaults (recorded in `model.csc_settings`)."""
     text = str(ckpt)
     if text.startswith("robustbench:"):
+        if official_config is not None:
+            raise RobustlabError(f"--official-config is for official SDNet checkpoints, not {text}; drop it")
         from robustlab.models.external import load_robustbench
         model = load_robustbench(text[len("robustbench:"):])
     else:
         path = resolve_path(ckpt)
-        model = model_from_checkpoint(read_checkpoint(path), path, arch)
+        obj = read_checkpoint(path)
+        found = Path(official_config) if official_config is not None else None
+        if found is None and not is_robustlab_format(obj):
+            found = beside(path)
+        model = model_from_checkpoint(obj, path, arch, read_official_config(found) if found else None)
         model.name = text[len(ZOO_PREFIX):] if text.startswith(ZOO_PREFIX) else path.stem.split(".")[0]
         model.checkpoint_path = path
     return model.to(device).eval()

@@ -72,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep,
                             attacks=_attack_specs(args), transfer_from=_comma(args.transfer_from),
                             diagnostics=not args.skip_diagnostics, save_adv=args.save_adv, select_n=args.select_n,
-                            allow_config_change=args.allow_config_change)
+                            allow_config_change=args.allow_config_change, official_config=args.official_config)
     if run is not None:  # under torchrun only rank 0 reports
         _report(run, records, args.json)
     return 0
@@ -143,7 +143,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                           split=args.split, noise=args.noise, levels=args.levels,
                                           lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
                                           batch_size=args.batch_size, device=args.device, quiet=args.quiet,
-                                          out=args.out, figure=None)
+                                          out=args.out, figure=None, official_config=args.official_config)
     if args.json:
         print(json.dumps(calib.to_json(), indent=2))
         return 0
@@ -156,11 +156,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_official_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--official-config", metavar="FILE.yaml",
+                   help="the official SDNet experiment configuration an official checkpoint was trained with (its "
+                        "FISTA steps, mu, lambda, ...); default: a YAML file of the checkpoint's stem beside it, "
+                        "else the official defaults (the manifest says which)")
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers like 0.02,0.1, got {text!r}") from None
+
+
+def _levels(text: str) -> list[float] | str:
+    """Noise levels as numbers, or the name (or file) of a suite that lists them."""
+    return text if not text[:1].isdigit() and not text.startswith(".") else _floats(text)
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
@@ -317,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
                                                  "evaluates several models on the same cells")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
+    _add_official_config(p)
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or digits")
     p.add_argument("--data-dir", help="where the dataset lies on disk (not needed for digits)")
     p.add_argument("--n", type=_positive_int, help="evaluate the first N images only")
@@ -361,11 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
 the calibration images come from the train split (disjoint from the test images) unless --split says otherwise""")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--arch")
+    _add_official_config(p)
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="train", help="calibration split (default train)")
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "shot", "speckle", "impulse"])
-    p.add_argument("--levels", type=_floats, help="noise levels (default: corruptions/noise-calibration.toml)")
+    p.add_argument("--levels", type=_levels, help="noise levels (0.02,0.1,...) or a suite that lists them "
+                   "(default noise-calibration: the official script's levels; noise-calibration-fine: twice as fine)")
     p.add_argument("--lambdas", default="default", help="grid: default (geometric, training lambda to 3x), "
                                                         "official (0.1..1.4), 0.1:1.4:14, geom:a:b:n or a list")
     p.add_argument("--layer", type=int, default=0, help="which CSC layer's lambda adapts (default the first)")

@@ -101,7 +101,8 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
              cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
              per_image: bool = False, lambda_sweep: str | None = None, attacks: Sequence[Any] = (),
              transfer_from: Sequence[str] = (), diagnostics: bool = True, save_adv: bool = False,
-             select_n: int | None = None, allow_config_change: bool = False) -> tuple[RunDir | None, list[Record]]:
+             select_n: int | None = None, allow_config_change: bool = False,
+             official_config: str | None = None) -> tuple[RunDir | None, list[Record]]:
     """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing.
 
     An `out` that holds an unfinished (or finished) run with the same arguments is resumed: only the cells not in
@@ -121,13 +122,16 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         if shard.main:
             print(f"robustlab: {message}", file=sys.stderr)
 
-    models = [load_model(c, arch=arch, device=dev) for c in ckpts]
+    models = [load_model(c, arch=arch, device=dev, official_config=official_config) for c in ckpts]
     sources = {m.name: m for m in (load_model(c, device=dev) for c in transfer_from)}
     for model in [*models, *sources.values()]:
         check_compatible(model, data)
         damaged = nonfinite_warning(model, "images with non-finite logits count as wrong")
         if damaged:
             log(damaged)
+        assumed = model.csc_settings and model.csc_settings.notice(model.name)
+        if assumed:
+            log(assumed)
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     cells += [Cell(attack=spec, source=name) for name in ([""] if not sources else list(sources)) for spec in attacks]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
@@ -150,8 +154,10 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
                                             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells
                                                        if c.param is not None}}
     for plan in plans:
+        settings = plan.model.csc_settings
         run.add_model(plan.model.name, {"checkpoint": str(plan.model.checkpoint_path), "sha256": plan.sha256,
-                                        "config": plan.model.config.to_dict()})
+                                        "config": plan.model.config.to_dict(),
+                                        **({"csc_settings": settings.to_dict()} if settings else {})})
     if adaptive:
         run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image, "select_n": select_n}
     if attacks:

@@ -68,43 +68,104 @@ def _bn(x: torch.Tensor, sd: dict, p: str) -> torch.Tensor:
                         training=False, eps=1e-5)
 
 
-def _csc_conv(x: torch.Tensor, sd: dict, p: str, stride: int, padding: int, lmbda: float) -> torch.Tensor:
-    """design.md's two FISTA steps with convolutions and the checkpoint's stored step size."""
-    A = unit_atoms(sd[p + ".dn.weight"])
-    s = float(sd[p + ".dn.step_size"].reshape(-1)[0])
+def conv_fista(x: torch.Tensor, weight: torch.Tensor, step: float, *, stride: int, padding: int, lmbda: float,
+               mu: float = 0.0, n_steps: int = 2, non_negative: bool = True, w_norm: bool = True,
+               n_dict: int = 1) -> torch.Tensor:
+    """design.md's FISTA with convolutions (output padding 1 for stride 2, as stated there) and a given step."""
+    x = x.repeat(1, n_dict, 1, 1)
+    A = unit_atoms(weight) if w_norm else weight
     conv = lambda v: F.conv2d(v, A, stride=stride, padding=padding)  # noqa: E731
-    op = 1 if stride == 2 else 0
-    deconv = lambda c: F.conv_transpose2d(c, A, stride=stride, padding=padding, output_padding=op)  # noqa: E731
-    c = F.relu(F.softshrink(s * conv(x), lmbda * s))
-    return F.relu(F.softshrink(c + s * conv(x - deconv(c)), lmbda * s))
+    deconv = lambda c: F.conv_transpose2d(c, A, stride=stride, padding=padding,  # noqa: E731
+                                          output_padding=1 if stride == 2 else 0)
+    theta = lmbda * step
+
+    def prox(v: torch.Tensor) -> torch.Tensor:
+        out = F.softshrink(v / (1 + mu * step), theta / (1 + mu * step))
+        return F.relu(out) if non_negative else out
+
+    c = prox(step * conv(x))
+    if n_steps >= 2:
+        c_prev = c
+        c = prox(c + step * conv(x - deconv(c)))
+        t = (1 + math.sqrt(5)) / 2
+        for _ in range(n_steps - 2):
+            t_prev = t
+            t = (1 + math.sqrt(1 + 4 * t_prev ** 2)) / 2
+            a = (t_prev + t - 1) / t * c + (1 - t_prev) / t * c_prev
+            c_prev = c
+            c = prox(a + step * conv(x - deconv(c)))
+    return c
 
 
-def official_sdnet18_forward(x: torch.Tensor, sd: dict, *, lmbda: float, mean, std) -> torch.Tensor:
-    """SDNet-18 (CIFAR stem) from an official state_dict (keys without 'module.'), pixels in [0, 1]."""
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    out = _bn(_csc_conv(x, sd, "layer0.0", 1, 1, lmbda), sd, "layer0.1")  # no relu after the stem
-    for stage in range(1, 5):
-        for b in range(2):
-            p = f"layer{stage}.{b}"
+def official_forward(x: torch.Tensor, sd: dict, *, mean, std, depth: int = 18, stem: str = "cifar",
+                     all_layers: bool = False, shortcut: bool = True, codes: list | None = None,
+                     fit_bn: torch.Generator | None = None, **csc) -> torch.Tensor:
+    """Logits of design.md's SDNet-18/34 (-all, with or without shortcut; CIFAR or ImageNet stem) or ResNet from an
+    official state_dict (keys without 'module.', '-all' blocks under `.layers.`) with its stored step sizes,
+    pixels in [0, 1]. Every CSC layer's code is appended to `codes` in order. `csc` holds lmbda, mu, n_steps,
+    non_negative, w_norm and n_dict.
+
+    With `fit_bn`, every BatchNorm's running statistics are first set (in `sd`) to this batch's, perturbed at
+    random: on random weights, fixed statistics let the differences between images die out layer by layer."""
+    x = (x - torch.tensor(mean).view(1, 3, 1, 1).to(x)) / torch.tensor(std).view(1, 3, 1, 1).to(x)
+
+    def bn(v: torch.Tensor, p: str) -> torch.Tensor:
+        if fit_bn is not None:
+            var, mean_ = torch.var_mean(v, dim=(0, 2, 3), unbiased=False)
+            noise = torch.rand(2, v.shape[1], generator=fit_bn, dtype=v.dtype)
+            sd[p + ".running_mean"] = mean_ + 0.2 * var.sqrt() * (noise[0] - 0.5)
+            sd[p + ".running_var"] = var * (0.7 + 0.6 * noise[1])
+        return _bn(v, sd, p)
+
+    def conv(v: torch.Tensor, p: str, stride: int, padding: int) -> torch.Tensor:
+        if p + ".dn.weight" not in sd:
+            return F.conv2d(v, sd[p + ".weight"], stride=stride, padding=padding)
+        step = float(sd[p + ".dn.step_size"].reshape(-1)[0])
+        c = conv_fista(v, sd[p + ".dn.weight"], step, stride=stride, padding=padding, **csc)
+        if codes is not None:
+            codes.append(c)
+        return c
+
+    sparse_stem = "layer0.0.dn.weight" in sd
+    out = bn(conv(x, "layer0.0", *((2, 3) if stem == "imagenet" else (1, 1))), "layer0.1")
+    if not sparse_stem:
+        out = F.relu(out)  # the ResNet baseline's stem; SDNet's has no relu after its CSC stem
+    if stem == "imagenet":
+        out = conv(out, "layer0.2", 2, 1) if all_layers else F.max_pool2d(out, 3, 2, 1)
+    for stage, blocks in enumerate({18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth], start=1):
+        for b in range(blocks):
+            p = f"layer{stage}.layers.{b}" if all_layers else f"layer{stage}.{b}"
             stride = 2 if stage > 1 and b == 0 else 1
-            y = F.relu(_bn(F.conv2d(out, sd[p + ".conv1.weight"], stride=stride, padding=1), sd, p + ".bn1"))
-            y = _bn(F.conv2d(y, sd[p + ".conv2.weight"], padding=1), sd, p + ".bn2")
+            y = bn(conv(out, p + ".conv1", stride, 1), p + ".bn1")
+            if not all_layers:
+                y = F.relu(y)
+            y = bn(conv(y, p + ".conv2", 1, 1), p + ".bn2")
+            if all_layers and not shortcut:
+                out = y  # the official -all block without shortcut has no relu at all
+                continue
             short = out
             if p + ".shortcut.0.weight" in sd:
-                short = _bn(F.conv2d(out, sd[p + ".shortcut.0.weight"], stride=stride), sd, p + ".shortcut.1")
+                short = bn(F.conv2d(out, sd[p + ".shortcut.0.weight"], stride=stride), p + ".shortcut.1")
             out = F.relu(y + short)
     out = F.adaptive_avg_pool2d(out, 1).flatten(1)
     return F.linear(out, sd["linear.weight"], sd["linear.bias"])
 
 
+def official_sdnet18_forward(x: torch.Tensor, sd: dict, *, lmbda: float, mean, std) -> torch.Tensor:
+    """SDNet-18 (CIFAR stem, two FISTA steps) from an official state_dict."""
+    return official_forward(x, sd, mean=mean, std=std, lmbda=lmbda)
+
+
 def official_sdnet18_state_dict(*, width: float = 0.25, num_classes: int = 10, seed: int = 0,
                                 all_layers: bool = False, shortcut: bool = True, stem: str = "cifar",
-                                sparse_stem: bool = True) -> dict[str, torch.Tensor]:
-    """Random tensors under the official key names of design.md (SDNet-18, -18-all, or the ResNet-18 baseline)."""
+                                sparse_stem: bool = True, depth: int = 18, n_dict: int = 1) -> dict[str, torch.Tensor]:
+    """Random tensors under the official key names of design.md (SDNet-18/34, -all, or the ResNet baseline), with
+    BatchNorm statistics far from the identity."""
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
 
     def conv(key: str, out_c: int, in_c: int, k: int, sparse: bool) -> None:
+        in_c = in_c * n_dict if sparse else in_c
         w = torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2 / (in_c * k * k))
         if sparse:
             sd[key + ".dn.weight"] = w
@@ -114,17 +175,19 @@ def official_sdnet18_state_dict(*, width: float = 0.25, num_classes: int = 10, s
 
     def bn(key: str, c: int) -> None:
         sd[key + ".weight"] = 0.5 + torch.rand(c, generator=g)
-        sd[key + ".bias"] = 0.1 * torch.randn(c, generator=g)
-        sd[key + ".running_mean"] = 0.1 * torch.randn(c, generator=g)
-        sd[key + ".running_var"] = 0.5 + torch.rand(c, generator=g)
+        sd[key + ".bias"] = 0.3 * torch.randn(c, generator=g)
+        sd[key + ".running_mean"] = 0.3 * torch.randn(c, generator=g)
+        sd[key + ".running_var"] = 0.2 + 2 * torch.rand(c, generator=g)
         sd[key + ".num_batches_tracked"] = torch.tensor(100)
 
     widths = [round(w * width) for w in (64, 128, 256, 512)]
     conv("layer0.0", widths[0], 3, 7 if stem == "imagenet" else 3, sparse_stem)
     bn("layer0.1", widths[0])
+    if stem == "imagenet" and all_layers:
+        conv("layer0.2", widths[0], widths[0], 3, True)  # the official -all ImageNet stem's strided CSC layer
     in_c = widths[0]
-    for stage, planes in enumerate(widths, start=1):
-        for b in range(2):
+    for stage, (planes, blocks) in enumerate(zip(widths, {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}[depth]), start=1):
+        for b in range(blocks):
             p = f"layer{stage}.layers.{b}" if all_layers else f"layer{stage}.{b}"
             conv(p + ".conv1", planes, in_c, 3, all_layers)
             bn(p + ".bn1", planes)

@@ -225,3 +225,13 @@ def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
     corrupted.clear()
     got = list(generated("whole").batches(5, 21, shard=Shard(1, 2)))
     assert corrupted == [] and len(got) == 2
+
+
+def test_calibration_levels_are_the_official_aranges():
+    from robustlab.adaptive import calibration_levels
+    official = {"gaussian": np.arange(0.02, 0.22, 0.02), "shot": np.arange(60, 0, -6),
+                "speckle": np.arange(0.1, 0.7, 0.1), "impulse": np.arange(0.03, 0.3, 0.03)}
+    for noise, want in official.items():
+        assert calibration_levels(noise) == pytest.approx(list(want)), noise
+    fine = calibration_levels("speckle", "noise-calibration-fine")
+    assert len(fine) == 11 and fine[1] == pytest.approx(0.15)

@@ -76,11 +76,14 @@ def test_patch_space_decode_equals_conv_transpose2d(k, stride, padding, size, c_
     assert got.shape == x.shape and torch.allclose(got, expected, atol=1e-12)
 
 
-def test_step_size_is_power_iteration_of_the_true_largest_eigenvalue():
-    layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=2, padding=1)
-    layer(torch.rand(1, 3, 8, 8, dtype=torch.float64))
-    expected = dense_step(unit_atoms(layer.dn.weight.detach()), (3, 8, 8), 2, 1)
-    assert float(layer.dn.step_size) == pytest.approx(expected, rel=1e-3)
+@pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [(3, 8, 3, 2, 1, 8), (3, 16, 3, 1, 1, 10),
+                                                               (4, 4, 3, 1, 1, 9), (1, 6, 5, 2, 2, 12),
+                                                               (3, 8, 7, 2, 3, 14)])
+def test_step_size_is_the_converged_largest_eigenvalue(c_in, c_out, k, stride, padding, size):
+    layer = make_layer(in_channels=c_in, out_channels=c_out, kernel_size=k, stride=stride, padding=padding)
+    layer(torch.rand(1, c_in, size, size, dtype=torch.float64))
+    expected = dense_step(unit_atoms(layer.dn.weight.detach()), (c_in, size, size), stride, padding)
+    assert float(layer.dn.step_size) == pytest.approx(expected, rel=1e-6)
 
 
 def test_step_size_computed_once_per_weight_change(monkeypatch):

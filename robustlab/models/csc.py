@@ -52,23 +52,32 @@ def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: in
 
 
 def largest_eigenvalue(weight: torch.Tensor, in_shape: tuple[int, int, int], *, stride: int, padding: int,
-                       iters: int = 50, tol: float = 1e-5) -> float:
-    """Largest eigenvalue of A^T A (A = conv2d with `weight`) on inputs of `in_shape`, by power iteration."""
-    gen = torch.Generator().manual_seed(0)  # fixed start: the same weights always give the same step
-    v = torch.randn((1, *in_shape), generator=gen).to(weight)
-    v = v / v.norm()
+                       tol: float = 1e-6) -> float:
+    """Largest eigenvalue of A^T A (A = conv2d with `weight`) on inputs of `in_shape`, converged by Lanczos.
+
+    Plain power iteration (the official code: at most 50 iterations) stops 0.1-2.7% short on real layers, because
+    a convolution's top eigenvalues lie close together; scipy's ARPACK (Lanczos) meets `tol` (on real layers the
+    value then agrees with a 1e-12 run to a relative 1e-8: 0.02 s for a CIFAR stem, 8 s for a 224-pixel one). It runs
+    in float64 on the CPU from a fixed start vector, so the same weights always give the same step."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    A = weight.detach().to("cpu", torch.float64)
     k = weight.shape[-1]
-    eig = 0.0
-    for _ in range(iters):
-        code = F.conv2d(v, weight, stride=stride, padding=padding)
-        op = _adjoint_output_padding(in_shape[1:], code.shape[-2:], k, stride, padding)
-        w = F.conv_transpose2d(code, weight, stride=stride, padding=padding, output_padding=op)
-        new = float(w.norm())
-        v = w / new
-        if abs(new - eig) <= tol * new:
-            return new
-        eig = new
-    return eig
+    n = math.prod(in_shape)
+    code_hw = F.conv2d(torch.zeros(1, *in_shape, dtype=torch.float64), A, stride=stride, padding=padding).shape[-2:]
+    op = _adjoint_output_padding(in_shape[1:], code_hw, k, stride, padding)
+
+    def gram(v):
+        x = torch.from_numpy(v.reshape(1, *in_shape))
+        code = F.conv2d(x, A, stride=stride, padding=padding)
+        return F.conv_transpose2d(code, A, stride=stride, padding=padding, output_padding=op).reshape(-1).numpy()
+
+    start = torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    if n == 1:
+        return float(gram(start)[0] / start[0])
+    eig = eigsh(LinearOperator((n, n), matvec=gram, dtype="float64"), k=1, which="LA", v0=start, tol=tol,
+                return_eigenvectors=False)
+    return float(eig[0])
 
 
 class Dictionary(nn.Module):

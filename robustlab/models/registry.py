@@ -4,13 +4,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn as nn
 
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
+
+if TYPE_CHECKING:
+    from robustlab.official_config import CscSettings
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -68,6 +71,7 @@ class RobustModel(nn.Module):
         self.config = config
         self.name = name or config.arch
         self.checkpoint_path: Path | None = None  # the file it was loaded from, for hashing
+        self.csc_settings: CscSettings | None = None  # where an SDNet's hidden CSC settings came from
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
 

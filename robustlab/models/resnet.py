@@ -21,16 +21,17 @@ def plain_conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: i
 
 
 class BasicBlock(nn.Module):
-    """conv-bn(-relu)-conv-bn, plus the shortcut when present, then relu."""
+    """conv-bn-relu-conv-bn + shortcut, relu; a sparse (all-CSC) block has no relu inside, and without a shortcut
+    none at all: the official `-all` block applies its relu inside `if SHORTCUT` (design.md)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, conv: ConvFactory, *, relu_after_bn1: bool,
+    def __init__(self, in_planes: int, planes: int, stride: int, conv: ConvFactory, *, sparse: bool,
                  shortcut: bool) -> None:
         super().__init__()
         self.conv1 = conv(in_planes, planes, 3, stride, 1)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv(planes, planes, 3, 1, 1)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu_after_bn1 = relu_after_bn1
+        self.sparse = sparse
         self.has_shortcut = shortcut
         self.shortcut = nn.Sequential()
         if shortcut and (stride != 1 or in_planes != planes):
@@ -38,12 +39,12 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn1(self.conv1(x))
-        if self.relu_after_bn1:
+        if not self.sparse:
             out = F.relu(out)
         out = self.bn2(self.conv2(out))
-        if self.has_shortcut:
-            out = out + self.shortcut(x)
-        return F.relu(out)
+        if not self.has_shortcut:
+            return out
+        return F.relu(out + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -78,7 +79,7 @@ class ResNet(nn.Module):
             stage = []
             for b in range(blocks):
                 stride = 2 if (i > 0 and b == 0) else 1
-                stage.append(BasicBlock(in_planes, planes, stride, block_conv, relu_after_bn1=not sparse_blocks,
+                stage.append(BasicBlock(in_planes, planes, stride, block_conv, sparse=sparse_blocks,
                                         shortcut=shortcut))
                 in_planes = planes
             stages.append(nn.Sequential(*stage))
