@@ -149,3 +149,26 @@ def test_official_config_refused_for_robustlab_format(tmp_path):
     (tmp_path / "c.yaml").write_text("MODEL:\n  NUM_LAYERS: 3\n")
     with pytest.raises(RobustlabError, match="robustlab's format"):
         robustlab.load_model("zoo:sdnet18-digits", official_config=tmp_path / "c.yaml")
+
+
+def test_eval_says_and_records_which_settings_were_assumed(tmp_path, capsys, monkeypatch):
+    import json
+
+    from robustlab.cli import main
+    from tests.conftest import write_cifar
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    data = write_cifar(tmp_path / "data", n_test=8)
+    path = _official(tmp_path, None)
+    assert main(["eval", "--ckpt", str(path), "--dataset", "cifar10", "--data-dir", str(data), "--out",
+                 str(tmp_path / "run"), "--quiet"]) == 0
+    notice = [line for line in capsys.readouterr().err.splitlines() if "assumed the official defaults" in line]
+    assert len(notice) == 1 and "n_steps=2" in notice[0]
+    models = json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]
+    assert models["m"]["csc_settings"]["source"] == "defaults"
+    assert models["m"]["csc_settings"]["assumed_defaults"]["n_steps"] == 2
+    official_yaml(tmp_path / "m.yaml", {}, dict(n_steps=3))  # beside the checkpoint: read, nothing assumed
+    assert main(["eval", "--ckpt", str(path), "--dataset", "cifar10", "--data-dir", str(data), "--out",
+                 str(tmp_path / "run2"), "--quiet"]) == 0
+    assert "assumed the official defaults" not in capsys.readouterr().err
+    settings = json.loads((tmp_path / "run2" / "manifest.json").read_text())["models"]["m"]["csc_settings"]
+    assert settings["source"].startswith("official config") and settings["assumed_defaults"] == {}
