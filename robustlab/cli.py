@@ -83,14 +83,15 @@ def _comma(text: str | None) -> list[str]:
 
 
 def _attack_specs(args: argparse.Namespace) -> list:
-    """--attack NAME --eps E[,E...] (an eps sweep) [--steps --alpha --restarts --norm], and/or --attacks SUITE."""
+    """--attack NAME --eps E[,E...] (an eps sweep) [--steps --queries --alpha --restarts --norm], and/or --attacks
+    SUITE."""
     from robustlab.attacks import load_attack_suite, make_spec
     specs = load_attack_suite(args.attacks) if args.attacks else []
     if args.attack:
         if not args.eps:
             raise RobustlabError(f"--attack {args.attack} needs --eps (e.g. --eps 8/255, or a sweep 2/255,4/255,8/255)")
         specs += [make_spec(args.attack, eps=e, norm=args.norm, steps=args.steps, alpha=args.alpha,
-                            restarts=args.restarts) for e in _comma(args.eps)]
+                            restarts=args.restarts, queries=args.queries) for e in _comma(args.eps)]
     elif args.eps or args.transfer_from:
         raise RobustlabError("--eps and --transfer-from need --attack NAME (see robustlab list attacks)")
     return specs
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c --c-dir ~/data/CIFAR-10-C
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5
   robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
-  robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --steps 1000 \
+  robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --queries 1000 \
       --transfer-from zoo:sdnet18-digits
   torchrun --nproc-per-node 4 -m robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c
       (one process per GPU; the images are sharded, rank 0 writes; results equal a single-process run)""")
@@ -351,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", help="pgd-linf, pgd-l2, fgsm, apgd-ce, apgd-t, autoattack, square")
     p.add_argument("--eps", help="attack radius, 8/255 or 0.0314; a comma list sweeps eps")
     p.add_argument("--norm", choices=["Linf", "L2"], help="default: the attack's own")
-    p.add_argument("--steps", type=_positive_int, help="iterations (Square: queries)")
+    p.add_argument("--steps", type=_positive_int, help="gradient iterations per restart (PGD, APGD)")
+    p.add_argument("--queries", type=_positive_int, help="model queries of a score-based attack (Square)")
     p.add_argument("--alpha", help="step size (PGD default 2.5 * eps / steps)")
     p.add_argument("--restarts", type=_positive_int, default=1)
     p.add_argument("--attacks", metavar="SUITE", help="an attack suite (attacks/*.toml) or a .toml file")

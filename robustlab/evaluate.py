@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.data import DATASETS, ImageSet, load_dataset
@@ -94,6 +96,19 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
     return plans
 
 
+def transfer_sources(ckpts: Sequence[str], device: torch.device) -> dict[str, RobustModel]:
+    """The transfer source models by name; two sources of the same name are refused (their rows would merge)."""
+    sources: dict[str, RobustModel] = {}
+    for ckpt in ckpts:
+        model = load_model(ckpt, device=device)
+        if model.name in sources:
+            raise RobustlabError(f"--transfer-from names two models {model.name!r} "
+                                 f"({sources[model.name].checkpoint_path} and {model.checkpoint_path}); "
+                                 "copy one to a file of another name")
+        sources[model.name] = model
+    return sources
+
+
 def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None, arch: str | None = None,
              n: int | None = None, batch_size: int = 256, device: str = "auto", out: str | Path | None = None,
              seed: int = 0, quiet: bool = False, arguments: dict[str, Any] | None = None,
@@ -123,7 +138,7 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
             print(f"robustlab: {message}", file=sys.stderr)
 
     models = [load_model(c, arch=arch, device=dev, official_config=official_config) for c in ckpts]
-    sources = {m.name: m for m in (load_model(c, device=dev) for c in transfer_from)}
+    sources = transfer_sources(transfer_from, dev)
     for model in [*models, *sources.values()]:
         check_compatible(model, data)
         damaged = nonfinite_warning(model, "images with non-finite logits count as wrong")
@@ -133,7 +148,8 @@ def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None,
         if assumed:
             log(assumed)
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
-    cells += [Cell(attack=spec, source=name) for name in ([""] if not sources else list(sources)) for spec in attacks]
+    # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
+    cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in attacks]
     source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
                          cache_dir=cache_dir or default_cache_dir(), device=dev)
     plans = lambda_plans(models, lambda_value=lambda_value, adaptive=adaptive, per_image=per_image,

@@ -27,9 +27,12 @@ from typing import IO
 import pandas as pd
 
 from robustlab.errors import RobustlabError
+from robustlab.results import IDENTITY, IDENTITY_NUMBERS
 
-KEY = ["model", "dataset", "split", "corruption", "severity", "attack", "attack_source", "norm", "eps", "steps",
-       "lambda_mode", "lambda"]
+# a cell as the gate matches it: the results' identity less what may differ between a baseline and a new run of the
+# same cell (the checkpoint under test, the sample size, the seed)
+KEY = [c for c in IDENTITY if c not in ("checkpoint_sha256", "n", "seed")]
+NUMBERS = [c for c in KEY if c in IDENTITY_NUMBERS]
 NEEDED = [*KEY, "n", "correct"]
 EXIT_OK, EXIT_REGRESSION = 0, 1
 
@@ -55,7 +58,7 @@ class RegressResult:
     def to_json(self) -> str:
         """The cells as JSON records, the numeric key columns as numbers (null where a cell has none: the eps of
         an unattacked cell, the lambda of an adaptive one); the keys are matched as the text the CSV holds."""
-        numeric = {c: pd.to_numeric(self.cells[c].replace("", None)) for c in ("severity", "eps", "steps", "lambda")}
+        numeric = {c: pd.to_numeric(self.cells[c].replace("", None)) for c in NUMBERS}
         return self.cells.assign(**numeric).to_json(orient="records", indent=2, double_precision=15)
 
 
@@ -89,13 +92,8 @@ def _number(v: object) -> str:
 
 def cell_keys(df: pd.DataFrame) -> pd.Series:
     """A hashable key per row; lambda is part of it for fixed-lambda rows only (adaptive rows choose it)."""
-    cols = {}
-    for c in ["model", "dataset", "split", "corruption", "attack", "attack_source", "norm", "lambda_mode"]:
-        cols[c] = df[c].map(_text)
-    for c in ["severity", "eps", "steps"]:
-        cols[c] = df[c].map(_number)
-    lam = df["lambda"].map(_number)
-    cols["lambda"] = lam.where(cols["lambda_mode"] == "fixed", "")
+    cols = {c: df[c].map(_number if c in NUMBERS else _text) for c in KEY}
+    cols["lambda"] = cols["lambda"].where(cols["lambda_mode"] == "fixed", "")
     return pd.Series(list(zip(*(cols[c] for c in KEY))), index=df.index)
 
 
@@ -202,6 +200,7 @@ def _label(row: pd.Series) -> str:
     if row["attack"] != "none":
         parts.append(f"{row['attack']} {row['norm']} eps={row['eps']}"
                      + (f" steps={row['steps']}" if row["steps"] not in ("", "0") else "")
+                     + (f" queries={row['queries']}" if row["queries"] not in ("", "0") else "")
                      + (f" from {row['attack_source']}" if row["attack_source"] else ""))
     if row["corruption"] == "none" and row["attack"] == "none":
         parts.append("clean")

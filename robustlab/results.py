@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from robustlab.errors import RobustlabError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: queries, alpha, attack_config, batch_size and flags_model; steps only counts iterations
 Z95 = 1.959963984540054
 
 
@@ -35,8 +35,12 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 class Record:
     """One evaluated cell. Accuracies are fractions in [0, 1]; NaN marks 'not applicable'. lambda is the
     CSC layer's lambda (per-image selection: the mean, with lambda_std the spread). attack_source names the
-    model a transfer attack was crafted on (empty otherwise); flags lists warnings (gradient masking, ...)
-    separated by ';'."""
+    model a transfer attack was crafted on (empty otherwise). An attack's budget is `steps` (gradient iterations
+    per restart) and `queries` (score-based model queries), 0 where it has none of that kind; `alpha` its step
+    size (NaN where the attack sets its own); `attack_config` every other setting robustlab fixes for it;
+    `batch_size` the batch it was run in (each batch is seeded from its first image). flags lists warnings
+    (gradient masking, ...) separated by ';'; `flags_model` names the model the gradient-masking flags are about
+    (a transfer attack's source, whose gradients made it)."""
     model: str
     arch: str
     checkpoint_sha256: str
@@ -49,7 +53,11 @@ class Record:
     norm: str
     eps: float
     steps: int
+    queries: int
+    alpha: float
     restarts: int
+    attack_config: str
+    batch_size: int
     lambda_mode: str
     lambda_: float
     lambda_std: float
@@ -62,6 +70,7 @@ class Record:
     top5_accuracy: float
     residual_mean: float
     flags: str
+    flags_model: str
     seconds: float
     seed: int
     robustlab_version: str
@@ -77,7 +86,10 @@ COLUMNS = [("lambda" if f.name == "lambda_" else f.name) for f in dataclasses.fi
 # What a row measured, as opposed to what it found: two rows with the same identity are the same cell. An adaptive
 # mode's lambda is an outcome, so only a fixed lambda is part of the identity.
 IDENTITY = ("model", "checkpoint_sha256", "dataset", "split", "corruption", "severity", "attack", "attack_source",
-            "norm", "eps", "steps", "restarts", "lambda_mode", "lambda", "n", "seed")
+            "norm", "eps", "steps", "queries", "alpha", "restarts", "attack_config", "batch_size", "lambda_mode",
+            "lambda", "n", "seed")
+
+IDENTITY_NUMBERS = ("severity", "eps", "steps", "queries", "alpha", "restarts", "batch_size", "lambda", "n", "seed")
 
 
 def cell_key(row: Mapping[str, Any]) -> tuple[str, ...]:

@@ -218,26 +218,28 @@ class RunInfo:
 
 
 def identity(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, *, n: int, seed: int,
-             lam: float) -> dict[str, Any]:
+             lam: float, batch_size: int) -> dict[str, Any]:
     """The Record fields that say what a cell measures (results.IDENTITY), known before it runs."""
     spec = cell.attack
     return dict(
         model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
         corruption=cell.corruption, severity=cell.severity, attack=spec.name if spec else "none",
         attack_source=cell.source, norm=spec.norm if spec else "none", eps=spec.eps if spec else math.nan,
-        steps=spec.steps if spec else 0, restarts=spec.restarts if spec else 0, lambda_mode=setting.mode,
+        steps=spec.steps if spec else 0, queries=spec.queries if spec else 0,
+        alpha=spec.alpha if spec and spec.alpha is not None else math.nan, restarts=spec.restarts if spec else 0,
+        attack_config=spec.config if spec else "", batch_size=batch_size if spec else 0, lambda_mode=setting.mode,
         lambda_=lam, n=n, seed=seed)
 
 
 def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
-                seed: int, lam: float, flags: Sequence[str] = ()) -> Record:
+                info: RunInfo, lam: float, flags: Sequence[str] = (), flags_model: str = "") -> Record:
     lo, hi = wilson_interval(counts.correct, counts.n)
     return Record(
-        **identity(model, sha, data, cell, setting, n=counts.n, seed=seed, lam=lam),
+        **identity(model, sha, data, cell, setting, n=counts.n, seed=info.seed, lam=lam, batch_size=info.batch_size),
         lambda_std=counts.lambda_std, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
-        residual_mean=counts.residual_mean, flags=";".join(flags), seconds=counts.seconds,
+        residual_mean=counts.residual_mean, flags=";".join(flags), flags_model=flags_model, seconds=counts.seconds,
         robustlab_version=__version__)
 
 
@@ -337,7 +339,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
             check_compatible(plan.model, data)
             for setting in plan.settings:
                 lam = fixed_lambda(plan.model, setting) if setting.mode == "fixed" else math.nan
-                planned = identity(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed, lam=lam)
+                planned = identity(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed, lam=lam,
+                                   batch_size=info.batch_size)
                 if cell_key({**planned, "lambda": lam}) in done:
                     continue
                 torch.manual_seed(info.seed)
@@ -348,23 +351,29 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 batches = zip(own, progress(checked_batches(data, info.batch_size, info.n, shard), total=len(own),
                                             desc=" ".join(p for p in parts if p)))
                 flags = [f"lambda_from_first_{setting.select_n}"] if setting.subsampled(total) else []
+                flags_model = ""
                 with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
                     if cell.attack is None:
                         counts = count_correct(module, (b for _, b in batches), info.device,
                                                top5=data.num_classes > 5, limit=info.limit)
                     else:
-                        key = (plan.model.name, setting)
+                        # the gradients come from the model the attack is crafted on: a transfer's source (with its
+                        # own lambda), else the model itself under this setting (selection included)
+                        crafted_on = sources[cell.source] if cell.source else module
+                        flags_model = cell.source or plan.model.name
+                        key = (cell.source, None) if cell.source else (plan.model.name, setting)
                         if key not in diagnosed:  # rank 0 alone writes rows, so it alone needs the flags
                             run_checks = info.diagnostics and shard.main
-                            diagnosed[key] = diagnose(module, data, info, log) if run_checks else []
-                        flags = diagnosed[key] + (["bpda_selection"] if setting.mode.startswith("adaptive") else [])
+                            diagnosed[key] = diagnose(crafted_on, data, info, log) if run_checks else []
+                        selection = not cell.source and setting.mode.startswith("adaptive")
+                        flags = diagnosed[key] + (["bpda_selection"] if selection else [])
                         save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
                                                                                                  setting)
                         counts = count_robust(module, batches, cell.attack, info, save=save,
                                               source=sources[cell.source] if cell.source else None)
                 counts = counts.merged(shard)
-                record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info.seed,
-                                     counts.lambda_mean if lam is None else lam, flags)
+                record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
+                                     counts.lambda_mean if lam is None else lam, flags, flags_model)
                 if store is not None:
                     store.append(record)
                 records.append(record)

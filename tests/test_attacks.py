@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torchattacks
 
+import robustlab
 from robustlab.attacks import (ATTACKS, AttackSpec, attack_batch, check_black_box, check_deterministic,
                                check_eps_monotonic, check_large_eps, check_zero_gradients, input_gradient,
                                load_attack_suite, make_spec, parse_eps, run_diagnostics, suite_names,
@@ -91,7 +92,7 @@ def test_make_spec_resolves_defaults():
     assert make_spec("pgd-l2", eps=0.5).norm == "L2"
     assert make_spec("apgd-ce", eps="8/255").norm == "Linf" and make_spec("apgd-ce", eps=0.5, norm="L2").norm == "L2"
     assert make_spec("apgd-ce", eps="8/255").steps == 100 and make_spec("apgd-ce", eps="8/255").alpha is None
-    assert make_spec("square", eps="8/255").steps == 5000
+    assert (make_spec("square", eps="8/255").queries, make_spec("square", eps="8/255").steps) == (5000, 0)
     assert make_spec("autoattack", eps="8/255").steps == 100
     assert make_spec("pgd-l2", eps=8).eps == 8.0  # an L2 budget may exceed 1
     assert not ATTACKS.get("square").white_box and ATTACKS.get("pgd-linf").white_box
@@ -110,6 +111,9 @@ def test_make_spec_resolves_defaults():
     (dict(name="pgd-linf", eps="8/255", norm="l2"), ["'l2'", "Linf or L2"]),
     (dict(name="pgd-linf", eps=8), ["Linf eps 8", "8/255"]),
     (dict(name="autoattack", eps="8/255", steps=10), ["autoattack", "100", "steps=10"]),
+    (dict(name="autoattack", eps="8/255", queries=100), ["autoattack", "5000", "queries=100"]),
+    (dict(name="square", eps="8/255", steps=100), ["square takes no steps", "--queries"]),
+    (dict(name="pgd-linf", eps="8/255", queries=100), ["pgd-linf takes no queries", "--steps"]),
     (dict(name="fgsm", eps="8/255", restarts=3), ["fgsm", "restarts=3"]),
     (dict(name="apgd-ce", eps="8/255", alpha="1/255"), ["apgd-ce", "alpha", "drop alpha"]),
     (dict(name="pgd-linf", eps="8/255", alpha=-1), ["alpha", "-1"]),
@@ -147,8 +151,8 @@ ATTACK_CASES = [
     dict(name="apgd-t", eps="8/255", steps=5),
     dict(name="apgd-t", eps=0.5, norm="L2", steps=5),
     dict(name="autoattack", eps="8/255"),
-    dict(name="square", eps="8/255", steps=100),
-    dict(name="square", eps=2.0, norm="L2", steps=100),
+    dict(name="square", eps="8/255", queries=100),
+    dict(name="square", eps=2.0, norm="L2", queries=100),
 ]
 
 
@@ -191,7 +195,7 @@ def test_same_seed_same_result_and_caller_rng_untouched(sdnet, batch):
     c = attack_batch(sdnet, x, y, spec, seed=8)
     assert torch.equal(a.adversarial, b.adversarial) and torch.equal(a.robust, b.robust)
     assert not torch.equal(a.adversarial, c.adversarial)  # the seed drives the random start
-    for spec in (make_spec("apgd-ce", eps="8/255", steps=3), make_spec("square", eps="8/255", steps=20)):
+    for spec in (make_spec("apgd-ce", eps="8/255", steps=3), make_spec("square", eps="8/255", queries=20)):
         a, b = (attack_batch(sdnet, x, y, spec, seed=5) for _ in range(2))
         assert torch.equal(a.adversarial, b.adversarial) and a.robust_accuracy == b.robust_accuracy
 
@@ -341,6 +345,7 @@ def test_run_diagnostics_flags(resnet, batch):
     x, y = batch
     flags, warnings = run_diagnostics(resnet, x, y, seed=0, steps=3, queries=50)
     assert flags == {"zero_gradients": False, "eps_not_monotonic": False, "black_box_stronger": False,
+                     "shattered_gradients": False,
                      "large_eps_survives": False, "randomized": False} and warnings == []
     flags, warnings = run_diagnostics(SignNet().eval(), x, y, seed=0, steps=3, queries=50)
     assert flags["zero_gradients"] and any("zero input gradient" in w for w in warnings)
@@ -356,7 +361,7 @@ def test_shipped_suites_load():
                                                                ("pgd-linf", "Linf", 2 / 255, 10)]
     assert [s.eps for s in load_attack_suite("pgd-linf")] == [1 / 255, 2 / 255, 4 / 255, 8 / 255]
     assert load_attack_suite("autoattack-linf")[0].name == "autoattack"
-    assert load_attack_suite("square-linf")[0].steps == 5000
+    assert load_attack_suite("square-linf")[0].queries == 5000
     assert load_attack_suite(Path(__file__).parents[1] / "attacks" / "digits-small.toml") == demo
 
 
@@ -386,3 +391,46 @@ def test_unknown_suite_name_and_missing_file():
         load_attack_suite("pgd-lin")
     with pytest.raises(RobustlabError, match="does not exist"):
         load_attack_suite("nowhere/suite.toml")
+
+
+class Shattered(nn.Module):
+    """Adds 0.01 sin(500 x) to the input: barely changes the images, scrambles the input gradient's sign."""
+
+    def __init__(self, model: nn.Module, amplitude: float = 0.01) -> None:
+        super().__init__()
+        self.model, self.amplitude = model, amplitude
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x + self.amplitude * torch.sin(500 * x))
+
+
+@pytest.fixture(scope="module")
+def digits_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    from robustlab.data import load_dataset
+    images, labels = next(iter(load_dataset("digits", None).batches(64, 64)))
+    return images.float() / 255 if images.dtype == torch.uint8 else images, labels
+
+
+@pytest.mark.parametrize("name,wrap,flagged", [
+    ("resnet18-digits", None, False), ("sdnet18-digits", None, False), ("resnet18-digits", "plain", False),
+    ("resnet18-digits", "shattered", True), ("sdnet18-digits", "shattered", True),
+    ("resnet18-digits", "plain-shattered-amplitude-0", False),
+])
+def test_shattered_gradients_are_flagged_and_sound_ones_are_not(name, wrap, flagged, digits_batch):
+    from robustlab.attacks.diagnostics import check_gradient_coherence, gradient_sign_agreement
+    model = robustlab.load_model(f"zoo:{name}")
+    if wrap == "plain":
+        model = nn.Sequential(model).eval()
+    elif wrap is not None:
+        model = Shattered(model, amplitude=0.0 if wrap.endswith("0") else 0.01).eval()
+    x, y = digits_batch
+    agreements = [(d, gradient_sign_agreement(model, x, y, d, seed=0)) for d in (1 / 255, 2 / 255)]
+    flag, warning = check_gradient_coherence(agreements)
+    assert flag == flagged, agreements
+    assert ("shattered" in warning) == flagged
+
+
+def test_a_sign_model_is_not_called_shattered_but_zero_gradient(batch):
+    from robustlab.attacks.diagnostics import gradient_sign_agreement
+    x, y = batch
+    assert math.isnan(gradient_sign_agreement(SignNet().eval(), x, y, 2 / 255, seed=0))

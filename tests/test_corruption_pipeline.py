@@ -235,3 +235,15 @@ def test_calibration_levels_are_the_official_aranges():
         assert calibration_levels(noise) == pytest.approx(list(want)), noise
     fine = calibration_levels("speckle", "noise-calibration-fine")
     assert len(fine) == 11 and fine[1] == pytest.approx(0.15)
+
+
+def test_mce_says_how_many_corruptions_it_covers():
+    # the baseline's snow errors equal its clean error: relative CE of snow is undefined (zero denominator)
+    a = {("fog", 1): 0.8, ("fog", 2): 0.6, ("snow", 1): 0.7, ("snow", 2): 0.5}
+    b = {("fog", 1): 0.6, ("fog", 2): 0.4, ("snow", 1): 0.8, ("snow", 2): 0.8}
+    s = corruption_summary(pd.DataFrame(_rows("a", 0.9, a) + _rows("b", 0.8, b)), baseline="b").set_index("model")
+    assert s.loc["a", "mCE_corruptions"] == 2 and s.loc["a", "relative_mCE_corruptions"] == 1
+    assert s.loc["a", "relative_mCE"] == pytest.approx((0.1 + 0.3) / (0.2 + 0.4))
+    accs = {("fog", sev): 0.5 for sev in range(1, 6)} | {("snow", sev): 0.4 for sev in range(1, 4)}
+    alex = corruption_summary(pd.DataFrame(_rows("m", 0.7, accs)), alexnet=True).iloc[0]
+    assert alex["alexnet_mCE_corruptions"] == 1

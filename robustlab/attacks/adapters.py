@@ -27,14 +27,20 @@ class AttackFn(Protocol):
 
 @dataclass(frozen=True)
 class AttackEntry:
-    """A registered attack: the norms it supports (the first is the default) and what its spec may set."""
+    """A registered attack: the norms it supports (the first is the default) and what its spec may set.
+
+    Its budget is counted in gradient `steps` (iterations per restart) and/or model `queries` (score-based search);
+    `config` names every other setting robustlab fixes that changes its numbers (recorded in each row)."""
     name: str
     run: AttackFn
     norms: tuple[str, ...]
     white_box: bool
-    default_steps: int
     summary: str
+    config: str
+    default_steps: int = 0  # 0: the attack takes no gradient steps
     fixed_steps: int | None = None  # the attack always runs this many steps
+    default_queries: int = 0  # 0: the attack makes no score-based queries
+    fixed_queries: int | None = None
     restarts: bool = True
     step_size: bool = False  # takes alpha
 
@@ -91,8 +97,8 @@ def _autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Attack
 
 def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
             num_classes: int) -> torch.Tensor:
-    attack = SquareAttack(model, norm=spec.norm, n_queries=spec.steps, eps=spec.eps, n_restarts=spec.restarts,
-                          seed=seed, loss="margin", resc_schedule=True, device=x.device)
+    attack = SquareAttack(model, norm=spec.norm, n_queries=spec.queries, eps=spec.eps, n_restarts=spec.restarts,
+                          seed=seed, p_init=0.8, loss="margin", resc_schedule=True, device=x.device)
     with torch.no_grad():
         return attack.perturb(x, y)
 
@@ -100,18 +106,23 @@ def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
 ATTACKS: Registry[AttackEntry] = Registry("attack")
 for _entry in (
     AttackEntry("fgsm", _fgsm, ("Linf",), white_box=True, default_steps=1, fixed_steps=1, restarts=False,
-                summary="FGSM, one signed-gradient step (torchattacks)"),
+                config="torchattacks.FGSM", summary="FGSM, one signed-gradient step (torchattacks)"),
     AttackEntry("pgd-linf", _pgd, ("Linf",), white_box=True, default_steps=10, step_size=True,
-                summary="PGD with a random start, Linf (torchattacks.PGD)"),
+                config="torchattacks.PGD;random_start", summary="PGD with a random start, Linf (torchattacks.PGD)"),
     AttackEntry("pgd-l2", _pgd, ("L2",), white_box=True, default_steps=10, step_size=True,
-                summary="PGD with a random start, L2 (torchattacks.PGDL2)"),
+                config="torchattacks.PGDL2;random_start", summary="PGD with a random start, L2 (torchattacks.PGDL2)"),
     AttackEntry("apgd-ce", _apgd, ("Linf", "L2"), white_box=True, default_steps=100,
-                summary="APGD on the cross-entropy loss (AutoAttack)"),
+                config="autoattack.APGD;loss=ce;rho=0.75", summary="APGD on the cross-entropy loss (AutoAttack)"),
     AttackEntry("apgd-t", _apgd, ("Linf", "L2"), white_box=True, default_steps=100,
+                config="autoattack.APGD-T;loss=dlr;targets=min(9,classes-1)",
                 summary="targeted APGD on the DLR loss, 9 target classes (AutoAttack)"),
     AttackEntry("autoattack", _autoattack, ("Linf", "L2"), white_box=True, default_steps=100, fixed_steps=100,
-                restarts=False, summary="AutoAttack, standard version: APGD-CE, APGD-T, FAB-T, Square 5000"),
-    AttackEntry("square", _square, ("Linf", "L2"), white_box=False, default_steps=5000,
-                summary="Square, score-based black box; steps = queries (AutoAttack)"),
+                default_queries=5000, fixed_queries=5000, restarts=False,
+                config="autoattack;version=standard;targets=min(9,classes-1)",
+                summary="AutoAttack, standard version: APGD-CE, APGD-T, FAB-T (100 steps), Square (5000 queries)"),
+    AttackEntry("square", _square, ("Linf", "L2"), white_box=False, default_queries=5000,
+                config="autoattack.Square;loss=margin;p_init=0.8;resc_schedule",
+                summary="Square, score-based black box (AutoAttack's, its step-size schedule rescaled to the "
+                        "query budget)"),
 ):
     ATTACKS.register(_entry.name, _entry)

@@ -45,13 +45,20 @@ def parse_eps(text: str | float, *, what: str = "eps") -> float:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack configuration, every field resolved (build it with make_spec); the seed is not part of it."""
+    """One attack configuration, every field resolved (build it with make_spec); the seed is not part of it.
+    `steps` counts gradient iterations per restart, `queries` score-based model queries (0: none of that kind)."""
     name: str
     norm: str
     eps: float
     steps: int
     alpha: float | None
     restarts: int
+    queries: int = 0
+
+    @property
+    def config(self) -> str:
+        """The settings robustlab fixes for this attack beyond the fields (recorded in every row)."""
+        return _entry(self.name).config
 
     def __post_init__(self) -> None:
         entry = _entry(self.name)
@@ -65,11 +72,18 @@ class AttackSpec:
         if self.norm == "Linf" and self.eps > 1:
             raise RobustlabError(f"attack {self.name}: Linf eps {self.eps:g} exceeds 1, the whole pixel range; "
                                  f"did you mean {self.eps:g}/255?")
-        _positive_int(self.name, "steps", self.steps)
+        for what, default, fixed, other in (("steps", entry.default_steps, entry.fixed_steps, "queries"),
+                                            ("queries", entry.default_queries, entry.fixed_queries, "steps")):
+            value = getattr(self, what)
+            if not default:
+                if value != 0:
+                    raise RobustlabError(f"attack {self.name} takes no {what}, got {what}={value!r}; its budget is "
+                                         f"{other}: use --{other} (suite key {other})")
+                continue
+            _positive_int(self.name, what, value)
+            if fixed is not None and value != fixed:
+                raise RobustlabError(f"attack {self.name} always runs {fixed} {what}, got {what}={value}; drop {what}")
         _positive_int(self.name, "restarts", self.restarts)
-        if entry.fixed_steps is not None and self.steps != entry.fixed_steps:
-            raise RobustlabError(f"attack {self.name} always runs {entry.fixed_steps} steps, got steps={self.steps}; "
-                                 "drop steps (pgd-linf, pgd-l2 and apgd-ce take any number)")
         if self.restarts > 1 and not entry.restarts:
             raise RobustlabError(f"attack {self.name} has no random restarts, got restarts={self.restarts}; "
                                  "drop restarts")
@@ -101,8 +115,9 @@ def _other_attacks(norm: str) -> str:
 
 
 def make_spec(name: str, *, eps: str | float, norm: str | None = None, steps: int | None = None,
-              alpha: str | float | None = None, restarts: int = 1) -> AttackSpec:
-    """A validated AttackSpec; norm, steps and alpha default from the attack (PGD: alpha = 2.5 * eps / steps)."""
+              alpha: str | float | None = None, restarts: int = 1, queries: int | None = None) -> AttackSpec:
+    """A validated AttackSpec; norm, steps, queries and alpha default from the attack (PGD: alpha = 2.5 * eps /
+    steps)."""
     entry = _entry(name)
     if norm is None:
         norm = entry.norms[0]
@@ -111,8 +126,10 @@ def make_spec(name: str, *, eps: str | float, norm: str | None = None, steps: in
     eps = parse_eps(eps)
     if steps is None:
         steps = entry.fixed_steps or entry.default_steps
+    if queries is None:
+        queries = entry.fixed_queries or entry.default_queries
     if alpha is not None:
         alpha = parse_eps(alpha, what=f"attack {name}: alpha")
     elif entry.step_size and isinstance(steps, int) and steps > 0:
         alpha = 2.5 * eps / steps  # the robustness library's rule: the steps can cross the ball from any start
-    return AttackSpec(name=name, norm=norm, eps=eps, steps=steps, alpha=alpha, restarts=restarts)
+    return AttackSpec(name=name, norm=norm, eps=eps, steps=steps, alpha=alpha, restarts=restarts, queries=queries)

@@ -10,7 +10,7 @@ from robustlab.errors import RobustlabError
 from robustlab import suites
 
 TOP_KEYS = ("attack", "description")
-ATTACK_KEYS = ("alpha", "eps", "name", "norm", "restarts", "steps")
+ATTACK_KEYS = ("alpha", "eps", "name", "norm", "queries", "restarts", "steps")
 
 
 def suite_names() -> list[str]:
@@ -63,7 +63,8 @@ def load_attack_suite(name_or_path: str | Path) -> list[AttackSpec]:
         for eps in eps_list:
             try:
                 spec = make_spec(table["name"], eps=eps, norm=table.get("norm"), steps=table.get("steps"),
-                                 alpha=table.get("alpha"), restarts=table.get("restarts", 1))
+                                 alpha=table.get("alpha"), restarts=table.get("restarts", 1),
+                                 queries=table.get("queries"))
             except RobustlabError as e:
                 raise RobustlabError(f"{where(i)}: {e}") from None
             if spec in specs:

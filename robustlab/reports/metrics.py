@@ -39,7 +39,8 @@ def _errors(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, float]:
 
 
 def corruption_errors(df: pd.DataFrame, model: str, baseline: tuple[pd.Series, float] | None) -> dict[str, float]:
-    """CE and relative CE per corruption against a baseline's errors (same cells), and their means."""
+    """mCE and relative mCE against a baseline's errors (same cells), each with the number of corruptions it
+    averages (`<name>_corruptions`): a ratio is undefined where the baseline's denominator is zero."""
     err, clean = _errors(df, model)
     out = {}
     if baseline is not None:
@@ -52,7 +53,8 @@ def corruption_errors(df: pd.DataFrame, model: str, baseline: tuple[pd.Series, f
             e, b = err[c].loc[common], base[c].loc[common]
             ce.append(_ratio(e.sum(), b.sum()))
             rel.append(_ratio((e - clean).sum(), (b - base_clean).sum()))
-        out["mCE"], out["relative_mCE"] = _mean(ce), _mean(rel)
+        out.update(_mean("mCE", ce))
+        out.update(_mean("relative_mCE", rel))
     return out
 
 
@@ -60,14 +62,15 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den != 0 else math.nan  # a baseline without errors (or drop) normalizes nothing
 
 
-def _mean(values: list[float]) -> float:
-    """Mean over the corruptions where the ratio is defined."""
+def _mean(name: str, values: list[float]) -> dict[str, float | int]:
+    """{name: the mean over the corruptions where the ratio is defined, name_corruptions: how many those are}."""
     finite = [v for v in values if math.isfinite(v)]
-    return float(sum(finite) / len(finite)) if finite else math.nan
+    return {name: float(sum(finite) / len(finite)) if finite else math.nan, f"{name}_corruptions": len(finite)}
 
 
-def alexnet_mce(err: pd.Series, clean: float) -> tuple[float, float]:
-    """ImageNet-C mCE and relative mCE normalized by AlexNet (needs all five severities of a corruption)."""
+def alexnet_mce(err: pd.Series, clean: float) -> dict[str, float | int]:
+    """ImageNet-C mCE and relative mCE normalized by AlexNet (needs all five severities of a corruption), each with
+    the number of corruptions it averages."""
     ce, rel = [], []
     for c in sorted(set(err.index.get_level_values(0))):
         sev = err[c]
@@ -75,7 +78,7 @@ def alexnet_mce(err: pd.Series, clean: float) -> tuple[float, float]:
             continue
         ce.append(sev.sum() / (5 * ALEXNET_ERROR[c]))
         rel.append((sev - clean).sum() / (5 * (ALEXNET_ERROR[c] - ALEXNET_CLEAN_ERROR)))
-    return _mean(ce), _mean(rel)
+    return {**_mean("alexnet_mCE", ce), **_mean("alexnet_relative_mCE", rel)}
 
 
 def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None = None,
@@ -99,7 +102,7 @@ def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None 
                if len(err) else math.nan, "corruption_cells": len(err)}
         row.update(corruption_errors(df, model, base))
         if alexnet:
-            row["alexnet_mCE"], row["alexnet_relative_mCE"] = alexnet_mce(err, clean)
+            row.update(alexnet_mce(err, clean))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -27,14 +27,16 @@ from robustlab.results import wilson_interval
 
 REQUIRED = ["model", "dataset", "split", "corruption", "severity", "attack", "norm", "eps", "lambda_mode", "lambda",
             "n", "correct", "accuracy", "ci_low", "ci_high"]
-OPTIONAL_TEXT = {"attack_source": "", "flags": "", "arch": ""}
-OPTIONAL_NUM = ["steps", "restarts", "lambda_std", "top5_accuracy", "schema_version"]
+OPTIONAL_TEXT = {"attack_source": "", "flags": "", "flags_model": "", "arch": "", "attack_config": ""}
+OPTIONAL_NUM = ["steps", "queries", "alpha", "restarts", "batch_size", "lambda_std", "top5_accuracy", "schema_version"]
 
 # Flags raised by robustlab's gradient-masking diagnostics and runner (attacks/diagnostics.py, runner.py)
 FLAG_MEANINGS = {
     "zero_gradients": "some images have an exactly zero input gradient: gradient attacks cannot move them",
     "eps_not_monotonic": "robust accuracy rises with eps: the attack is failing (masking or too few steps)",
     "black_box_stronger": "a black-box attack beats the white-box one: gradients are unreliable",
+    "shattered_gradients": "input-gradient signs at nearby points barely agree: gradients are shattered (use BPDA, "
+                           "black-box or transfer attacks)",
     "large_eps_survives": "images survive a huge eps (0.5 Linf): the attack is not working",
     "randomized": "two identical forward passes differ: the model is randomized (use EOT)",
     "bpda_selection": "adaptive lambda selection is not differentiable; gradients pass it by the identity (BPDA)",
@@ -86,8 +88,8 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Run], 
         if not csv_path.is_file():
             raise RobustlabError(f"{given} is not a run directory holding results.csv (nor a results.csv file)")
         try:
-            df = pd.read_csv(csv_path, dtype={"model": str, "attack_source": str, "flags": str, "corruption": str,
-                                              "attack": str, "lambda_mode": str, "norm": str})
+            text = ["model", "corruption", "attack", "lambda_mode", "norm", *OPTIONAL_TEXT]
+            df = pd.read_csv(csv_path, dtype=dict.fromkeys(text, str))
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise RobustlabError(f"{csv_path} is not a readable results.csv ({str(e).splitlines()[0]})") from None
         missing = [c for c in REQUIRED if c not in df.columns]
@@ -237,9 +239,10 @@ def summary_table(df: pd.DataFrame, order: list[str], baseline: str | None) -> p
         s["ci_low"], s["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
         if base is None:
             s["mCE"], s["relative_mCE"] = math.nan, math.nan
+            s["mCE_corruptions"], s["relative_mCE_corruptions"] = 0, 0
         frames.append(_order(s, order))
     cols = ["variant", "dataset", "clean_accuracy", "mean_corruption_accuracy", "ci_low", "ci_high",
-            "corruption_cells", "mCE", "relative_mCE"]
+            "corruption_cells", "mCE", "mCE_corruptions", "relative_mCE", "relative_mCE_corruptions"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
@@ -265,7 +268,8 @@ def robust_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     out = pd.DataFrame({
         "variant": rows["variant"], "dataset": rows["dataset"], "corruption": rows["corruption"],
         "severity": rows["severity"], "attack": rows["attack"], "source": rows["attack_source"],
-        "norm": rows["norm"], "eps": rows["eps"], "steps": rows["steps"], "restarts": rows["restarts"],
+        "norm": rows["norm"], "eps": rows["eps"], "steps": rows["steps"], "queries": rows["queries"],
+        "restarts": rows["restarts"],
         "n": rows["n"], "accuracy": rows["accuracy"], "ci_low": rows["ci_low"], "ci_high": rows["ci_high"],
         "clean_accuracy": [clean.get((v, d), math.nan) for v, d in zip(rows["variant"], rows["dataset"])]})
     return out.reset_index(drop=True)
@@ -337,7 +341,9 @@ def _display(tid: str, t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
                           "Cells": t["corruption_cells"].map(_num)})
         if baseline is not None:
             d[f"mCE vs {baseline} (%)"] = t["mCE"].map(lambda v: _pct(v, 1))
+            d["mCE over (corruptions)"] = t["mCE_corruptions"].map(_num)
             d["Relative mCE (%)"] = t["relative_mCE"].map(lambda v: _pct(v, 1))
+            d["Relative mCE over (corruptions)"] = t["relative_mCE_corruptions"].map(_num)
         return d
     if tid == "per-corruption":
         d = t.copy()
@@ -352,7 +358,8 @@ def _display(tid: str, t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
         if (t["source"] != "").any():
             d["Crafted on"] = t["source"].replace("", "(white-box)")
         d["Norm"], d["eps"] = t["norm"], [format_eps(e, nm) for e, nm in zip(t["eps"], t["norm"])]
-        d["Steps"], d["Restarts"], d["n"] = t["steps"].map(_num), t["restarts"].map(_num), t["n"].map(_num)
+        d["Steps"], d["Queries"] = t["steps"].map(_num), t["queries"].map(_num)
+        d["Restarts"], d["n"] = t["restarts"].map(_num), t["n"].map(_num)
         d["Robust acc. (%)"] = t["accuracy"].map(_pct)
         d["95% CI (%)"] = [_ci(a, b) for a, b in zip(t["ci_low"], t["ci_high"])]
         d["Clean (%)"] = t["clean_accuracy"].map(_pct)
