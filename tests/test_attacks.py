@@ -434,3 +434,24 @@ def test_a_sign_model_is_not_called_shattered_but_zero_gradient(batch):
     from robustlab.attacks.diagnostics import gradient_sign_agreement
     x, y = batch
     assert math.isnan(gradient_sign_agreement(SignNet().eval(), x, y, 2 / 255, seed=0))
+
+
+class Rounded(nn.Module):
+    """Quantizes the input to 8 bits first: zero input gradient almost everywhere."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def test_rounded_input_and_sign_step_models_stay_flagged(digits_batch):
+    model = robustlab.load_model("zoo:resnet18-digits")
+    x, y = digits_batch
+    flags, _ = run_diagnostics(Rounded(model).eval(), x[:16], y[:16], seed=0, steps=3, queries=20)
+    assert flags["zero_gradients"] and not flags["shattered_gradients"]
+    flags, _ = run_diagnostics(SignNet().eval(), torch.rand(8, 3, 32, 32), torch.arange(8), seed=0, steps=3,
+                               queries=20)
+    assert flags["zero_gradients"]
