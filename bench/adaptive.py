@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustlab.adaptive import AdaptiveLambda, Calibration, Fit, OFFICIAL_GRID, select_for_set  # noqa: E402
+from robustlab.adaptive import OFFICIAL_GRID, AdaptiveLambda, Calibration, Fit, select_for_set  # noqa: E402
 from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.data import ArrayImageSet  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net, csc_layer  # noqa: E402

@@ -28,12 +28,11 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
-
 from robustlab.checkpoints import save_checkpoint  # noqa: E402
 from robustlab.data.npy import NpyWriter  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, ArchSpec, register_arch  # noqa: E402
+from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
 
 CORRUPTIONS = ("fog", "snow")
 CLEAN_IMAGES = 100
@@ -72,6 +71,7 @@ def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, f
     from robustlab.checkpoints import load_model
     from robustlab.data import load_dataset
     from robustlab.data.corrupted import load_cifar_c
+    from robustlab.config import EvalConfig
     from robustlab.evaluate import evaluate
     from robustlab.runner import count_correct, resolve_device
 
@@ -86,9 +86,9 @@ def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, f
         if variant == "mmap":
             import robustlab.data.corrupted as corrupted
             corrupted.NpyRows = lambda path, start=0, stop=None: np.load(path, mmap_mode="r")[start:stop]
-        evaluate([str(root / "model.pt")], dataset="cifar10", data_dir=str(root / "data"), c_dir=str(root / "c"),
-                 corruptions=",".join(CORRUPTIONS), batch_size=batch_size, device=device, quiet=True,
-                 out=root / f"run-{variant}-{batch_size}")
+        evaluate(EvalConfig(ckpts=(str(root / "model.pt"),), dataset="cifar10", data_dir=str(root / "data"),
+                            c_dir=str(root / "c"), corruptions=",".join(CORRUPTIONS), batch_size=batch_size,
+                            device=device, quiet=True, out=str(root / f"run-{variant}-{batch_size}")))
     peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": time.perf_counter() - start}
     if dev.type == "cuda":
         peak["cuda"] = torch.cuda.max_memory_allocated(dev) / MIB

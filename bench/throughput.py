@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
-
 from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.checkpoints import save_checkpoint  # noqa: E402
+from robustlab.config import EvalConfig  # noqa: E402
 from robustlab.evaluate import evaluate  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from robustlab.runner import resolve_device  # noqa: E402
+from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
 
 
 def bare_loop(model: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> float:
@@ -70,9 +70,9 @@ def main() -> None:
     for r in range(args.repeats):
         for arch in models:
             speeds.setdefault((arch, "bare"), []).append(bare_loop(models[arch], images, args.batch_size, device))
-            _, records = evaluate([str(ckpts[arch])], dataset="cifar10", data_dir=str(data_dir),
-                                  batch_size=args.batch_size, device=str(device), out=tmp / f"run-{arch}-{r}",
-                                  quiet=True)
+            _, records = evaluate(EvalConfig(ckpts=(str(ckpts[arch]),), dataset="cifar10", data_dir=str(data_dir),
+                                             batch_size=args.batch_size, device=str(device),
+                                             out=str(tmp / f"run-{arch}-{r}"), quiet=True))
             speeds.setdefault((arch, "harness"), []).append(records[0].n / records[0].seconds)
     med = {k: statistics.median(v) for k, v in speeds.items()}
 

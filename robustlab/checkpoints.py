@@ -5,8 +5,8 @@ import hashlib
 import os
 import pickle
 import pickletools
-import zipfile
 import re
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any

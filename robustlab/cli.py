@@ -64,34 +64,25 @@ def _print_records(records: list, as_json: bool) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from robustlab.config import EvalConfig
     from robustlab.evaluate import evaluate
-    run, records = evaluate(_comma(args.ckpt), dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, n=args.n,
-                            batch_size=args.batch_size, device=args.device, out=args.out, seed=args.seed,
-                            quiet=args.quiet, arguments=_arguments(args), corruptions=args.corruptions,
-                            severities=args.severities, c_dir=args.c_dir, lambda_value=args.lmbda,
-                            adaptive=args.adaptive_lambda, per_image=args.per_image, lambda_sweep=args.lambda_sweep,
-                            attacks=_attack_specs(args), transfer_from=_comma(args.transfer_from),
-                            diagnostics=not args.skip_diagnostics, save_adv=args.save_adv, select_n=args.select_n,
-                            allow_config_change=args.allow_config_change, official_config=args.official_config)
+    run, records = evaluate(EvalConfig.from_cli(args, tuple(_attack_specs(args))))
     if run is not None:  # under torchrun only rank 0 reports
         _report(run, records, args.json)
     return 0
-
-
-def _comma(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
 def _attack_specs(args: argparse.Namespace) -> list:
     """--attack NAME --eps E[,E...] (an eps sweep) [--steps --queries --alpha --restarts --norm], and/or --attacks
     SUITE."""
     from robustlab.attacks import load_attack_suite, make_spec
+    from robustlab.config import comma_list
     specs = load_attack_suite(args.attacks) if args.attacks else []
     if args.attack:
         if not args.eps:
             raise RobustlabError(f"--attack {args.attack} needs --eps (e.g. --eps 8/255, or a sweep 2/255,4/255,8/255)")
         specs += [make_spec(args.attack, eps=e, norm=args.norm, steps=args.steps, alpha=args.alpha,
-                            restarts=args.restarts, queries=args.queries) for e in _comma(args.eps)]
+                            restarts=args.restarts, queries=args.queries) for e in comma_list(args.eps)]
     elif args.eps or args.transfer_from:
         raise RobustlabError("--eps and --transfer-from need --attack NAME (see robustlab list attacks)")
     return specs
@@ -116,6 +107,7 @@ def _report(run, records: list, as_json: bool) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from robustlab.adaptive import calibrate_checkpoint
+    from robustlab.config import EvalConfig
     from robustlab.evaluate import evaluate
     from robustlab.rundir import default_run_dir, refuse_existing_run
 
@@ -130,10 +122,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"Algorithm 1 calibration of {DEMO_MODELS[0]} (gaussian noise, digits train split): "
               f"lambda = {calib.fit.a:.3g} * residual + {calib.fit.b:.3g}")
     from robustlab.attacks import load_attack_suite
-    run, records = evaluate([f"zoo:{m}" for m in DEMO_MODELS], dataset="digits", n=args.n, batch_size=args.batch_size,
-                            device=args.device, out=out, quiet=args.quiet, arguments=_arguments(args),
-                            corruptions=DEMO_CORRUPTIONS, adaptive=str(calib_path),
-                            attacks=load_attack_suite(DEMO_ATTACKS))
+    run, records = evaluate(EvalConfig(ckpts=tuple(f"zoo:{m}" for m in DEMO_MODELS), dataset="digits", n=args.n,
+                                       batch_size=args.batch_size, device=args.device, out=str(out),
+                                       quiet=args.quiet, corruptions=DEMO_CORRUPTIONS, adaptive=str(calib_path),
+                                       attacks=tuple(load_attack_suite(DEMO_ATTACKS))))
     _report(run, records, args.json)
     return 0
 
@@ -234,16 +226,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.checkpoints import save_checkpoint
+    from robustlab.data import DATASETS
+    from robustlab.models import ARCHS
     from robustlab.progress import progress_bars
     from robustlab.runner import resolve_device
     from robustlab.train import TrainConfig, train, training_record
-    from robustlab.data import DATASETS
-    from robustlab.models import ARCHS
 
     ARCHS.get(args.arch)
     DATASETS.get(args.dataset)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, width=args.width, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, lmbda=args.lmbda, seed=args.seed)
+                      batch_size=args.batch_size, lr=args.lr, lmbda=args.lmbda, seed=args.seed,
+                      stem_width=args.stem_width)
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     model, acc = train(cfg, data_dir=args.data_dir, device=resolve_device(args.device),
                        progress=progress_bars(args.quiet), log=log)
@@ -280,8 +273,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from robustlab.corruptions import BENCHMARK, CORRUPTIONS
     from robustlab.corruptions.engine import KIND_SUMMARY
     from robustlab.data import DATASETS
-    from robustlab.suites import suite_names
     from robustlab.models import ARCHS
+    from robustlab.suites import suite_names
 
     tables: dict[str, Callable[[], list[tuple[str, str]]]] = {
         "models": lambda: [(n, s.summary) for n, s in ARCHS.items()] +
@@ -303,10 +296,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max(len(n) for n, _ in rows)
     print("\n".join(f"{n.ljust(width)}  {s}" for n, s in rows))
     return 0
-
-
-def _arguments(args: argparse.Namespace) -> dict:
-    return {k: v for k, v in vars(args).items() if k != "func"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=_positive_int, help="model queries of a score-based attack (Square)")
     p.add_argument("--alpha", help="step size (PGD default 2.5 * eps / steps)")
     p.add_argument("--restarts", type=_positive_int, default=1)
-    p.add_argument("--attacks", metavar="SUITE", help="an attack suite (attacks/*.toml) or a .toml file")
+    p.add_argument("--attacks", metavar="SUITE", help="a shipped attack suite (robustlab list suites) or a .toml file")
     p.add_argument("--transfer-from", metavar="CKPT[,CKPT]", help="craft the attack on these models and evaluate "
                                                                   "--ckpt on their adversarial examples")
     p.add_argument("--save-adv", action="store_true", help="write adversarial examples (npz) to RUN_DIR/adversarial")
@@ -401,6 +390,8 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0 = 64..512)")
+    p.add_argument("--stem-width", type=_positive_int, help="channels of the stem (SDNet: CSC atoms), default "
+                                                             "the body's first width; the official SDNet has 64")
     p.add_argument("--epochs", type=_positive_int, default=30)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--lr", type=float, default=0.05)

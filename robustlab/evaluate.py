@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -9,20 +10,29 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
+from robustlab.config import EvalConfig
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.data import DATASETS, ImageSet, load_dataset
 from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
 from robustlab.distributed import init_from_env
 from robustlab.errors import RobustlabError, write_error
+from robustlab.models import RobustModel, csc_layers
 from robustlab.progress import progress_bars
-from robustlab.suites import suite_names
 from robustlab.results import Record
 from robustlab.rundir import RunDir, default_run_dir
-from robustlab.adaptive import load_calibration, parse_grid
-from robustlab.models import RobustModel, csc_layers
-from robustlab.runner import (BatchLimit, Cell, LambdaSetting, ModelPlan, RunInfo, check_compatible, resolve_device,
-                              run_cells)
+from robustlab.runner import (
+    BatchLimit,
+    Cell,
+    LambdaSetting,
+    ModelPlan,
+    RunInfo,
+    check_compatible,
+    resolve_device,
+    run_cells,
+)
+from robustlab.suites import suite_names
 
 
 def default_cache_dir() -> Path:
@@ -109,88 +119,95 @@ def transfer_sources(ckpts: Sequence[str], device: torch.device) -> dict[str, Ro
     return sources
 
 
-def evaluate(ckpts: Sequence[str], *, dataset: str, data_dir: str | None = None, arch: str | None = None,
-             n: int | None = None, batch_size: int = 256, device: str = "auto", out: str | Path | None = None,
-             seed: int = 0, quiet: bool = False, arguments: dict[str, Any] | None = None,
-             corruptions: str | None = None, severities: Sequence[int] | None = None, c_dir: str | None = None,
-             cache_dir: Path | None = None, lambda_value: float | None = None, adaptive: str | None = None,
-             per_image: bool = False, lambda_sweep: str | None = None, attacks: Sequence[Any] = (),
-             transfer_from: Sequence[str] = (), diagnostics: bool = True, save_adv: bool = False,
-             select_n: int | None = None, allow_config_change: bool = False,
-             official_config: str | None = None) -> tuple[RunDir | None, list[Record]]:
-    """Evaluate every checkpoint on clean `dataset` (and its corruptions); bad input is refused before writing.
+def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
+    """Evaluate every checkpoint on clean data (and its corruptions and attacks); bad input is refused before
+    anything is written.
 
-    An `out` that holds an unfinished (or finished) run with the same arguments is resumed: only the cells not in
-    its results.csv run. Under torchrun every rank evaluates its share and only rank 0 writes (and gets the
+    An `out` that holds an unfinished (or finished) run with the same configuration is resumed: only the cells not
+    in its results.csv run. Under torchrun every rank evaluates its share and only rank 0 writes (and gets the
     RunDir; the other ranks get None)."""
-    shard, device = init_from_env(device)
+    cfg = config
+    shard, device = init_from_env(cfg.device)
     dev = resolve_device(device)
-    if save_adv and shard.world > 1:
+    if cfg.save_adv and shard.world > 1:
         raise RobustlabError("--save-adv writes every adversarial image from one process; run it without torchrun")
-    DATASETS.get(dataset)
-    suite = corruption_suite(corruptions, dataset=dataset, severities=severities) if corruptions else None
-    data = load_dataset(dataset, data_dir)
-    warnings: list[str] = []
-
-    def log(message: str) -> None:
-        warnings.append(message)
-        if shard.main:
-            print(f"robustlab: {message}", file=sys.stderr)
-
-    models = [load_model(c, arch=arch, device=dev, official_config=official_config) for c in ckpts]
-    sources = transfer_sources(transfer_from, dev)
+    DATASETS.get(cfg.dataset)
+    suite = corruption_suite(cfg.corruptions, dataset=cfg.dataset, severities=cfg.severities) \
+        if cfg.corruptions else None
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    notes: list[str] = [data.notice] if data.notice else []
+    models = [load_model(c, arch=cfg.arch, device=dev, official_config=cfg.official_config) for c in cfg.ckpts]
+    sources = transfer_sources(cfg.transfer_from, dev)
     for model in [*models, *sources.values()]:
         check_compatible(model, data)
-        damaged = nonfinite_warning(model, "images with non-finite logits count as wrong")
-        if damaged:
-            log(damaged)
-        assumed = model.csc_settings and model.csc_settings.notice(model.name)
-        if assumed:
-            log(assumed)
+        notes += [line for line in (nonfinite_warning(model, "images with non-finite logits count as wrong"),
+                                    model.csc_settings and model.csc_settings.notice(model.name)) if line]
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
-    cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in attacks]
-    source = cell_source(data, dataset, table=suite.table if suite else "cifar", seed=seed, c_dir=c_dir,
-                         cache_dir=cache_dir or default_cache_dir(), device=dev)
-    plans = lambda_plans(models, lambda_value=lambda_value, adaptive=adaptive, per_image=per_image,
-                         lambda_sweep=lambda_sweep, select_n=select_n)
-    if c_dir is not None:
+    cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in cfg.attacks]
+    source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
+                         cache_dir=default_cache_dir(), device=dev)
+    plans = lambda_plans(models, lambda_value=cfg.lambda_value, adaptive=cfg.adaptive, per_image=cfg.per_image,
+                         lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
+    if cfg.c_dir is not None:
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
-    if out is None:  # every rank must name the same directory
-        out = shard.broadcast(default_run_dir(f"{models[0].name}-{dataset}" if len(models) == 1 else dataset))
-    run = RunDir(out, arguments=arguments or {}, device=dev, allow_config_change=allow_config_change) \
+    label = f"{models[0].name}-{cfg.dataset}" if len(models) == 1 else cfg.dataset
+    out = Path(cfg.out) if cfg.out is not None else shard.broadcast(default_run_dir(label))  # one name on all ranks
+    run = RunDir(out, arguments=cfg.to_manifest(), device=dev, allow_config_change=cfg.allow_config_change) \
         if shard.main else None
-    info = RunInfo(seed=seed, batch_size=batch_size, device=dev, n=n, diagnostics=diagnostics, shard=shard,
-                   save_adv=Path(out) / "adversarial" if save_adv else None, limit=BatchLimit(log))
+
+    def log(message: str) -> None:
+        if shard.main:
+            print(f"robustlab: {message}", file=sys.stderr)
+            if run is not None:
+                run.warn(message)
+
+    for note in notes:
+        log(note)
+    info = RunInfo(seed=cfg.seed, batch_size=cfg.batch_size, device=dev, n=cfg.n, diagnostics=cfg.diagnostics,
+                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log))
     if run is None:
         return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
+    try:
+        _describe(run, plans, suite, cfg, sources, shard.world)
+        records = run_cells(plans, cells, source, info, run.store, progress_bars(cfg.quiet), sources=sources,
+                            log=log)
+    except KeyboardInterrupt:
+        run.finish("interrupted")
+        raise
+    except BaseException as e:  # every failure midway is recorded: the manifest never stays "running"
+        error = e if isinstance(e, RobustlabError) else write_error(e) if isinstance(e, OSError) else None
+        why = str(error) if error is not None else f"{type(e).__name__}: {_first_line(e)}"
+        with contextlib.suppress(RobustlabError):  # on a full disk the manifest may not save: report the cause
+            run.finish(f"failed: {why}")
+        if error is None:
+            raise
+        raise error from None
+    run.finish()
+    return run, records
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _describe(run: RunDir, plans: Sequence[ModelPlan], suite: CorruptionSuite | None, cfg: EvalConfig,
+              sources: dict[str, RobustModel], ranks: int) -> None:
+    """What the manifest says about the run beyond its configuration: suite levels, models, calibration, attacks."""
     if suite is not None:
-        run.manifest["corruption_suite"] = {"name": suite.name, "table": suite.table, "description": suite.description,
-                                            "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells
-                                                       if c.param is not None}}
+        run.describe("corruption_suite", {
+            "name": suite.name, "table": suite.table, "description": suite.description,
+            "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells if c.param is not None}})
     for plan in plans:
         settings = plan.model.csc_settings
         run.add_model(plan.model.name, {"checkpoint": str(plan.model.checkpoint_path), "sha256": plan.sha256,
                                         "config": plan.model.config.to_dict(),
                                         **({"csc_settings": settings.to_dict()} if settings else {})})
-    if adaptive:
-        run.manifest["calibration"] = {"file": str(adaptive), "per_image": per_image, "select_n": select_n}
-    if attacks:
-        run.manifest["attacks"] = [vars(spec) for spec in attacks]
-        run.manifest["transfer_from"] = {name: str(m.checkpoint_path) for name, m in sources.items()}
-    run.manifest["ranks"] = shard.world
-    warnings[:0] = run.manifest.get("warnings", []) if run.resumed else []  # a resumed run keeps its warnings
-    run.manifest["warnings"] = warnings  # the list: what is logged from here on is in it when the manifest saves
-    try:
-        records = run_cells(plans, cells, source, info, run.store, progress_bars(quiet), sources=sources, log=log)
-    except KeyboardInterrupt:
-        run.finish("interrupted")
-        raise
-    except (RobustlabError, OSError) as e:
-        error = e if isinstance(e, RobustlabError) else write_error(e)
-        with contextlib.suppress(RobustlabError):  # on a full disk the manifest may not save: report the cause
-            run.finish(f"failed: {error}")
-        raise error from None
-    run.finish()
-    return run, records
+    if cfg.adaptive:
+        run.describe("calibration", {"file": str(cfg.adaptive), "per_image": cfg.per_image,
+                                     "select_n": cfg.select_n})
+    if cfg.attacks:
+        run.describe("attacks", [dataclasses.asdict(spec) for spec in cfg.attacks])
+        run.describe("transfer_from", {name: str(m.checkpoint_path) for name, m in sources.items()})
+    run.describe("ranks", ranks)

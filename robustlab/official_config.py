@@ -101,7 +101,10 @@ def read_official_config(path: str | Path) -> OfficialConfig:
             raise RobustlabError(f"{path}: MODEL.{key} {model[key]!r} is not supported by robustlab (only "
                                  f"{accepted}); such a checkpoint would compute another network")
     name = get("NAME", str, lambda v: v in NAMES, f"one of {', '.join(NAMES)}")
-    finite_nonneg = (lambda v: math.isfinite(v) and v >= 0)
+
+    def finite_nonneg(v: float) -> bool:
+        return math.isfinite(v) and v >= 0
+
     values = {"n_steps": get("NUM_LAYERS", int, lambda v: v >= 1, "an integer >= 1"),
               "mu": get("MU", float, finite_nonneg, "a finite number >= 0"),
               "lmbda": get("LAMBDA", float, finite_nonneg, "a finite number >= 0 (or a list of them)"),

@@ -1,6 +1,7 @@
 """The tidy record schema (one row per evaluated cell), the result store and the run manifest."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -9,6 +10,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -100,34 +102,51 @@ def cell_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 class ResultStore:
     """results.csv in a run directory. Every record is appended as one line in one write and synced to disk as
     soon as it exists, so a killed run loses at most the line being written; reopening drops such a torn line and
-    knows which cells are done (`done`)."""
+    knows which cells are done (`done`). `create` starts a new file (never over an existing one)."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
         self.path = Path(path)
         self.done: set[tuple[str, ...]] = set()
-        if not self.path.exists():
-            self._write_line(COLUMNS, truncate=True)
+        if create:
+            self._write_line(COLUMNS, new=True)
             return
+        self.done = self.inspect(self.path)
         self._drop_torn_line()
-        with open(self.path, newline="") as f:
+
+    @staticmethod
+    def inspect(path: Path) -> set[tuple[str, ...]]:
+        """The cells an existing results file holds, or a refusal (a link, another schema); reads only."""
+        if path.is_symlink() or not path.is_file():
+            raise RobustlabError(f"{path} is not a regular file robustlab wrote (a link or something else); pass "
+                                 "another --out")
+        with open(path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != COLUMNS:
-                raise RobustlabError(f"{self.path} has another column layout (schema); write to a new --out")
-            self.done = {cell_key(dict(zip(COLUMNS, values))) for values in reader}
+                raise RobustlabError(f"{path} has another column layout (schema); write to a new --out")
+            rows = list(reader)
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n") and rows:
+            rows = rows[:-1]  # a torn last line: the cell it was writing is not done
+        return {cell_key(dict(zip(COLUMNS, values))) for values in rows if len(values) == len(COLUMNS)}
 
     def _drop_torn_line(self) -> None:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-                os.fsync(f.fileno())
+            fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.ftruncate(fd, data.rfind(b"\n") + 1)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
-    def _write_line(self, values: list[Any], *, truncate: bool = False) -> None:
+    def _write_line(self, values: list[Any], *, new: bool = False) -> None:
         buffer = io.StringIO()
         csv.writer(buffer).writerow(values)
         try:
-            _write_bytes(self.path, buffer.getvalue().encode(), truncate=truncate)
+            _write_bytes(self.path, buffer.getvalue().encode(), new=new)
+        except FileExistsError:
+            raise RobustlabError(f"{self.path} appeared while the run started; pass another --out") from None
         except OSError as e:
             raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
                 from None
@@ -138,9 +157,11 @@ class ResultStore:
         self.done.add(cell_key(row))
 
 
-def _write_bytes(path: Path, data: bytes, *, truncate: bool) -> None:
-    """Append `data` in one write() and sync it: a killed process leaves the line whole or torn, never mixed."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_TRUNC if truncate else 0), 0o644)
+def _write_bytes(path: Path, data: bytes, *, new: bool) -> None:
+    """Append `data` in one write() and sync it: a killed process leaves the line whole or torn, never mixed.
+    Never through a symbolic link; `new` creates the file and refuses an existing one."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if new else 0)
+    fd = os.open(path, flags, 0o644)
     try:
         if os.write(fd, data) != len(data):  # only a full disk writes less to a regular file
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -167,8 +188,21 @@ def package_versions() -> dict[str, str]:
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (a temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically: into a new temporary file of a random name (created exclusively, so a planted link
+    is never followed), then renamed over `path`."""
+    write_atomic(Path(path), (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` through an exclusively created temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

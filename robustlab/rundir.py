@@ -1,10 +1,18 @@
-"""A run directory: results.csv (the store), manifest.json (arguments, versions, hashes, device), figures/."""
+"""A run directory: results.csv (the store), manifest.json (arguments, versions, hashes, device), figures/.
+
+One writer at a time: a run holds an advisory lock (flock on `.robustlab.lock`) from before its first write until
+its process ends, so a second eval on the same --out is refused at once, and a lock left by a killed process never
+blocks (the kernel drops it with the process). Everything a run would refuse is checked before anything is
+written; the check is repeated under the lock, since another writer may have changed the directory meanwhile.
+"""
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +22,17 @@ from robustlab.allocator import allocator_in_use
 from robustlab.errors import RobustlabError
 from robustlab.results import SCHEMA_VERSION, ResultStore, package_versions, write_json
 
+MANIFEST, RESULTS, LOCK = "manifest.json", "results.csv", ".robustlab.lock"
+TOOL = "robustlab"  # the manifest's mark of a directory robustlab made
+# what a calibration written into a fresh run directory leaves there (robustlab demo does so before its run)
+CALIBRATION_LAYOUT = frozenset({"calibration.json", "figures"})
+
 
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return (f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads)")
 
 
 def default_run_dir(label: str) -> Path:
@@ -26,9 +40,17 @@ def default_run_dir(label: str) -> Path:
 
 
 def refuse_existing_run(path: Path) -> None:
-    """A run directory that already holds results is never written into."""
-    if (path / "results.csv").exists():
-        raise RobustlabError(f"{path} already holds a run (results.csv); pass another --out or remove it")
+    """A directory that already holds anything is never written into by a command that starts a new run there."""
+    check_out_text(str(path))
+    if path.is_dir() and any(path.iterdir()):
+        raise RobustlabError(f"{path} is not empty; pass another --out or remove it")
+    if path.exists() and not path.is_dir():
+        raise RobustlabError(f"{path} exists and is not a directory; pass another --out")
+
+
+def check_out_text(text: str) -> None:
+    if not text.strip():
+        raise RobustlabError("--out is empty; name the directory to write into (e.g. --out runs/mine)")
 
 
 # arguments that change how a run looks or where it runs, not what its rows measure
@@ -45,57 +67,143 @@ def _now() -> str:
     return dt.datetime.now().isoformat(timespec="seconds")
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A run's manifest.json as a dict; a symlink, unreadable JSON or a JSON value that is not an object is one
+    line naming the file."""
+    if path.is_symlink():
+        raise RobustlabError(f"{path} is a symbolic link; robustlab reads only the manifest it wrote: pass another "
+                             "--out")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RobustlabError(f"{path} is not readable JSON, so its run cannot be resumed; pass another --out") \
+            from None
+    if not isinstance(manifest, dict) or "status" not in manifest:
+        raise RobustlabError(f"{path} is not a robustlab manifest (a JSON object with a status); its directory "
+                             "holds something else: pass another --out")
+    return manifest
+
+
+class RunLock:
+    """An exclusive flock on DIR/.robustlab.lock, holding who took it (pid, host, start time)."""
+
+    def __init__(self, directory: Path) -> None:
+        path = directory / LOCK
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RobustlabError(f"cannot open the run lock {path} ({e.strerror}); pass another --out") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise RobustlabError(f"{directory} is being written by {holder}; wait for that run to end, or pass "
+                                 "another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"robustlab pid {os.getpid()} on {socket.gethostname()}, started {_now()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
 class RunDir:
     """Creates the run directory, or resumes the run already in it (same arguments; other arguments only when
-    `allow_config_change`), and keeps the manifest current. `store.done` holds the cells finished before."""
+    `allow_config_change`), holds its lock and keeps the manifest current through its methods. `store.done` holds
+    the cells finished before."""
 
     def __init__(self, path: str | os.PathLike, *, arguments: dict[str, Any], device: torch.device,
                  allow_config_change: bool = False) -> None:
+        check_out_text(str(path))
         self.path = Path(path)
-        self.resumed = (self.path / "results.csv").exists()
-        if self.resumed:
-            self.manifest = self._resume(arguments, allow_config_change)
-        else:
-            try:
-                (self.path / "figures").mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise RobustlabError(f"cannot create run directory {self.path} ({e.strerror}); pass a writable "
-                                     "--out") from None
-            self.manifest = {
-                "schema_version": SCHEMA_VERSION, "arguments": arguments, "versions": package_versions(),
-                "device": device_description(device), "malloc": allocator_in_use(), "started": _now(), "status": "running", "models": {},
-            }
-        self.save_manifest()
-        self.store = ResultStore(self.path / "results.csv")
+        self._inspect(arguments, allow_config_change)  # refuse before writing anything
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RobustlabError(f"cannot create run directory {self.path} ({e.strerror}); pass a writable "
+                                 "--out") from None
+        self.lock = RunLock(self.path)
+        try:
+            manifest = self._inspect(arguments, allow_config_change)  # again, now that nobody else writes
+            self.resumed = manifest is not None
+            if manifest is not None:
+                manifest.setdefault("resumes", []).append({"at": _now(), "status_before": manifest.get("status"),
+                                                           "changed": config_changes(manifest.get("arguments", {}),
+                                                                                     arguments)})
+                manifest.update(arguments=arguments, status="running")
+                self.manifest = manifest
+            else:
+                (self.path / "figures").mkdir(exist_ok=True)
+                self.manifest = {
+                    "tool": TOOL, "schema_version": SCHEMA_VERSION, "arguments": arguments,
+                    "versions": package_versions(), "device": device_description(device),
+                    "malloc": allocator_in_use(), "started": _now(), "status": "running", "models": {},
+                    "warnings": [],
+                }
+            self.store = ResultStore(self.path / RESULTS, create=not self.resumed)
+            self.save_manifest()
+        except BaseException:
+            self.lock.release()
+            raise
         self.done_before = len(self.store.done)
 
-    def _resume(self, arguments: dict[str, Any], allow_config_change: bool) -> dict[str, Any]:
-        try:
-            manifest = json.loads((self.path / "manifest.json").read_text())
-        except (OSError, ValueError):
-            raise RobustlabError(f"{self.path} holds results.csv but no readable manifest.json, so it cannot be "
-                                 "resumed; pass another --out") from None
+    def _inspect(self, arguments: dict[str, Any], allow_config_change: bool) -> dict[str, Any] | None:
+        """The manifest of the run to resume (None for a new run), or a refusal; reads only."""
+        path = self.path
+        if not path.exists():
+            return None
+        if not path.is_dir():
+            raise RobustlabError(f"cannot create run directory {path} (Not a directory); pass a writable --out")
+        entries = {p.name for p in path.iterdir()} - {LOCK}
+        if MANIFEST not in entries:
+            if RESULTS in entries:
+                raise RobustlabError(f"{path} holds results.csv but no readable manifest.json, so it cannot be "
+                                     "resumed; pass another --out")
+            if entries and not entries <= CALIBRATION_LAYOUT:
+                raise RobustlabError(f"{path} is not empty and not a robustlab run (no manifest.json); pass another "
+                                     "--out, or an empty or new directory")
+            return None
+        manifest = read_manifest(path / MANIFEST)
         changed = config_changes(manifest.get("arguments", {}), arguments)
         if changed and not allow_config_change:
-            raise RobustlabError(f"{self.path} holds a run made with other arguments ({'; '.join(changed)}); repeat "
+            raise RobustlabError(f"{path} holds a run made with other arguments ({'; '.join(changed)}); repeat "
                                  "its command to resume it, pass another --out, or add --allow-config-change")
-        manifest.setdefault("resumes", []).append({"at": _now(), "status_before": manifest.get("status"),
-                                                   "changed": changed})
-        manifest.update(arguments=arguments, status="running")
+        if RESULTS in entries:
+            ResultStore.inspect(path / RESULTS)
         return manifest
 
     def add_model(self, name: str, info: dict[str, Any]) -> None:
         self.manifest["models"][name] = info
         self.save_manifest()
 
-    def finish(self, status: str = "finished") -> None:
-        self.manifest["status"] = status
-        self.manifest["ended"] = dt.datetime.now().isoformat(timespec="seconds")
+    def describe(self, section: str, value: Any) -> None:
+        """Record one of the run's descriptive sections (corruption_suite, calibration, attacks, transfer_from,
+        ranks) in the manifest."""
+        if section not in ("corruption_suite", "calibration", "attacks", "transfer_from", "ranks"):
+            raise ValueError(f"unknown manifest section {section!r}")
+        self.manifest[section] = value
         self.save_manifest()
+
+    def warn(self, message: str) -> None:
+        """Keep a warning in the manifest (a resumed run keeps its earlier ones)."""
+        self.manifest.setdefault("warnings", []).append(message)
+        self.save_manifest()
+
+    def finish(self, status: str = "finished") -> None:
+        """Record how the run ended and release the run's lock."""
+        self.manifest["status"] = status
+        self.manifest["ended"] = _now()
+        try:
+            self.save_manifest()
+        finally:
+            self.lock.release()
 
     def save_manifest(self) -> None:
         try:
-            write_json(self.path / "manifest.json", self.manifest)
+            write_json(self.path / MANIFEST, self.manifest)
         except OSError as e:
-            raise RobustlabError(f"cannot write {self.path / 'manifest.json'} ({e.strerror}); free space or pick "
+            raise RobustlabError(f"cannot write {self.path / MANIFEST} ({e.strerror}); free space or pick "
                                  "another --out") from None

@@ -15,11 +15,11 @@ import torch.nn as nn
 from robustlab import __version__
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.base import check_labels
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
-from robustlab.distributed import Shard
 from robustlab.results import Record, ResultStore, cell_key, wilson_interval
 
 T = TypeVar("T")

@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lmbda: float = 0.1
     seed: int = 0
+    stem_width: int | None = None  # stem channels (SDNet: atoms); default the body's first width
 
 
 def normalization(data: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -63,6 +64,8 @@ def train(cfg: TrainConfig, *, data_dir: str | None, device: torch.device, progr
     mean, std = normalization(train_set)
     size = train_set.image_size[0]
     kwargs: dict = {"width": cfg.width, "stem": "cifar" if size <= 64 else "imagenet"}
+    if cfg.stem_width is not None:
+        kwargs["stem_width"] = cfg.stem_width
     if ARCHS.get(cfg.arch).family == "sdnet":
         kwargs["lmbda"] = cfg.lmbda
     config = ModelConfig(arch=cfg.arch, num_classes=train_set.num_classes, input_size=size, mean=mean, std=std,

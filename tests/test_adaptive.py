@@ -8,8 +8,18 @@ import pytest
 import torch
 
 import robustlab
-from robustlab.adaptive import (AdaptiveLambda, Calibration, Fit, best_lambdas, default_grid, fit_line,
-                                load_calibration, parse_grid, residual_grid, select_for_set)
+from robustlab.adaptive import (
+    AdaptiveLambda,
+    Calibration,
+    Fit,
+    best_lambdas,
+    default_grid,
+    fit_line,
+    load_calibration,
+    parse_grid,
+    residual_grid,
+    select_for_set,
+)
 from robustlab.cli import main
 from robustlab.data import to_pixels
 from robustlab.distributed import Shard
@@ -193,7 +203,8 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
         assert list(df["lambda_mode"]) == ["fixed", mode, "fixed", mode]
         assert df["lambda"].between(0.1 - 1e-9, 0.3 + 1e-9).all()
         assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == (mode == "adaptive-image")
-        assert list(df["flags"].astype("string").fillna("")) == ["", "lambda_from_first_8" if "--select-n" in flag else ""] * 2
+        subsampled = "lambda_from_first_8" if "--select-n" in flag else ""
+        assert list(df["flags"].astype("string").fillna("")) == ["", subsampled] * 2
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
                    "--per-image", "--select-n", 8, "--out", tmp_path / "refused") == 2
     out = tmp_path / "sweep"

@@ -11,10 +11,23 @@ import torch.nn as nn
 import torchattacks
 
 import robustlab
-from robustlab.attacks import (ATTACKS, AttackSpec, attack_batch, check_black_box, check_deterministic,
-                               check_eps_monotonic, check_large_eps, check_zero_gradients, input_gradient,
-                               load_attack_suite, make_spec, parse_eps, run_diagnostics, suite_names,
-                               transfer_batch)
+from robustlab.attacks import (
+    ATTACKS,
+    AttackSpec,
+    attack_batch,
+    attack_suite_names,
+    check_black_box,
+    check_deterministic,
+    check_eps_monotonic,
+    check_large_eps,
+    check_zero_gradients,
+    input_gradient,
+    load_attack_suite,
+    make_spec,
+    parse_eps,
+    run_diagnostics,
+    transfer_batch,
+)
 from robustlab.errors import RobustlabError
 from tests.conftest import tiny_model
 
@@ -355,7 +368,7 @@ def test_run_diagnostics_flags(resnet, batch):
 # --- suite files -----------------------------------------------------------------------------------------------
 
 def test_shipped_suites_load():
-    assert {"pgd-linf", "autoattack-linf", "square-linf", "digits-small"} <= set(suite_names())
+    assert {"pgd-linf", "autoattack-linf", "square-linf", "digits-small"} <= set(attack_suite_names())
     demo = load_attack_suite("digits-small")
     assert [(s.name, s.norm, s.eps, s.steps) for s in demo] == [("pgd-linf", "Linf", 1 / 255, 10),
                                                                ("pgd-linf", "Linf", 2 / 255, 10)]

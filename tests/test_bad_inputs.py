@@ -329,12 +329,12 @@ def test_full_disk_keeps_the_finished_rows(world, capsys, monkeypatch):
     appends = []
     real_write = robustlab.results._write_bytes
 
-    def disk_fills_after_two_rows(path, data, *, truncate):
-        if not truncate:
+    def disk_fills_after_two_rows(path, data, *, new):
+        if not new:
             appends.append(path)
             if len(appends) > 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write(path, data, truncate=truncate)
+        real_write(path, data, new=new)
 
     monkeypatch.setattr(robustlab.results, "_write_bytes", disk_fills_after_two_rows)
     before = snapshot(world.root)

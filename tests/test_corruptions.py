@@ -37,8 +37,7 @@ from scipy import ndimage
 from scipy.ndimage import map_coordinates
 
 from robustlab.compat import patch_third_party
-from robustlab.corruptions import CORRUPTIONS, corrupt, parameter
-from robustlab.corruptions import batched, engine, per_image
+from robustlab.corruptions import CORRUPTIONS, batched, corrupt, engine, parameter, per_image
 
 NAMES = sorted(CORRUPTIONS)
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur", "snow",
@@ -388,7 +387,8 @@ def published_elastic(image: np.ndarray, c, rs: np.random.RandomState) -> np.nda
 PUBLISHED_ELASTIC = {
     "cifar": [(32 * 0, 32 * 0, 32 * 0.08), (32 * 0.05, 32 * 0.2, 32 * 0.07), (32 * 0.08, 32 * 0.06, 32 * 0.06),
               (32 * 0.1, 32 * 0.04, 32 * 0.05), (32 * 0.1, 32 * 0.03, 32 * 0.03)],
-    "imagenet": [(244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2), (244 * 0.05, 244 * 0.01, 244 * 0.02),
+    "imagenet": [(244 * 2, 244 * 0.7, 244 * 0.1), (244 * 2, 244 * 0.08, 244 * 0.2),
+                 (244 * 0.05, 244 * 0.01, 244 * 0.02),
                  (244 * 0.07, 244 * 0.01, 244 * 0.02), (244 * 0.12, 244 * 0.01, 244 * 0.02)],
 }
 

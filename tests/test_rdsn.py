@@ -17,6 +17,7 @@ from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, knn_precision, topk_accurac
 from robustlab.models import ModelConfig, RobustModel, build_net
 from robustlab.models.rdsn import RDSN
 
+
 def reference_features(net: RDSN, x: torch.Tensor) -> torch.Tensor:
     """Block by block in float64, each unit the sign of a patch's projection on its filter plus the offset."""
     x = x.double()

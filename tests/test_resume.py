@@ -128,7 +128,7 @@ def test_ctrl_c_keeps_finished_cells_and_says_how_to_resume(setup, tmp_path: Pat
 
 def test_reopening_drops_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
-    store = ResultStore(path)
+    store = ResultStore(path, create=True)
     header = path.read_bytes()
     row = dict.fromkeys(COLUMNS, "")
     row.update(model="m", lambda_mode="n.a.", n="5", seed="0")

@@ -1,20 +1,20 @@
-"""Attack suite files (TOML, in the repository's top-level attacks/ folder) -> validated AttackSpecs."""
+"""Attack suite files (TOML: shipped in robustlab/suites/attacks/, or a user's file) -> validated AttackSpecs."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import Callable
 
+from robustlab import suites
 from robustlab.attacks.spec import AttackSpec, make_spec
 from robustlab.errors import RobustlabError
-from robustlab import suites
 
 TOP_KEYS = ("attack", "description")
 ATTACK_KEYS = ("alpha", "eps", "name", "norm", "queries", "restarts", "steps")
 
 
-def suite_names() -> list[str]:
-    """The attack suites in the repository's attacks/ folder."""
+def attack_suite_names() -> list[str]:
+    """The shipped attack suites."""
     return suites.suite_names("attacks")
 
 

@@ -6,8 +6,8 @@ Hendrycks & Dietterich's benchmark code, generalized from square 32/224 images t
 """
 from __future__ import annotations
 
-from functools import lru_cache
 import importlib.util
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np

@@ -59,7 +59,7 @@ def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
 
 
 def load_corruption_suite(name_or_path: str | Path) -> CorruptionSuite:
-    """A suite by name (the repository's corruptions/ folder) or by path; invalid files give file, line, reason."""
+    """A suite by name (a shipped one) or by path; invalid files give file, line, reason."""
     path = resolve_suite("corruptions", name_or_path)
     return parse_suite(read_toml(path), path)
 
@@ -69,5 +69,6 @@ def suite_from_names(names: str, severities: list[int], table: str) -> Corruptio
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     for n in chosen:
         if n not in CORRUPTIONS:
-            raise RobustlabError(f"{CORRUPTIONS.unknown_message(n)}; or name a suite: {', '.join(suite_names('corruptions'))}")
+            raise RobustlabError(f"{CORRUPTIONS.unknown_message(n)}; or name a suite: "
+                                 f"{', '.join(suite_names('corruptions'))}")
     return CorruptionSuite("custom", "", table, tuple(CorruptionCell(n, s) for n in chosen for s in severities))

@@ -9,6 +9,7 @@ from typing import Callable
 from robustlab.data.base import ArrayImageSet, Batch, ImageSet, to_pixels
 from robustlab.data.cifar import load_cifar
 from robustlab.data.digits import load_digits_split
+from robustlab.data.idx import load_mnist_family
 from robustlab.data.imagenet import FolderImageSet, load_imagenet
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
@@ -30,6 +31,9 @@ for _spec in (
     DatasetSpec("imagenet", load_imagenet, "val", True, "ImageNet class folders, 224x224 center crop"),
     DatasetSpec("digits", lambda _dir, split: load_digits_split(split), "test", False,
                 "scikit-learn handwritten digits at 32x32 (built in)"),
+    DatasetSpec("fashion-mnist", partial(load_mnist_family, "fashion-mnist"), "test", False,
+                "Fashion-MNIST IDX files padded to 32x32 RGB (built in: a 2,000-image subset per split)"),
+    DatasetSpec("mnist", partial(load_mnist_family, "mnist"), "test", True, "MNIST IDX files padded to 32x32 RGB"),
 ):
     DATASETS.register(_spec.name, _spec)
 
@@ -49,4 +53,5 @@ def load_dataset(name: str, data_dir: str | Path | None = None, split: str | Non
     return data
 
 
-__all__ = ["to_pixels", "ArrayImageSet", "Batch", "DATASETS", "DatasetSpec", "FolderImageSet", "ImageSet", "load_dataset"]
+__all__ = ["to_pixels", "ArrayImageSet", "Batch", "DATASETS", "DatasetSpec", "FolderImageSet", "ImageSet",
+           "load_dataset"]

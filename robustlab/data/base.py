@@ -52,6 +52,7 @@ class ImageSet(ABC):
     split: str
     num_classes: int
     image_size: tuple[int, int]
+    notice: str | None = None  # what a user should know about this set (a built-in subset, ...)
 
     @abstractmethod
     def __len__(self) -> int: ...

@@ -48,7 +48,8 @@ def load_robustbench(spec: str) -> RobustModel:
         zoo = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)]
     except (ValueError, KeyError):
         raise RobustlabError(f"robustbench:{spec}: unknown dataset/threat {dataset}/{threat}; datasets "
-                             f"{[d.value for d in BenchmarkDataset]}, threats {[t.value for t in ThreatModel]}") from None
+                             f"{[d.value for d in BenchmarkDataset]}, threats {[t.value for t in ThreatModel]}"
+                             ) from None
     if name not in zoo:
         from robustlab.registry import Registry
         known: Registry[object] = Registry(f"RobustBench {dataset}/{threat} model")

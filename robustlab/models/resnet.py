@@ -51,10 +51,10 @@ class ResNet(nn.Module):
     """layer0 (stem), four BasicBlock stages, global average pooling, `linear`."""
 
     def __init__(self, depth: int, *, num_classes: int, stem: str, width: float, csc: ConvFactory | None = None,
-                 sparse_blocks: bool = False, shortcut: bool = True) -> None:
+                 sparse_blocks: bool = False, shortcut: bool = True, stem_width: int | None = None) -> None:
         super().__init__()
         widths = [max(1, round(w * width)) for w in (64, 128, 256, 512)]
-        c0 = widths[0]
+        c0 = stem_width or widths[0]  # the stem may be wider than the body (SDNet-18's 64 atoms on a narrow body)
         csc_stem = csc is not None
         stem_conv = csc or plain_conv
         block_conv = csc if (csc and sparse_blocks) else plain_conv
@@ -92,8 +92,9 @@ class ResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def build_resnet(depth: int, *, num_classes: int = 10, stem: str = "cifar", width: float = 1.0) -> ResNet:
-    return ResNet(depth, num_classes=num_classes, stem=stem, width=width)
+def build_resnet(depth: int, *, num_classes: int = 10, stem: str = "cifar", width: float = 1.0,
+                 stem_width: int | None = None) -> ResNet:
+    return ResNet(depth, num_classes=num_classes, stem=stem, width=width, stem_width=stem_width)
 
 
 for _depth in DEPTHS:

@@ -1,8 +1,11 @@
-"""Suite files: small declarative TOML files in the repository's corruptions/ and attacks/ folders."""
+"""Suite files: small declarative TOML files. The shipped ones are package data (`robustlab/suites/corruptions/`,
+`robustlab/suites/attacks/`, which the repository's top-level corruptions/ and attacks/ link to); a user's are
+given by path."""
 from __future__ import annotations
 
 import re
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("corruptions", "attacks")
 
 
 def suite_dir(kind: str) -> Path:
-    """The top-level folder of suite files of a kind ('corruptions' or 'attacks')."""
-    return REPO_ROOT / kind
+    """The folder of the shipped suite files of a kind ('corruptions' or 'attacks'), inside the installed package."""
+    if kind not in KINDS:
+        raise ValueError(f"suite kind must be one of {KINDS}, not {kind!r}")
+    return Path(str(resources.files(__name__).joinpath(kind)))
 
 
 def suite_names(kind: str) -> list[str]:
@@ -27,7 +32,7 @@ def suite_names(kind: str) -> list[str]:
 
 
 def resolve_suite(kind: str, name_or_path: str | Path) -> Path:
-    """A suite file given as a path, or by name in the repository's folder for that kind."""
+    """A suite file given as a path, or by the name of a shipped suite of that kind."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.is_file():
         if not path.is_file():

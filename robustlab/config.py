@@ -1,0 +1,84 @@
+"""The typed configuration of each command that runs something: built once from the parsed arguments (or in
+Python), validated at the boundary, and stored in the manifest as it is."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from robustlab.attacks.spec import AttackSpec
+from robustlab.errors import RobustlabError
+
+MAX_SEED = 2 ** 32  # numpy and the attack libraries take seeds in [0, 2**32)
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise RobustlabError(f"--seed {seed!r} is outside 0..{MAX_SEED - 1}; pick a seed in that range")
+
+
+def check_lambda(value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0 (the training value is usually 0.1)")
+
+
+def comma_list(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything `robustlab eval` (and the demo) runs with; `to_manifest()` is what the run directory records."""
+    ckpts: tuple[str, ...]
+    dataset: str
+    data_dir: str | None = None
+    arch: str | None = None
+    official_config: str | None = None
+    n: int | None = None
+    batch_size: int = 256
+    device: str = "auto"
+    out: str | None = None
+    seed: int = 0
+    corruptions: str | None = None
+    severities: tuple[int, ...] | None = None
+    c_dir: str | None = None
+    lambda_value: float | None = None
+    adaptive: str | None = None  # a calibration JSON: add Algorithm 1's rows
+    per_image: bool = False
+    select_n: int | None = None
+    lambda_sweep: str | None = None
+    attacks: tuple[AttackSpec, ...] = ()
+    transfer_from: tuple[str, ...] = ()
+    diagnostics: bool = True
+    save_adv: bool = False
+    allow_config_change: bool = False
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # the command's other arguments, recorded only
+
+    def __post_init__(self) -> None:
+        if not self.ckpts:
+            raise RobustlabError("--ckpt names no checkpoint; give a file, zoo:NAME or robustbench:NAME")
+        check_seed(self.seed)
+        check_lambda(self.lambda_value)
+        if self.out is not None and not str(self.out).strip():
+            raise RobustlabError("--out is empty; name the directory to write into (e.g. --out runs/mine)")
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace, attacks: tuple[AttackSpec, ...]) -> EvalConfig:
+        return cls(ckpts=comma_list(args.ckpt), dataset=args.dataset, data_dir=args.data_dir, arch=args.arch,
+                   official_config=args.official_config, n=args.n, batch_size=args.batch_size, device=args.device,
+                   out=args.out, seed=args.seed, corruptions=args.corruptions,
+                   severities=tuple(args.severities) if args.severities else None, c_dir=args.c_dir,
+                   lambda_value=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
+                   select_n=args.select_n, lambda_sweep=args.lambda_sweep, attacks=attacks,
+                   transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics,
+                   save_adv=args.save_adv, allow_config_change=args.allow_config_change, quiet=args.quiet,
+                   extra={"json": args.json})
+
+    def to_manifest(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(out.pop("extra"))
+        return json.loads(json.dumps(out, default=str))  # as the manifest holds it (lists, not tuples)

@@ -1,0 +1,1 @@
+"""A fixed subset of Fashion-MNIST (see README.md beside this file)."""
