@@ -69,9 +69,9 @@ def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, f
     from robustlab.allocator import keep_freed_memory
     keep_freed_memory()
     from robustlab.checkpoints import load_model
+    from robustlab.config import EvalConfig
     from robustlab.data import load_dataset
     from robustlab.data.corrupted import load_cifar_c
-    from robustlab.config import EvalConfig
     from robustlab.evaluate import evaluate
     from robustlab.runner import count_correct, resolve_device
 

@@ -139,7 +139,7 @@ class Calibration:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from robustlab.results import write_json
+        from robustlab.files import write_json
         write_json(path, self.to_json())
 
     def select(self, residuals: torch.Tensor) -> torch.Tensor:
@@ -272,8 +272,8 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
                          data_dir: str | None = None, split: str = "train", noise: str = "gaussian",
                          levels: Sequence[float] | str | None = None, lambdas: str = "default", layer: int = 0,
                          n: int = 500, seed: int = 0, batch_size: int = 256, device: str = "auto", quiet: bool = False,
-                         figure: str | Path | None = None,
-                         official_config: str | None = None) -> tuple[Calibration, list[Path]]:
+                         figure: str | Path | None = None, official_config: str | None = None,
+                         overwrite: bool = False) -> tuple[Calibration, list[Path]]:
     """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
     from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
@@ -281,6 +281,14 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
     from robustlab.reports.figures import lambda_residual_figure
     from robustlab.runner import resolve_device
 
+    out = Path(out)
+    if not str(out).strip() or out.is_dir():
+        raise RobustlabError(f"--out {str(out)!r} must name a calibration JSON file, not a directory")
+    if not overwrite:
+        fig = Path(figure) if figure else out.with_suffix("")
+        existing = [p for p in (out, fig.with_suffix(".png"), fig.with_suffix(".svg")) if p.exists() or p.is_symlink()]
+        if existing:
+            raise RobustlabError(f"{existing[0]} exists; pass --overwrite to replace it, or another --out")
     dev = resolve_device(device)
     model = load_model(ckpt, arch=arch, device=dev, official_config=official_config)
     for line in (nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing"),
@@ -291,7 +299,6 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
     base = load_dataset(dataset, data_dir, split)
     calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=noise, levels=levels, grid=grid, n=n,
                       seed=seed, batch_size=batch_size, device=dev, layer=layer, progress=progress_bars(quiet))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     calib.save(out)
     return calib, lambda_residual_figure(calib, Path(figure) if figure else out.with_suffix(""))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import pickletools
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from robustlab.errors import RobustlabError
+from robustlab.files import write_atomic
 from robustlab.models import ARCHS, ModelConfig, RobustModel, build_net
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from robustlab.models.sdnet import CSC_DEFAULTS
@@ -293,6 +295,6 @@ def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -
                "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()}, **extra}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_atomic(path, buffer.getvalue())

@@ -136,7 +136,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                           split=args.split, noise=args.noise, levels=args.levels,
                                           lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
                                           batch_size=args.batch_size, device=args.device, quiet=args.quiet,
-                                          out=args.out, figure=None, official_config=args.official_config)
+                                          out=args.out, figure=None, official_config=args.official_config,
+                                          overwrite=args.overwrite)
     if args.json:
         print(json.dumps(calib.to_json(), indent=2))
         return 0
@@ -183,7 +184,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     base = load_dataset(args.dataset, args.data_dir, args.split)
     paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                            batch_size=args.batch_size, device=resolve_device(args.device),
-                           progress=progress_bars(args.quiet))
+                           progress=progress_bars(args.quiet), overwrite=args.overwrite)
     print(json.dumps([str(p) for p in paths]) if args.json else f"wrote {len(paths)} corruptions and labels.npy "
           f"to {args.out}")
     return 0
@@ -213,11 +214,9 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from robustlab.reports.metrics import corruption_summary, read_results
-    df = read_results(args.results)
-    baseline = args.baseline
-    if baseline and (baseline.endswith(".csv") or "/" in baseline):
-        baseline = read_results([baseline])
+    from robustlab.reports.metrics import corruption_summary, read_all, resolve_baseline
+    df = read_all(args.results)
+    baseline = resolve_baseline(args.baseline)
     table = corruption_summary(df, baseline=baseline, alexnet=args.alexnet)
     print(table.to_json(orient="records", indent=2) if args.json else table.to_string(index=False,
                                                                                        float_format="%.4f"))
@@ -379,6 +378,7 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--out", required=True, help="calibration JSON (a figure is written beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its figure)")
     _add_common(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -436,7 +436,9 @@ the standardization and a linear SVM on the k features are fitted on the train s
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--split", help="default: the evaluation split")
-    p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy")
+    p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
+                                                "run into it keeps its finished corruptions)")
+    p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
     p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
     p.add_argument("--n", type=_positive_int, help="first N images only")

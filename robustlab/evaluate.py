@@ -20,7 +20,6 @@ from robustlab.distributed import init_from_env
 from robustlab.errors import RobustlabError, write_error
 from robustlab.models import RobustModel, csc_layers
 from robustlab.progress import progress_bars
-from robustlab.results import Record
 from robustlab.rundir import RunDir, default_run_dir
 from robustlab.runner import (
     BatchLimit,
@@ -32,6 +31,7 @@ from robustlab.runner import (
     resolve_device,
     run_cells,
 )
+from robustlab.schema import Record
 from robustlab.suites import suite_names
 
 

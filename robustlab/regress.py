@@ -27,7 +27,7 @@ from typing import IO
 import pandas as pd
 
 from robustlab.errors import RobustlabError
-from robustlab.results import IDENTITY, IDENTITY_NUMBERS
+from robustlab.schema import IDENTITY, IDENTITY_NUMBERS, read_results
 
 # a cell as the gate matches it: the results' identity less what may differ between a baseline and a new run of the
 # same cell (the checkpoint under test, the sample size, the seed)
@@ -104,7 +104,8 @@ def _check(df: pd.DataFrame, name: str) -> None:
 
 
 def _schema(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
-    b, c = set(baseline.columns), set(current.columns)
+    # a file's own header (read_results fills the columns it lacks), else the frame's
+    b, c = (set(df.attrs.get("columns", df.columns)) for df in (baseline, current))
     if b != c:
         parts = []
         if b - c:
@@ -227,24 +228,10 @@ def format_table(result: RegressResult) -> str:
     return "\n".join([*lines, "", ("FAIL: " if n_fail else "PASS: ") + summary])
 
 
-def read_results_csv(path: str | Path) -> pd.DataFrame:
-    """A results.csv (or a run directory holding one), every field as read, for compare()."""
-    p = Path(path)
-    p = p / "results.csv" if p.is_dir() else p
-    if not p.is_file():
-        raise RobustlabError(f"{path} is not a results.csv file (or a run directory holding one)")
-    try:
-        return pd.read_csv(p, dtype={"model": str, "attack_source": str, "flags": str, "corruption": str,
-                                     "attack": str, "lambda_mode": str, "norm": str, "split": str, "dataset": str},
-                           keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise RobustlabError(f"{p} is not a readable results.csv ({str(e).splitlines()[0]})") from None
-
-
 def regress(baseline_csv: str | Path, current_csv: str | Path, *, max_drop: float = 1.0, alpha: float = 0.05,
             stream: IO[str] | None = None) -> int:
     """`robustlab regress BASELINE.csv CURRENT.csv`: compare, print the table to `stream` (stdout), return the
     exit code (0 pass, 1 regression). Bad input raises RobustlabError (the CLI's exit code 2)."""
-    result = compare(read_results_csv(baseline_csv), read_results_csv(current_csv), max_drop=max_drop, alpha=alpha)
+    result = compare(read_results(baseline_csv), read_results(current_csv), max_drop=max_drop, alpha=alpha)
     print(format_table(result), file=stream or sys.stdout)
     return exit_code(result)

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,25 @@ import torch
 
 from robustlab.allocator import allocator_in_use
 from robustlab.errors import RobustlabError
-from robustlab.results import SCHEMA_VERSION, ResultStore, package_versions, write_json
+from robustlab.files import write_json
+from robustlab.results import ResultStore
+from robustlab.schema import SCHEMA_VERSION
 
 MANIFEST, RESULTS, LOCK = "manifest.json", "results.csv", ".robustlab.lock"
 TOOL = "robustlab"  # the manifest's mark of a directory robustlab made
 # what a calibration written into a fresh run directory leaves there (robustlab demo does so before its run)
 CALIBRATION_LAYOUT = frozenset({"calibration.json", "figures"})
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("robustlab", "torch", "torchvision", "numpy", "torchattacks", "robustbench", "pyautoattack",
+                "imagecorruptions", "pandas", "scikit-learn"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
 
 
 def device_description(device: torch.device) -> str:

@@ -20,7 +20,8 @@ from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
-from robustlab.results import Record, ResultStore, cell_key, wilson_interval
+from robustlab.results import ResultStore
+from robustlab.schema import Record, cell_key, wilson_interval
 
 T = TypeVar("T")
 

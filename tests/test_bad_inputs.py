@@ -327,7 +327,7 @@ def test_full_disk_keeps_the_finished_rows(world, capsys, monkeypatch):
     assert run_eval(capsys, *argv, "--out", world.root / "complete")[0] == 0
     complete = pd.read_csv(world.root / "complete" / "results.csv")
     appends = []
-    real_write = robustlab.results._write_bytes
+    real_write = robustlab.results.append_synced
 
     def disk_fills_after_two_rows(path, data, *, new):
         if not new:
@@ -336,7 +336,7 @@ def test_full_disk_keeps_the_finished_rows(world, capsys, monkeypatch):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, data, new=new)
 
-    monkeypatch.setattr(robustlab.results, "_write_bytes", disk_fills_after_two_rows)
+    monkeypatch.setattr(robustlab.results, "append_synced", disk_fills_after_two_rows)
     before = snapshot(world.root)
     code, err = run_eval(capsys, *argv, "--out", world.out)
     assert code == 2

@@ -15,7 +15,7 @@ import torch
 from robustlab.allocator import allocator_in_use
 from robustlab.checkpoints import load_model, save_checkpoint
 from robustlab.cli import main
-from robustlab.results import COLUMNS
+from robustlab.schema import COLUMNS
 from tests.conftest import tiny_model, write_cifar, write_imagenet
 
 

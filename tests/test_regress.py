@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from robustlab.errors import RobustlabError
-from robustlab.regress import compare, drop_test, exit_code, format_table, read_results_csv, regress
-from robustlab.results import COLUMNS, SCHEMA_VERSION
+from robustlab.regress import compare, drop_test, exit_code, format_table, regress
+from robustlab.schema import COLUMNS, SCHEMA_VERSION, read_results
 from tests.test_report import row
 
 
@@ -150,14 +150,14 @@ def test_csv_round_trip_and_exit_code(tmp_path):
     frame(*worse).to_csv(tmp_path / "current.csv", index=False)
     assert regress(tmp_path / "baseline.csv", tmp_path / "current.csv", stream=io.StringIO()) == 1
     with pytest.raises(RobustlabError, match="not a results.csv"):
-        read_results_csv(tmp_path / "nope.csv")
+        read_results(tmp_path / "nope.csv")
 
 
 def test_json_gives_the_key_columns_as_numbers(tmp_path):
     rows = [clean(), pgd(eps=8 / 255), clean("s", mode="fixed", lam=0.1, corruption="fog", severity=3),
             clean("s", mode="adaptive-set", lam=0.3)]
     frame(*rows).to_csv(tmp_path / "baseline.csv", index=False)
-    result = compare(read_results_csv(tmp_path / "baseline.csv"), read_results_csv(tmp_path / "baseline.csv"))
+    result = compare(read_results(tmp_path / "baseline.csv"), read_results(tmp_path / "baseline.csv"))
     cells = {(c["model"], c["attack"], c["lambda_mode"]): c for c in json.loads(result.to_json())}
     attacked, fog, adaptive = cells["m", "pgd-linf", "n.a."], cells["s", "none", "fixed"], cells["s", "none",
                                                                                                  "adaptive-set"]

@@ -16,7 +16,7 @@ import pytest
 
 from robustlab.errors import RobustlabError
 from robustlab.reports.report import TABLES, build_report, format_eps, variant_colors
-from robustlab.results import COLUMNS, SCHEMA_VERSION, wilson_interval
+from robustlab.schema import COLUMNS, SCHEMA_VERSION, wilson_interval
 
 CORRUPTIONS = ["gaussian_noise", "fog"]
 

@@ -14,7 +14,8 @@ import pytest
 
 from robustlab.checkpoints import save_checkpoint
 from robustlab.cli import main
-from robustlab.results import COLUMNS, ResultStore, cell_key
+from robustlab.results import ResultStore
+from robustlab.schema import COLUMNS, cell_key
 from tests.conftest import tiny_model, write_cifar
 
 CORRUPTIONS = "gaussian_noise,shot_noise,impulse_noise,contrast"

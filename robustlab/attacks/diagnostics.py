@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustlab.attacks.harness import attack_batch, check_batch, guarded
+from robustlab.attacks.harness import attack_batch, check_batch, guarded, same
 from robustlab.attacks.spec import make_spec
 
 LARGE_EPS = 0.5  # Linf: every pixel may move to mid-grey, so any working attack should break every image
@@ -100,7 +100,7 @@ def check_gradient_coherence(agreements: Iterable[tuple[float, float]], *, min_a
 
 def check_deterministic(first: torch.Tensor, second: torch.Tensor) -> Check:
     """Flags when two forward passes on the same images give different logits (a randomized model)."""
-    if torch.equal(first, second):
+    if same(first, second):  # NaN logits that stay NaN are not randomness
         return Check(False, "")
     return Check(True, "the model gives different outputs on the same images: it is randomized, attack it with "
                        "expectation over transformation")

@@ -91,6 +91,15 @@ def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
     return x.detach().to(device, torch.float32), y.detach().to(device, torch.long)
 
 
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes and values, NaN counting as equal to NaN (an unchanged NaN is unchanged)."""
+    if a.shape != b.shape:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())
+
+
 def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{name}.{key}" if name else key: buf.detach().clone() for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -118,7 +127,7 @@ def guarded(model: nn.Module, what: str) -> Iterator[None]:
             problems.append("left the model in training mode")
             model.eval()
         after = _bn_stats(model)
-        changed = [key for key, value in before.items() if not torch.equal(value, after[key])]
+        changed = [key for key, value in before.items() if not same(value, after[key])]
         if changed:
             problems.append(f"changed BatchNorm running statistics ({', '.join(changed[:3])}"
                             f"{', ...' if len(changed) > 3 else ''})")
@@ -180,7 +189,8 @@ def _enforce(adv: torch.Tensor, x: torch.Tensor, spec: AttackSpec) -> tuple[torc
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Which images the model classifies correctly, and its number of classes."""
+    """Which images the model classifies correctly (non-finite logits are wrong, clean or attacked: the argmax of a
+    NaN row is class 0 and would count), and its number of classes."""
     with torch.no_grad():
         logits = model(x)
     if logits.dim() != 2 or len(logits) != len(x):
@@ -189,7 +199,7 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     if not (0 <= int(y.min()) and int(y.max()) < logits.shape[1]):
         raise RobustlabError(f"labels span {int(y.min())}..{int(y.max())} but model {_name(model)} has "
                              f"{logits.shape[1]} classes; evaluate it on the dataset it was trained for")
-    return logits.argmax(dim=1) == y, logits.shape[1]
+    return (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1), logits.shape[1]
 
 
 def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int) -> BatchOutcome:

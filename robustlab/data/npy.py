@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -78,15 +79,15 @@ class NpyWriter:
 
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        # a new file of a random name, created exclusively: a planted link or file is never written through
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.tmp, self.file = Path(tmp), os.fdopen(fd, "wb")
         self.written = 0
-        with open(self.tmp, "wb") as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(self.dtype),
-                                                     "fortran_order": False, "shape": self.shape})
+        np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                         "fortran_order": False, "shape": self.shape})
 
     def append(self, rows: np.ndarray) -> None:
-        with open(self.tmp, "ab") as f:
-            f.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
         self.written += len(rows)
 
     def __enter__(self) -> NpyWriter:
@@ -94,6 +95,7 @@ class NpyWriter:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        self.file.close()
         if kind is None and self.written == self.shape[0]:
             os.replace(self.tmp, self.path)
         else:

@@ -1,6 +1,7 @@
 """Figures (PNG and SVG), drawn with matplotlib's non-interactive backend."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from robustlab.files import write_atomic  # noqa: E402
+
 
 def save(fig: "plt.Figure", stem: str | Path) -> list[Path]:
     """Write stem.png and stem.svg; returns the paths."""
@@ -16,7 +19,9 @@ def save(fig: "plt.Figure", stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=150, bbox_inches="tight", format=p.suffix[1:])
+        write_atomic(p, buffer.getvalue())  # never through a planted link
     plt.close(fig)
     return paths
 

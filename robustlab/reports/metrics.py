@@ -7,6 +7,7 @@ import pandas as pd
 
 from robustlab.corruptions.tables import BENCHMARK
 from robustlab.errors import RobustlabError
+from robustlab.schema import read_results
 
 # Hendrycks & Dietterich: AlexNet's ImageNet-C error averaged over the five severities, and its clean error
 ALEXNET_ERROR = {
@@ -107,13 +108,18 @@ def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None 
     return pd.DataFrame(rows)
 
 
-def read_results(paths: list[str]) -> pd.DataFrame:
-    """Concatenate results.csv files (or run directories holding one)."""
+def resolve_baseline(text: str | None) -> str | pd.DataFrame | None:
+    """`--baseline`: a results file or run directory when one exists at that path, else a model (variant) name."""
+    if text is None:
+        return None
     from pathlib import Path
-    frames = []
-    for p in paths:
-        path = Path(p) / "results.csv" if Path(p).is_dir() else Path(p)
-        if not path.is_file():
-            raise RobustlabError(f"{p} is not a results.csv file or a run directory holding one")
-        frames.append(pd.read_csv(path))
-    return pd.concat(frames, ignore_index=True)
+    if Path(text).exists():
+        return read_results(text)
+    if text.endswith(".csv") or "/" in text:
+        raise RobustlabError(f"--baseline {text} does not exist; give a results file, a run directory or a model name")
+    return text
+
+
+def read_all(paths: list[str]) -> pd.DataFrame:
+    """Concatenate results.csv files (or run directories holding one), each validated by read_results."""
+    return pd.concat([read_results(p) for p in paths], ignore_index=True)

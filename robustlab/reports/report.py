@@ -23,7 +23,7 @@ from robustlab.corruptions.tables import BENCHMARK, EXTRA
 from robustlab.errors import RobustlabError
 from robustlab.reports.figures import lambda_residual_figure, plt, save
 from robustlab.reports.metrics import corruption_summary, variants
-from robustlab.results import wilson_interval
+from robustlab.schema import wilson_interval
 
 REQUIRED = ["model", "dataset", "split", "corruption", "severity", "attack", "norm", "eps", "lambda_mode", "lambda",
             "n", "correct", "accuracy", "ci_low", "ci_high"]

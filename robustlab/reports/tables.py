@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from robustlab.results import Record
+from robustlab.schema import Record
 
 
 def _pct(x: float) -> str:
