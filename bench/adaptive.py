@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robustlab.adaptive import OFFICIAL_GRID, AdaptiveLambda, Calibration, Fit, select_for_set  # noqa: E402
 from robustlab.allocator import keep_freed_memory  # noqa: E402
+from robustlab.counting import checked_batches, count_correct  # noqa: E402
 from robustlab.data import ArrayImageSet  # noqa: E402
+from robustlab.device import resolve_device  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net, csc_layer  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from robustlab.runner import checked_batches, count_correct, resolve_device  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -26,9 +26,9 @@ import torchattacks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustlab.attacks import attack_batch, make_spec  # noqa: E402
+from robustlab.device import resolve_device  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from robustlab.runner import resolve_device  # noqa: E402
 
 STATUS = Path("/proc/self/status")
 

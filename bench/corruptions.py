@@ -28,7 +28,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustlab.compat import patch_third_party  # noqa: E402
 from robustlab.corruptions import CORRUPTIONS, corrupt  # noqa: E402
-from robustlab.runner import resolve_device  # noqa: E402
+from robustlab.device import resolve_device  # noqa: E402
 
 
 def images(n: int, size: int) -> np.ndarray:

@@ -70,10 +70,11 @@ def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, f
     keep_freed_memory()
     from robustlab.checkpoints import load_model
     from robustlab.config import EvalConfig
+    from robustlab.counting import count_correct
     from robustlab.data import load_dataset
     from robustlab.data.corrupted import load_cifar_c
+    from robustlab.device import resolve_device
     from robustlab.evaluate import evaluate
-    from robustlab.runner import count_correct, resolve_device
 
     dev = resolve_device(device)
     start = time.perf_counter()

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustlab.checkpoints import load_model  # noqa: E402
+from robustlab.device import resolve_device  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
-from robustlab.runner import resolve_device  # noqa: E402
 
 RDSN_VARIANTS = [(512, 3, "none"), (2048, 3, "none"), (2048, 3, "avg"), (2048, 2, "avg"), (4096, 3, "avg")]
 

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.checkpoints import save_checkpoint  # noqa: E402
 from robustlab.config import EvalConfig  # noqa: E402
+from robustlab.device import resolve_device  # noqa: E402
 from robustlab.evaluate import evaluate  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
-from robustlab.runner import resolve_device  # noqa: E402
 from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)
 
 

@@ -277,9 +277,9 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
     """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
     from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
+    from robustlab.device import resolve_device
     from robustlab.progress import progress_bars
     from robustlab.reports.figures import lambda_residual_figure
-    from robustlab.runner import resolve_device
 
     out = Path(out)
     if not str(out).strip() or out.is_dir():

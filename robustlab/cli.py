@@ -172,9 +172,9 @@ def _levels(text: str) -> list[float] | str:
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from robustlab.corruptions.writer import write_c_layout
     from robustlab.data import load_dataset
+    from robustlab.device import resolve_device
     from robustlab.evaluate import corruption_suite
     from robustlab.progress import progress_bars
-    from robustlab.runner import resolve_device
 
     suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
     if any(c.param is not None for c in suite.cells):
@@ -226,9 +226,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from robustlab.checkpoints import save_checkpoint
     from robustlab.data import DATASETS
+    from robustlab.device import resolve_device
     from robustlab.models import ARCHS
     from robustlab.progress import progress_bars
-    from robustlab.runner import resolve_device
     from robustlab.train import TrainConfig, train, training_record
 
     ARCHS.get(args.arch)
@@ -248,9 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_fit_rdsn(args: argparse.Namespace) -> int:
     from robustlab.checkpoints import save_checkpoint
     from robustlab.data import DATASETS
+    from robustlab.device import resolve_device
     from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, fit_record
     from robustlab.progress import progress_bars
-    from robustlab.runner import resolve_device
 
     DATASETS.get(args.dataset)
     cfg = RDSNConfig(dataset=args.dataset, k=args.k, depth=args.depth, kernel_size=args.kernel_size, pool=args.pool,

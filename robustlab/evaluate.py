@@ -11,27 +11,21 @@ from typing import Any, Callable, Sequence
 import torch
 
 from robustlab.adaptive import load_calibration, parse_grid
+from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.config import EvalConfig
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
+from robustlab.counting import BatchLimit, RunInfo
 from robustlab.data import DATASETS, ImageSet, load_dataset
 from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
+from robustlab.device import resolve_device
 from robustlab.distributed import init_from_env
 from robustlab.errors import RobustlabError, write_error
 from robustlab.models import RobustModel, csc_layers
 from robustlab.progress import progress_bars
 from robustlab.rundir import RunDir, default_run_dir
-from robustlab.runner import (
-    BatchLimit,
-    Cell,
-    LambdaSetting,
-    ModelPlan,
-    RunInfo,
-    check_compatible,
-    resolve_device,
-    run_cells,
-)
-from robustlab.schema import Record
+from robustlab.runner import run_cells
+from robustlab.schema import LambdaMode, Record
 from robustlab.suites import suite_names
 
 
@@ -53,14 +47,14 @@ def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | Non
 
 
 def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: str | None, cache_dir: Path | None,
-                device: Any) -> Callable[[Cell], ImageSet]:
+                device: Any, log: Callable[[str], None] = lambda _: None) -> Callable[[Cell], ImageSet]:
     """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones."""
     def images(cell: Cell) -> ImageSet:
         if cell.corruption == "none":
             return base
         if c_dir is None:
             return GeneratedImageSet(base, cell.corruption, cell.severity, table=table, seed=seed, param=cell.param,
-                                     cache_dir=cache_dir, device=device)
+                                     cache_dir=cache_dir, device=device, log=log)
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
                                  "published file holds; drop --c-dir to generate it")
@@ -89,16 +83,17 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
             if asked and len(models) == 1:
                 raise RobustlabError(f"{model.name} ({model.config.arch}) has no CSC layer: --lambda, "
                                      "--adaptive-lambda and --lambda-sweep apply to SDNet models only")
-            plans.append(ModelPlan(model, sha, [LambdaSetting("n.a.")]))
+            plans.append(ModelPlan(model, sha, [LambdaSetting(LambdaMode.NOT_APPLICABLE)]))
             continue
         if lambda_sweep is not None:
             train_lambda = float(layers[0].lmbda)
-            settings = [LambdaSetting("fixed", v) for v in parse_grid(lambda_sweep, train_lambda)]
+            settings = [LambdaSetting(LambdaMode.FIXED, v) for v in parse_grid(lambda_sweep, train_lambda)]
         else:
-            settings = [LambdaSetting("fixed", lambda_value)]
+            settings = [LambdaSetting(LambdaMode.FIXED, lambda_value)]
         if calib is not None and calib.checkpoint_sha256 == sha:
             matched = True
-            settings.append(LambdaSetting("adaptive-image" if per_image else "adaptive-set", calibration=calib,
+            mode = LambdaMode.ADAPTIVE_IMAGE if per_image else LambdaMode.ADAPTIVE_SET
+            settings.append(LambdaSetting(mode, calibration=calib,
                                           select_n=select_n))
         plans.append(ModelPlan(model, sha, settings))
     if calib is not None and not matched:
@@ -145,8 +140,16 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
     cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in cfg.attacks]
+    run: RunDir | None = None
+
+    def log(message: str) -> None:
+        if shard.main:
+            print(f"robustlab: {message}", file=sys.stderr)
+            if run is not None:
+                run.warn(message)
+
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
-                         cache_dir=default_cache_dir(), device=dev)
+                         cache_dir=default_cache_dir(), device=dev, log=log)
     plans = lambda_plans(models, lambda_value=cfg.lambda_value, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:
@@ -156,13 +159,6 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
     out = Path(cfg.out) if cfg.out is not None else shard.broadcast(default_run_dir(label))  # one name on all ranks
     run = RunDir(out, arguments=cfg.to_manifest(), device=dev, allow_config_change=cfg.allow_config_change) \
         if shard.main else None
-
-    def log(message: str) -> None:
-        if shard.main:
-            print(f"robustlab: {message}", file=sys.stderr)
-            if run is not None:
-                run.warn(message)
-
     for note in notes:
         log(note)
     info = RunInfo(seed=cfg.seed, batch_size=cfg.batch_size, device=dev, n=cfg.n, diagnostics=cfg.diagnostics,

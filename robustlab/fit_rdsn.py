@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from robustlab.counting import checked_batches
 from robustlab.data import ImageSet, load_dataset, to_pixels
 from robustlab.errors import RobustlabError
 from robustlab.models import ModelConfig, RobustModel, build_net
 from robustlab.progress import ProgressFactory
-from robustlab.runner import checked_batches
 from robustlab.train import normalization
 
 MIN_FEATURE_STD = 1e-6  # a feature constant over the training set carries nothing; do not blow it up

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from robustlab.counting import checked_batches, count_correct
 from robustlab.data import ImageSet, load_dataset, to_pixels
 from robustlab.models import ARCHS, ModelConfig, RobustModel, build_net
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from robustlab.progress import ProgressFactory
-from robustlab.runner import checked_batches, count_correct
 
 
 @dataclass(frozen=True)

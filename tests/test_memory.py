@@ -13,12 +13,12 @@ import torch.nn as nn
 from robustlab.attacks import make_spec
 from robustlab.checkpoints import save_checkpoint
 from robustlab.cli import main
+from robustlab.counting import BatchLimit, RunInfo, count_correct, count_robust
 from robustlab.data import ArrayImageSet
 from robustlab.data.corrupted import load_cifar_c
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel
-from robustlab.runner import BatchLimit, RunInfo, count_correct, count_robust
 from tests.conftest import tiny_model, write_cifar
 
 

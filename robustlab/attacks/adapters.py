@@ -1,8 +1,7 @@
-"""The attack registry: each entry runs one library attack (torchattacks, AutoAttack) on a batch."""
+"""The library attacks (torchattacks, AutoAttack), each registered with what its spec may set."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -11,11 +10,9 @@ from pyautoattack import AutoAttack
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.square import SquareAttack
 
+from robustlab.attacks.registry import ATTACKS, AttackEntry
+from robustlab.attacks.spec import AttackSpec
 from robustlab.errors import RobustlabError
-from robustlab.registry import Registry
-
-if TYPE_CHECKING:
-    from robustlab.attacks.spec import AttackSpec
 
 
 class AttackFn(Protocol):
@@ -23,26 +20,6 @@ class AttackFn(Protocol):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
                  num_classes: int) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class AttackEntry:
-    """A registered attack: the norms it supports (the first is the default) and what its spec may set.
-
-    Its budget is counted in gradient `steps` (iterations per restart) and/or model `queries` (score-based search);
-    `config` names every other setting robustlab fixes that changes its numbers (recorded in each row)."""
-    name: str
-    run: AttackFn
-    norms: tuple[str, ...]
-    white_box: bool
-    summary: str
-    config: str
-    default_steps: int = 0  # 0: the attack takes no gradient steps
-    fixed_steps: int | None = None  # the attack always runs this many steps
-    default_queries: int = 0  # 0: the attack makes no score-based queries
-    fixed_queries: int | None = None
-    restarts: bool = True
-    step_size: bool = False  # takes alpha
 
 
 def _torchattack(attack: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,7 +80,6 @@ def _square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec
         return attack.perturb(x, y)
 
 
-ATTACKS: Registry[AttackEntry] = Registry("attack")
 for _entry in (
     AttackEntry("fgsm", _fgsm, ("Linf",), white_box=True, default_steps=1, fixed_steps=1, restarts=False,
                 config="torchattacks.FGSM", summary="FGSM, one signed-gradient step (torchattacks)"),

@@ -5,7 +5,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from robustlab.attacks.adapters import ATTACKS, AttackEntry
+from robustlab.attacks.registry import ATTACKS, AttackEntry
 from robustlab.errors import RobustlabError
 
 NORMS = ("Linf", "L2")

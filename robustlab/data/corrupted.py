@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
+from robustlab import corruptions
+from robustlab.corruptions.engine import ENGINE_VERSION
 from robustlab.data.base import ArrayImageSet, Batch, ImageSet, check_labels, check_pixels
 from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
+from robustlab.files import write_json
 
 CIFAR_C_PER_SEVERITY = 10000
 
@@ -55,16 +60,33 @@ def load_imagenet_c(c_dir: str | Path, corruption: str, severity: int) -> Folder
     return FolderImageSet(root, name="imagenet", split="val")
 
 
+CACHE_STALE_SECONDS = 3600  # a cache's temporary file untouched this long belongs to a killed process
+
+
+def content_digest(data: ImageSet, n: int) -> str:
+    """sha256 of the first n images and labels as decoded (two sets of the same length differ here)."""
+    h = hashlib.sha256()
+    for images, labels in data.batches(256, n):
+        h.update(images.numpy().tobytes())
+        h.update(labels.numpy().astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
 class GeneratedImageSet(ImageSet):
-    """A clean split corrupted batch by batch as it is read; complete results are cached as .npy files."""
+    """A corruption generated from a clean split, per batch, seeded per image. Generated sets are cached as .npy
+    files keyed by the source images' content, the engine version, table, seed, corruption, severity and level;
+    each cache file has a sidecar (.json) with its shape and checksum, verified before use: an invalid one is
+    regenerated with a warning (`log`)."""
 
     def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
-                 param: Any = None, cache_dir: Path | None = None, device: str | torch.device = "cpu") -> None:
+                 param: float | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
+                 log: Callable[[str], None] = lambda _: None) -> None:
         self.base, self.corruption, self.severity = base, corruption, severity
         self.table, self.seed, self.param, self.device = table, seed, param, device
         self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
         self.image_size = base.image_size
-        self.cache_dir = cache_dir
+        self.cache_dir, self.log = cache_dir, log
+        self._digests: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.base)
@@ -72,23 +94,51 @@ class GeneratedImageSet(ImageSet):
     def label_array(self, n: int | None = None) -> np.ndarray:
         return self.base.label_array(n)
 
-    def _cache_path(self, n: int) -> Path | None:
-        from robustlab.corruptions.engine import ENGINE_VERSION
-        if self.cache_dir is None:
-            return None
-        key = repr((self.base.name, self.base.split, len(self.base), self.table, self.param, self.seed, n,
-                    ENGINE_VERSION))
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    def _cache_key(self, n: int) -> dict[str, Any]:
+        if n not in self._digests:
+            self._digests[n] = content_digest(self.base, n)
+        return {"source": self._digests[n], "images": n, "engine": ENGINE_VERSION, "table": self.table,
+                "seed": self.seed, "corruption": self.corruption, "severity": self.severity, "level": self.param}
+
+    def _cache_path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return self.cache_dir / f"{self.base.name}-{self.corruption}-{self.severity}-{digest}.npy"
+
+    def _valid_cache(self, path: Path, key: dict[str, Any], n: int) -> bool:
+        """Whether a cache file is there and is what its sidecar says (shape, checksum, key); a bad one is removed."""
+        sidecar = path.with_suffix(".json")
+        if not path.is_file() and not sidecar.is_file():
+            return False
+        try:
+            meta = json.loads(sidecar.read_text())
+            rows = NpyRows(path)
+            ok = (meta.get("key") == key and list(rows.shape) == [n, *self.image_size, 3]
+                  and rows.dtype == np.uint8 and _rows_sha256(rows) == meta.get("sha256"))
+        except (OSError, ValueError, RobustlabError, AttributeError):
+            ok = False
+        if not ok:
+            self.log(f"warning: the cached {self.corruption} severity {self.severity} ({path}) does not match its "
+                     "checksum, shape or key; it is generated again")
+            for p in (path, sidecar):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        return ok
+
+    def _remove_stale(self, path: Path) -> None:
+        now = time.time()
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > CACHE_STALE_SECONDS:
+                    tmp.unlink()
 
     def batches(self, batch_size: int, n: int | None = None, order: np.ndarray | None = None, *,
                 shard: Shard = Shard()) -> Iterator[Batch]:
-        from robustlab.corruptions import corrupt
         if order is not None:
             raise RobustlabError("generated corruptions are read in order; shuffle the clean split instead")
         total = len(self) if n is None else min(n, len(self))
-        cache = self._cache_path(total)
-        if cache is not None and cache.is_file():
+        key = self._cache_key(total) if self.cache_dir is not None else None
+        cache = self._cache_path(key) if key is not None else None
+        if cache is not None and self._valid_cache(cache, key, total):
             yield from ArrayImageSet(NpyRows(cache), self.base.label_array(total), name=self.name,
                                      split=self.split, num_classes=self.num_classes).batches(batch_size, total,
                                                                                             shard=shard)
@@ -97,12 +147,24 @@ class GeneratedImageSet(ImageSet):
             writer = None
             if cache is not None and shard.world == 1:  # a shard generates only its part: nothing whole to cache
                 cache.parent.mkdir(parents=True, exist_ok=True)
+                self._remove_stale(cache)
                 writer = stack.enter_context(NpyWriter(cache, (total, *self.image_size, 3), np.uint8))
             indices = shard.batch_indices(total, batch_size)
             for index, (images, labels) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
                 hwc = images.permute(0, 2, 3, 1).numpy()
-                out = corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,
+                out = corruptions.corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,
                               start=index * batch_size, device=self.device, param=self.param)
                 if writer is not None:
-                    writer.append(out)
+                    writer.append(out)  # complete after the last batch: named before that batch is yielded
+                    if writer.committed:
+                        write_json(cache.with_suffix(".json"), {"key": key, "sha256": writer.sha256.hexdigest(),
+                                                                "shape": [total, *self.image_size, 3]})
                 yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def _rows_sha256(rows: NpyRows) -> str:
+    h = hashlib.sha256()
+    step = 4096
+    for start in range(0, len(rows), step):
+        h.update(rows[start:start + step].tobytes())
+    return h.hexdigest()

@@ -5,6 +5,7 @@ streaming through a corrupted split would grow the resident memory to the size o
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -83,20 +84,32 @@ class NpyWriter:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         self.tmp, self.file = Path(tmp), os.fdopen(fd, "wb")
         self.written = 0
+        self.sha256 = hashlib.sha256()  # of the rows' bytes, for a checksum beside the file
+        self.committed = False
         np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
                                                          "fortran_order": False, "shape": self.shape})
 
     def append(self, rows: np.ndarray) -> None:
-        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+        data = np.ascontiguousarray(rows, dtype=self.dtype).data
+        self.file.write(data)
+        self.sha256.update(data)
         self.written += len(rows)
+        if self.written == self.shape[0]:
+            self.commit()
+
+    def commit(self) -> None:
+        """Give the file its name as soon as every row is written (a reader that stops early loses nothing)."""
+        if not self.committed:
+            self.file.close()
+            os.replace(self.tmp, self.path)
+            self.committed = True
 
     def __enter__(self) -> NpyWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:
+        if self.committed:
+            return
         self.file.close()
-        if kind is None and self.written == self.shape[0]:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        self.tmp.unlink(missing_ok=True)

@@ -81,15 +81,3 @@ class RobustModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(self.normalize(x))
         return out[0] if isinstance(out, tuple) else out  # some zoo networks return (logits, extra)
-
-
-def build_net(config: ModelConfig) -> nn.Module:
-    """The bare network for a config: a registered arch, or `torchvision:NAME` / `timm:NAME`."""
-    if ":" in config.arch:
-        from robustlab.models.external import build_external
-        return build_external(config.arch, num_classes=config.num_classes, **config.arch_kwargs)
-    spec = ARCHS.get(config.arch)
-    try:
-        return spec.factory(num_classes=config.num_classes, **config.arch_kwargs)
-    except TypeError as e:
-        raise RobustlabError(f"arch {config.arch}: bad arguments {config.arch_kwargs} ({e})") from None

@@ -1,0 +1,98 @@
+"""What a run evaluates: its cells (clean, a corruption at a severity, an attack), each model's lambda settings,
+and the record a counted cell becomes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+from robustlab import __version__
+from robustlab.attacks import AttackSpec
+from robustlab.counting import Counts, RunInfo
+from robustlab.data import ImageSet
+from robustlab.errors import RobustlabError
+from robustlab.models import RobustModel, csc_layers
+from robustlab.schema import NONE, LambdaMode, Record, wilson_interval
+
+if TYPE_CHECKING:
+    from robustlab.adaptive import Calibration
+
+
+def check_compatible(model: RobustModel, data: ImageSet) -> None:
+    cfg = model.config
+    if cfg.num_classes != data.num_classes:
+        raise RobustlabError(f"model {model.name} predicts {cfg.num_classes} classes but {data.name} has "
+                             f"{data.num_classes}; pick the checkpoint trained on {data.name} or the right --dataset")
+    if data.image_size != (cfg.input_size, cfg.input_size):
+        h, w = data.image_size
+        raise RobustlabError(f"model {model.name} expects {cfg.input_size}x{cfg.input_size} images but {data.name} "
+                             f"has {h}x{w}; pick a model trained at that size or the right --dataset")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation condition: clean data, a corruption at a severity (param: a suite's own level), or an
+    attack (an AttackSpec) on clean data, crafted on the model itself or on a `source` model (transfer)."""
+    corruption: str = NONE
+    severity: int = 0
+    param: float | None = None
+    attack: AttackSpec | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class LambdaSetting:
+    """How a CSC model's lambda is set for a row: the model's own or a fixed value ('fixed'), or chosen by
+    Algorithm 1 from a calibration ('adaptive-set' per test set, 'adaptive-image' per image); 'n.a.' without CSC.
+    `select_n`: per test set, select on its first select_n images only (None: on all of them, the exact rule)."""
+    mode: LambdaMode = LambdaMode.FIXED
+    value: float | None = None
+    calibration: Calibration | None = field(default=None, compare=False)
+    select_n: int | None = None
+
+    def subsampled(self, total: int) -> bool:
+        """Whether a clean or corrupted set of `total` images gets its lambda from a part of it only."""
+        return self.mode == LambdaMode.ADAPTIVE_SET and self.select_n is not None and self.select_n < total
+
+
+@dataclass
+class ModelPlan:
+    model: RobustModel
+    sha256: str
+    settings: list[LambdaSetting]
+
+
+def identity(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, *, n: int, seed: int,
+             lam: float, batch_size: int) -> dict[str, Any]:
+    """The Record fields that say what a cell measures (results.IDENTITY), known before it runs."""
+    spec = cell.attack
+    return dict(
+        model=model.name, arch=model.config.arch, checkpoint_sha256=sha, dataset=data.name, split=data.split,
+        corruption=cell.corruption, severity=cell.severity, attack=spec.name if spec else NONE,
+        attack_source=cell.source, norm=spec.norm if spec else NONE, eps=spec.eps if spec else math.nan,
+        steps=spec.steps if spec else 0, queries=spec.queries if spec else 0,
+        alpha=spec.alpha if spec and spec.alpha is not None else math.nan, restarts=spec.restarts if spec else 0,
+        attack_config=spec.config if spec else "", batch_size=batch_size if spec else 0, lambda_mode=str(setting.mode),
+        lambda_=lam, n=n, seed=seed)
+
+
+def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
+                info: RunInfo, lam: float, flags: Sequence[str] = (), flags_model: str = "") -> Record:
+    lo, hi = wilson_interval(counts.correct, counts.n)
+    return Record(
+        **identity(model, sha, data, cell, setting, n=counts.n, seed=info.seed, lam=lam, batch_size=info.batch_size),
+        lambda_std=counts.lambda_std, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
+        top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
+        top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
+        residual_mean=counts.residual_mean, flags=";".join(flags), flags_model=flags_model, seconds=counts.seconds,
+        robustlab_version=__version__)
+
+
+def fixed_lambda(model: RobustModel, setting: LambdaSetting) -> float:
+    """The lambda a 'fixed' setting runs the first CSC layer at: its value, else the model's own."""
+    return float(setting.value if setting.value is not None else csc_layers(model)[0].lmbda)
+
+
+def adv_file_name(model: RobustModel, cell: Cell, setting: LambdaSetting) -> str:
+    src = f"-from-{cell.source}" if cell.source else ""
+    return f"{model.name}-{setting.mode}-{cell.attack.name}-{cell.attack.norm}-eps{cell.attack.eps:.6f}{src}.npz"

@@ -1,0 +1,201 @@
+"""Counting a cell: correct images over batches, clean or under attack, with one accumulator for both; the batch
+limit that halves on CUDA out-of-memory; the labelled batches a cell reads."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from robustlab.attacks import AttackSpec, BatchOutcome, attack_batch, transfer_batch
+from robustlab.data import ImageSet, to_pixels
+from robustlab.data.base import check_labels
+from robustlab.distributed import Shard
+from robustlab.errors import RobustlabError
+from robustlab.models import csc_layers
+
+T = TypeVar("T")
+
+
+@dataclass
+class Counts:
+    """What a cell's batches add up to: sums only, so that shards of a cell add up to the whole (see `merged`)."""
+    n: int
+    correct: int
+    top5_correct: int | None
+    residual_sum: float | None  # None: the model has no CSC layer
+    seconds: float
+    lambda_count: int = 0  # lambdas chosen per batch by an adaptive model, their sum and sum of squares
+    lambda_sum: float = 0.0
+    lambda_sumsq: float = 0.0
+
+    @property
+    def residual_mean(self) -> float:
+        return self.residual_sum / self.n if self.residual_sum is not None and self.n else math.nan
+
+    @property
+    def lambda_mean(self) -> float:
+        return self.lambda_sum / self.lambda_count if self.lambda_count else math.nan
+
+    @property
+    def lambda_std(self) -> float:
+        if not self.lambda_count:
+            return math.nan
+        return math.sqrt(max(0.0, self.lambda_sumsq / self.lambda_count - self.lambda_mean ** 2))
+
+    def merged(self, shard: Shard) -> "Counts":
+        """The counts of the whole cell, summed over the ranks that shared it."""
+        if shard.world == 1:
+            return self
+        n, correct, top5, residual, count, total, sumsq = shard.sum(
+            [self.n, self.correct, self.top5_correct or 0, self.residual_sum or 0.0, self.lambda_count,
+             self.lambda_sum, self.lambda_sumsq])
+        return Counts(n=int(n), correct=int(correct), top5_correct=None if self.top5_correct is None else int(top5),
+                      residual_sum=None if self.residual_sum is None else residual, seconds=shard.max(self.seconds),
+                      lambda_count=int(count), lambda_sum=total, lambda_sumsq=sumsq)
+
+
+def lambda_sums(chosen: torch.Tensor | None) -> tuple[int, float, float]:
+    """Count, sum and sum of squares of the lambdas an adaptive model chose for a batch (none for other models)."""
+    if chosen is None:
+        return 0, 0.0, 0.0
+    c = chosen.detach().double().reshape(-1)
+    return len(c), float(c.sum()), float((c * c).sum())
+
+
+class BatchLimit:
+    """The largest batch that has fit on the device: on a CUDA out-of-memory error the size halves (said once
+    through `log` per halving) and the same images run again; kept for the rest of the run."""
+
+    def __init__(self, log: Callable[[str], None] = lambda _: None) -> None:
+        self.size: int | None = None
+        self.log = log
+
+    def map(self, fn: Callable[[torch.Tensor, torch.Tensor, int], T], images: torch.Tensor,
+            labels: torch.Tensor) -> list[T]:
+        """fn(images, labels, offset of the first image) on pieces of the batch no larger than the limit."""
+        results, start = [], 0
+        while start < len(labels):
+            size = min(self.size or len(labels), len(labels) - start)
+            try:
+                results.append(fn(images[start:start + size], labels[start:start + size], start))
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise RobustlabError("CUDA out of memory at batch size 1; free GPU memory (other processes), "
+                                         "pick a smaller model or use --device cpu") from None
+                torch.cuda.empty_cache()
+                self.size = size // 2
+                self.log(f"CUDA out of memory at batch size {size}; retrying at {self.size}")
+                continue
+            start += size
+        return results
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every record of a run shares, the run's options for attacks, and this process's shard."""
+    seed: int
+    batch_size: int
+    device: torch.device
+    n: int | None = None
+    diagnostics: bool = True
+    save_adv: Path | None = None
+    shard: Shard = Shard()
+    limit: BatchLimit = field(default_factory=BatchLimit, compare=False)
+
+
+class Tally:
+    """The running sums of a cell (images, correct, top-5, first-CSC residual, chosen lambdas) and its timer."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.first_csc = (csc_layers(model) or [None])[0]
+        self.start = time.perf_counter()
+        self.n = 0
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.top5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.residual = torch.zeros((), dtype=torch.float64, device=device)
+        self.lambdas = [0, 0.0, 0.0]
+
+    def add(self, n: int, correct: torch.Tensor, top5: torch.Tensor | None = None) -> None:
+        """One piece of a batch, right after the model's forward on it (its residual and lambdas are read now)."""
+        self.n += n
+        self.correct += correct.to(self.device)
+        if top5 is not None:
+            self.top5 += top5
+        csc = self.first_csc
+        if csc is not None and csc.residual is not None:
+            self.residual += csc.residual.detach().double().sum().to(self.device)
+        self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(getattr(self.model, "last_lambdas", None)))]
+
+    def counts(self, *, top5: bool) -> Counts:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Counts(n=self.n, correct=int(self.correct), top5_correct=int(self.top5) if top5 else None,
+                      residual_sum=float(self.residual) if self.first_csc is not None else None,
+                      seconds=time.perf_counter() - self.start, lambda_count=int(self.lambdas[0]),
+                      lambda_sum=self.lambdas[1], lambda_sumsq=self.lambdas[2])
+
+
+def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+                  *, top5: bool, limit: BatchLimit | None = None) -> Counts:
+    """Top-1 (and top-5) hits over batches; images with non-finite logits count as wrong."""
+    tally = Tally(model, device)
+    limit = limit or BatchLimit()
+
+    def hits(images: torch.Tensor, labels: torch.Tensor, _offset: int) -> None:
+        labels = labels.to(device, non_blocking=True)
+        logits = model(to_pixels(images, device))
+        finite = torch.isfinite(logits).all(dim=1)
+        top1 = ((logits.argmax(dim=1) == labels) & finite).sum()
+        top5_hits = ((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1) & finite).sum() if top5 else None
+        tally.add(len(labels), top1, top5_hits)
+
+    with torch.inference_mode():
+        for images, labels in batches:
+            limit.map(hits, images, labels)
+    return tally.counts(top5=top5)
+
+
+def count_robust(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]],
+                 spec: AttackSpec, info: RunInfo, *, source: nn.Module | None = None,
+                 save: Path | None = None) -> Counts:
+    """Images still correctly classified (clean and adversarial) under an attack crafted on `source` (transfer)
+    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics. `batches` are
+    numbered: an attack's seed is the run seed plus the index of the batch's first image, whatever the shard."""
+    tally = Tally(model, info.device)
+    saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def attacked(images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+        x, y = to_pixels(images, info.device), labels.to(info.device)
+        if source is None:
+            out: BatchOutcome = attack_batch(model, x, y, spec, seed=seed)
+        else:
+            out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed)["target"]
+        tally.add(len(labels), out.robust.sum())
+        if save is not None:
+            saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
+
+    for index, (images, labels) in batches:
+        first = info.seed + index * info.batch_size
+        info.limit.map(lambda im, lb, offset: attacked(im, lb, first + offset), images, labels)
+    if save is not None and saved:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(save, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
+                            labels=np.concatenate([b for _, b, _ in saved]),
+                            robust=np.concatenate([c for _, _, c in saved]), eps=spec.eps, norm=spec.norm)
+    return tally.counts(top5=False)
+
+
+def checked_batches(data: ImageSet, batch_size: int, n: int | None,
+                    shard: Shard = Shard()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The data's batches (a shard's only), refusing labels outside 0..num_classes-1 at the boundary."""
+    indices = shard.batch_indices(min(len(data), n if n is not None else len(data)), batch_size)
+    for index, (images, labels) in zip(indices, data.batches(batch_size, n, shard=shard)):
+        check_labels(labels, data.num_classes, f"{data.name} {data.split}", index * batch_size)
+        yield images, labels
