@@ -204,10 +204,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from robustlab.regress import compare, exit_code, read_results_csv, regress
+    from robustlab.regress import compare, exit_code, regress
+    from robustlab.schema import read_results
     if not args.json:
         return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
-    result = compare(read_results_csv(args.baseline), read_results_csv(args.current), max_drop=args.max_drop,
+    result = compare(read_results(args.baseline), read_results(args.current), max_drop=args.max_drop,
                      alpha=args.alpha)
     print(result.to_json())
     return exit_code(result)

@@ -22,7 +22,7 @@ def check_seed(seed: int) -> None:
 
 def check_lambda(value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0 (the training value is usually 0.1)")
+        raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0; pass one such as 0.1 (the usual training value)")
 
 
 def comma_list(text: str | None) -> tuple[str, ...]:
@@ -64,7 +64,7 @@ class EvalConfig:
         check_seed(self.seed)
         check_lambda(self.lambda_value)
         if self.out is not None and not str(self.out).strip():
-            raise RobustlabError("--out is empty; name the directory to write into (e.g. --out runs/mine)")
+            raise RobustlabError("--out is empty; pass the directory to write into (e.g. --out runs/mine)")
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace, attacks: tuple[AttackSpec, ...]) -> EvalConfig:

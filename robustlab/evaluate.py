@@ -58,12 +58,10 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
                                  "published file holds; drop --c-dir to generate it")
-        if dataset in ("cifar10", "cifar100"):
-            return load_cifar_c(c_dir, cell.corruption, cell.severity, name=dataset, num_classes=base.num_classes)
         if dataset == "imagenet":
             return load_imagenet_c(c_dir, cell.corruption, cell.severity)
-        raise RobustlabError(f"published corrupted files exist for cifar10, cifar100 and imagenet, not {dataset}; "
-                             "drop --c-dir to generate them")
+        # CIFAR-10/100-C, and the same layout that `robustlab corrupt` writes for any other dataset
+        return load_cifar_c(c_dir, cell.corruption, cell.severity, name=dataset, num_classes=base.num_classes)
     return images
 
 

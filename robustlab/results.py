@@ -36,7 +36,7 @@ class ResultStore:
             reader = csv.reader(f)
             header = next(reader, None)
             if header != COLUMNS:
-                raise RobustlabError(f"{path} has another column layout (schema); write to a new --out")
+                raise RobustlabError(f"{path} has another column layout (schema); pass a new --out")
             rows = list(reader)
         data = path.read_bytes()
         if data and not data.endswith(b"\n") and rows:

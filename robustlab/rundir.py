@@ -64,7 +64,7 @@ def refuse_existing_run(path: Path) -> None:
 
 def check_out_text(text: str) -> None:
     if not text.strip():
-        raise RobustlabError("--out is empty; name the directory to write into (e.g. --out runs/mine)")
+        raise RobustlabError("--out is empty; pass the directory to write into (e.g. --out runs/mine)")
 
 
 # arguments that change how a run looks or where it runs, not what its rows measure

@@ -198,8 +198,9 @@ def _check_counts(df: pd.DataFrame, p: Path) -> None:
         bad = values.isna() | (values < 0) | (values != values.round())
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise RobustlabError(f"{p} line {i + 2}: {c} is {values.iloc[i]!r}, not a whole number >= 0; repair "
-                                 "or remove that line")
+            shown = "empty" if pd.isna(values.iloc[i]) else f"{values.iloc[i]:g}"
+            raise RobustlabError(f"{p} line {i + 2}: {c} is {shown}, not a whole number >= 0; repair or remove that "
+                                 "line")
     over = df["correct"] > df["n"]
     if over.any():
         i = int(over.to_numpy().nonzero()[0][0])

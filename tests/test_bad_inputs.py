@@ -215,7 +215,53 @@ def attack_suite_without_eps(w):
     return [*w.eval, "--attacks", w.root / "bad.toml"], ["bad.toml line 1", "missing key 'eps'"]
 
 
-REFUSED_UP_FRONT = [truncated_checkpoint, code_pickle, code_in_torch_zip, wrong_arch, empty_dataset,
+def out_holds_another_tools_files(w):
+    other = w.root / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "another tool"}\n')
+    (other / "data.bin").write_bytes(b"\x00\x01")
+    return [*w.eval, "--out", other], ["other", "not a robustlab manifest", "another --out"]
+
+
+def out_holds_a_planted_link(w):
+    fresh = w.root / "fresh"
+    fresh.mkdir()
+    (fresh / "manifest.json.tmp").symlink_to(w.root / "notes.txt")
+    return [*w.eval, "--out", fresh], ["fresh", "not a robustlab run", "another --out"]
+
+
+def out_is_empty_text(w):
+    return [*w.eval, "--out", ""], ["--out is empty", "pass the directory"]
+
+
+def resume_with_results_linked_outside(w):
+    run = w.root / "linked"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": "finished", "arguments": {}}) + "\n")
+    (w.root / "outside.csv").write_text("model,correct\nr18,3\nr18,4")  # no final newline: a 'torn' line
+    (run / "results.csv").symlink_to(w.root / "outside.csv")
+    return [*w.eval, "--out", run, "--allow-config-change"], ["results.csv", "not a regular file", "another --out"]
+
+
+def resume_of_another_schema(w):
+    run = w.root / "older"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"status": "finished", "arguments": {}}) + "\n")
+    (run / "results.csv").write_text("model,arch,correct\nr18,resnet18,3\nr18,resnet18,4")
+    return [*w.eval, "--out", run, "--allow-config-change"], ["older", "another column layout", "pass a new --out"]
+
+
+def seed_beyond_32_bits(w):
+    return [*w.eval, "--seed", str(2 ** 32)], ["--seed 4294967296", "pick a seed"]
+
+
+def negative_lambda(w):
+    return [*w.eval, "--lambda", "-0.1"], ["--lambda -0.1", "finite number >= 0"]
+
+
+REFUSED_UP_FRONT = [out_holds_another_tools_files, out_holds_a_planted_link, out_is_empty_text,
+                    resume_with_results_linked_outside, resume_of_another_schema, seed_beyond_32_bits, negative_lambda,
+                    truncated_checkpoint, code_pickle, code_in_torch_zip, wrong_arch, empty_dataset,
                     empty_corrupted_file, label_too_large, label_negative, label_out_of_range_in_a_later_severity,
                     float_pixels_in_0_1, integer_pixels_above_255, float_pixels_in_corrupted_file,
                     missing_corruption_file, missing_labels_file, missing_imagenet_c_severity, out_under_a_file,
