@@ -22,7 +22,8 @@ def check_seed(seed: int) -> None:
 
 def check_lambda(value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0; pass one such as 0.1 (the usual training value)")
+        raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0; pass one such as 0.1 (the usual "
+                             "training value)")
 
 
 def comma_list(text: str | None) -> tuple[str, ...]:

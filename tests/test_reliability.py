@@ -4,7 +4,6 @@ outputs replaced only on request."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
