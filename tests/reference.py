@@ -200,3 +200,22 @@ def official_sdnet18_state_dict(*, width: float = 0.25, num_classes: int = 10, s
     sd["linear.weight"] = torch.randn(num_classes, in_c, generator=g) / math.sqrt(in_c)
     sd["linear.bias"] = 0.1 * torch.randn(num_classes, generator=g)
     return sd
+
+
+def ndimage_gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
+    """skimage.filters.gaussian (mode 'nearest', truncate 4) over the two spatial axes of an (H, W, C) image."""
+    from scipy import ndimage
+    return ndimage.gaussian_filter(x, sigma=(sigma, sigma, 0), mode="nearest", truncate=4.0)
+
+
+def python_glass_blur(x: np.ndarray, c, rng) -> np.ndarray:
+    """The engine's glass blur as it was before its loop was compiled (one draw per pixel, in Python)."""
+    sigma, delta, iterations = c
+    img = np.uint8(np.clip(ndimage_gaussian(x, sigma), 0, 1) * 255)
+    h, w = img.shape[:2]
+    for _ in range(iterations):
+        for i in range(h - delta, delta, -1):
+            for j in range(w - delta, delta, -1):
+                dx, dy = rng.integers(-delta, delta, size=2)
+                img[i, j] = img[i + dy, j + dx]
+    return np.clip(ndimage_gaussian(img / 255.0, sigma), 0, 1) * 255

@@ -37,7 +37,8 @@ from scipy import ndimage
 from scipy.ndimage import map_coordinates
 
 from robustlab.compat import patch_third_party
-from robustlab.corruptions import CORRUPTIONS, batched, corrupt, engine, parameter, per_image
+from robustlab.corruptions import CORRUPTIONS, batched, corrupt, engine, parameter, per_image, uint8_batch
+from tests.reference import python_glass_blur
 
 NAMES = sorted(CORRUPTIONS)
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur", "snow",
@@ -358,7 +359,7 @@ def test_glass_blur_matches_the_published_loop(table, size, severities):
     for severity in severities:
         c = parameter("glass_blur", severity, table)
         ref = to_u8(published_glass_blur(x, c, np.random.RandomState(severity)))
-        ours = to_u8(per_image.glass_blur(x / 255.0, c, Legacy(severity)))
+        ours = uint8_batch.glass_blur(x[None], c, [Legacy(severity)])[0]
         assert within_one(ours, ref) >= 0.999, severity
 
 
@@ -515,3 +516,15 @@ def test_our_versions_of_the_corruptions_broken_in_imagecorruptions_work(name):
         out = corrupt(x, name, severity, table="imagenet", seed=2)
         assert out.shape == x.shape and out.dtype == np.uint8
         assert 0 < np.abs(out.astype(float) - x).mean() < 100  # changed, and still an image of the same scene
+
+
+@pytest.mark.parametrize("table,h,w", [("cifar", 32, 32), ("cifar", 17, 23), ("imagenet", 64, 48),
+                                       ("imagenet", 224, 224), ("imagenet", 9, 9)])
+def test_compiled_glass_blur_is_byte_identical_with_the_same_random_numbers(table, h, w):
+    x = np.stack([p[:h, :w] for p in photos(3, max(h, w), max(h, w))])
+    for severity in (1, 2, 3, 4, 5) if h < 224 else (4,):
+        c = parameter("glass_blur", severity, table)
+        for make in (lambda s: np.random.default_rng(s), Legacy):  # the engine's Generator and numpy's legacy one
+            want = [to_u8(python_glass_blur(img / 255.0, c, make(severity + k))) for k, img in enumerate(x)]
+            got = uint8_batch.glass_blur(x, c, [make(severity + k) for k in range(len(x))])
+            assert np.array_equal(got, np.stack(want)), (table, h, w, severity)

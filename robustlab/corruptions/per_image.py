@@ -24,21 +24,6 @@ def _gaussian(x: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(x, sigma=sig, mode="nearest", truncate=4.0)
 
 
-def glass_blur(x: np.ndarray, c: tuple[float, int, int], rng: np.random.Generator) -> np.ndarray:
-    sigma, delta, iterations = c
-    img = np.uint8(np.clip(_gaussian(x, sigma), 0, 1) * 255)
-    h, w = img.shape[:2]
-    for _ in range(iterations):  # locally shuffle pixels, bottom-right to top-left as published
-        for i in range(h - delta, delta, -1):
-            for j in range(w - delta, delta, -1):
-                dx, dy = rng.integers(-delta, delta, size=2)
-                a, b = i + dy, j + dx
-                # the published `x[h, w], x[h', w'] = x[h', w'], x[h, w]` swaps numpy views of RGB pixels,
-                # so it only copies x[h', w'] into x[h, w]; CIFAR-10-C / ImageNet-C were made that way
-                img[i, j] = img[a, b]
-    return np.clip(_gaussian(img / 255.0, sigma), 0, 1) * 255
-
-
 def _gray(x: np.ndarray) -> np.ndarray:
     return x @ np.array([0.299, 0.587, 0.114])  # OpenCV's RGB2GRAY weights
 
