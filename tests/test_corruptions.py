@@ -437,14 +437,21 @@ def _same_numbers(icc, name: str, severity: int, im: np.ndarray, k: int) -> tupl
     return to_u8(ours), theirs
 
 
-@pytest.mark.parametrize("name,max_diff", [("motion_blur", 1), ("spatter", 1), ("fog", 1), ("snow", 2)])
-def test_random_corruptions_equal_imagecorruptions_given_the_same_numbers(name, max_diff, icc, monkeypatch):
+# snow: imagecorruptions keeps the blurred snow layer in floats; the published code (and robustlab, since issue 16)
+# reads it back from ImageMagick as an 8-bit PNG, which floors it: ours is darker by a fraction of a grey level on
+# average (an audit measured the float layer 0.03-0.5 levels brighter than the published files), up to 3 levels
+@pytest.mark.parametrize("name,max_diff,share", [("motion_blur", 1, 0.999), ("spatter", 1, 0.999), ("fog", 1, 0.999),
+                                                 ("snow", 3, 0.93)])
+def test_random_corruptions_equal_imagecorruptions_given_the_same_numbers(name, max_diff, share, icc, monkeypatch):
     monkeypatch.setattr(np, "float_", np.float64, raising=False)  # imagecorruptions' fog needs it (NumPy 2)
     for severity in range(1, 6):
         for k, im in enumerate(photos224()):
             ours, theirs = _same_numbers(icc, name, severity, im, k)
             diff = np.abs(ours.astype(np.int16) - theirs)
-            assert within_one(ours, theirs) >= 0.999 and diff.max() <= max_diff, (severity, k, diff.max())
+            assert within_one(ours, theirs) >= share and diff.max() <= max_diff, (severity, k, diff.max())
+            if name == "snow":
+                bias = float((ours.astype(np.float64) - theirs).mean())
+                assert -0.6 <= bias < 0, (severity, k, bias)  # the floored layer: darker, by under a level
 
 
 # ---------------------------------------------------------------- imagecorruptions, in distribution

@@ -17,7 +17,8 @@ from robustlab.registry import Registry
 # Bumped whenever a corruption's output bytes change, so that generated corruptions cached by an older engine
 # are not served (robustlab.data.corrupted keys its cache on it). 2: OpenCV/FFT gaussian, defocus and motion
 # blur, grid_sample zoom blur, torch-sampled gaussian/speckle noise, one uniform per value for impulse noise.
-ENGINE_VERSION = 2
+# 3: snow's blurred layer quantized to 8 bits, as the published code reads it back from ImageMagick.
+ENGINE_VERSION = 3
 
 
 @dataclass(frozen=True)
