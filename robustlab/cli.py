@@ -6,7 +6,7 @@ import errno
 import json
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
@@ -170,17 +170,14 @@ def _levels(text: str) -> list[float] | str:
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
-    from robustlab.corruptions.writer import write_c_layout
+    from robustlab.corruptions.writer import layout_corruptions, write_c_layout
     from robustlab.data import load_dataset
     from robustlab.device import resolve_device
     from robustlab.evaluate import corruption_suite
     from robustlab.progress import progress_bars
 
     suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
-    if any(c.param is not None for c in suite.cells):
-        raise RobustlabError(f"suite {suite.name} defines its own levels; the CIFAR-10-C layout holds severities "
-                             "1..5 of the parameter table only")
-    names = list(dict.fromkeys(c.corruption for c in suite.cells))
+    names = layout_corruptions(suite)
     base = load_dataset(args.dataset, args.data_dir, args.split)
     paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                            batch_size=args.batch_size, device=resolve_device(args.device),
@@ -298,24 +295,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from robustlab import __version__
-    parser = _Parser(prog="robustlab", description="Robustness evaluation of image classifiers.")
-    parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    fmt = argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its name, help and examples, the arguments it takes and what it runs."""
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None
+    formatter_class: type = argparse.RawDescriptionHelpFormatter
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint", formatter_class=fmt, epilog="""examples:
-  robustlab eval --ckpt zoo:sdnet18-digits --dataset digits
-  robustlab eval --ckpt sdnet18/model_best.pth.tar --dataset cifar10 --data-dir ~/data/cifar-10-batches-py
-  robustlab eval --ckpt resnet.pt --arch resnet18 --dataset cifar10 --data-dir D --n 1000 --out runs/r18
-  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c --c-dir ~/data/CIFAR-10-C
-  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5
-  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
-  robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --queries 1000 \
-      --transfer-from zoo:sdnet18-digits
-  torchrun --nproc-per-node 4 -m robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c
-      (one process per GPU; the images are sharded, rank 0 writes; results equal a single-process run)""")
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
                                                  "evaluates several models on the same cells")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
@@ -356,13 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-config-change", action="store_true",
                    help="resume into --out although its run was made with other arguments (each row keeps its own)")
     _add_common(p)
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("calibrate", help="Algorithm 1: fit lambda against the CSC residual on synthetic noise",
-                       formatter_class=fmt, epilog="""examples:
-  robustlab calibrate --ckpt zoo:sdnet18-digits --dataset digits --out calib.json
-  robustlab calibrate --ckpt sdnet18.pth.tar --dataset cifar10 --data-dir D --noise shot --lambdas official --out c.json
-the calibration images come from the train split (disjoint from the test images) unless --split says otherwise""")
+
+def _calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--arch")
     _add_official_config(p)
@@ -381,12 +368,9 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--out", required=True, help="calibration JSON (a figure is written beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (and its figure)")
     _add_common(p)
-    p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("train", help="train a model from scratch (SGD, cosine schedule)", formatter_class=fmt,
-                       epilog="""examples:
-  robustlab train --arch sdnet18 --dataset digits --width 0.25 --epochs 30 --out sdnet18-digits.pt
-  robustlab train --arch resnet18 --dataset cifar10 --data-dir D --epochs 200 --batch-size 128 --lr 0.1 --out r18.pt""")
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
@@ -400,14 +384,9 @@ the calibration images come from the train split (disjoint from the test images)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="checkpoint file to write")
     _add_common(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("fit-rdsn", help="fit a random depthwise signed network: random features + linear SVM",
-                       formatter_class=fmt, epilog="""examples:
-  robustlab fit-rdsn --dataset digits --pool avg --out rdsn-digits.pt
-  robustlab fit-rdsn --dataset cifar10 --data-dir D --k 4096 --depth 3 --out rdsn-c10.pt
-no backpropagation: the random filters come from --seed (the checkpoint stores the seed, not the filters); only
-the standardization and a linear SVM on the k features are fitted on the train split""")
+
+def _fit_rdsn_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--k", type=_positive_int, default=2048, help="number of random blocks = features (default 2048)")
@@ -420,20 +399,16 @@ the standardization and a linear SVM on the k features are fitted on the train s
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--out", required=True, help="checkpoint file to write")
     _add_common(p)
-    p.set_defaults(func=cmd_fit_rdsn)
 
-    p = sub.add_parser("demo", help="the whole pipeline on built-in digits and shipped checkpoints",
-                       formatter_class=fmt, epilog="example:\n  robustlab demo --out runs/demo")
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive_int, help="first N test images only (default all 450)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--out", help="run directory (default runs/digits-<time>)")
     _add_common(p)
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",
-                       formatter_class=fmt, epilog="""examples:
-  robustlab corrupt --dataset cifar10 --data-dir D --out cifar10-c
-  robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1""")
+
+def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--split", help="default: the evaluation split")
@@ -446,46 +421,107 @@ the standardization and a linear SVM on the k features are fitted on the train s
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     _add_common(p)
-    p.set_defaults(func=cmd_corrupt)
 
-    p = sub.add_parser("metrics", help="mean corruption accuracy, mCE and relative mCE of result files",
-                       formatter_class=fmt, epilog="""examples:
-  robustlab metrics runs/sdnet runs/resnet --baseline resnet18
-  robustlab metrics runs/in-c/results.csv --alexnet""")
+
+def _metrics_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", help="results.csv files or run directories")
     p.add_argument("--baseline", help="model name (or results file) whose errors normalize CE")
     p.add_argument("--alexnet", action="store_true", help="also ImageNet-C mCE normalized by AlexNet's errors")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_metrics)
 
-    p = sub.add_parser("report", help="compare runs: Markdown and HTML tables, PNG/SVG figures", formatter_class=fmt,
-                       epilog="""examples:
-  robustlab report runs/sdnet runs/resnet --baseline resnet18 --out reports/cmp
-  robustlab report runs/demo-20261122-1200 --out /tmp/demo-report   # then open /tmp/demo-report/report.html""")
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run directories (or results.csv files)")
     p.add_argument("--baseline", help="model (variant) whose errors normalize CE / mCE")
     p.add_argument("--out", required=True, help="directory for report.md, report.html and figures")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("regress", help="CI gate: fail on a significant drop of any cell's accuracy",
-                       formatter_class=fmt, epilog="""examples:
-  robustlab regress reports/baseline.csv runs/ci/results.csv
-  robustlab regress base.csv new.csv --max-drop 2 --alpha 0.01
-exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (two-proportion z-test);
-exit 1: some did (listed); exit 2: a baseline cell is missing or the files' schemas differ""")
+
+def _regress_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("baseline", help="baseline results.csv (or run directory)")
     p.add_argument("current", help="current results.csv (or run directory)")
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a cell may lose (default 1.0)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--json", action="store_true", help="every matched cell as JSON instead of the table")
-    p.set_defaults(func=cmd_regress)
 
-    p = sub.add_parser("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
-                       epilog="example: robustlab list models")
+
+def _list_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("what", choices=["models", "datasets", "corruptions", "attacks", "suites", "zoo"])
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
+
+
+COMMANDS = (
+    Command("eval", help="evaluate a checkpoint", epilog="""examples:
+  robustlab eval --ckpt zoo:sdnet18-digits --dataset digits
+  robustlab eval --ckpt sdnet18/model_best.pth.tar --dataset cifar10 --data-dir ~/data/cifar-10-batches-py
+  robustlab eval --ckpt resnet.pt --arch resnet18 --dataset cifar10 --data-dir D --n 1000 --out runs/r18
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c --c-dir ~/data/CIFAR-10-C
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions gaussian_noise,fog --severities 1,3,5
+  robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --attack pgd-linf --eps 2/255,4/255,8/255 --steps 10
+  robustlab eval --ckpt zoo:resnet18-digits --dataset digits --attack square --eps 8/255 --queries 1000 \
+      --transfer-from zoo:sdnet18-digits
+  torchrun --nproc-per-node 4 -m robustlab eval --ckpt m.pt --dataset cifar10 --data-dir D --corruptions cifar10-c
+      (one process per GPU; the images are sharded, rank 0 writes; results equal a single-process run)""",
+            arguments=_eval_arguments, run=cmd_eval),
+    Command("calibrate", help="Algorithm 1: fit lambda against the CSC residual on synthetic noise",
+            epilog="""examples:
+  robustlab calibrate --ckpt zoo:sdnet18-digits --dataset digits --out calib.json
+  robustlab calibrate --ckpt sdnet18.pth.tar --dataset cifar10 --data-dir D --noise shot --lambdas official --out c.json
+the calibration images come from the train split (disjoint from the test images) unless --split says otherwise""",
+            arguments=_calibrate_arguments, run=cmd_calibrate),
+    Command("train", help="train a model from scratch (SGD, cosine schedule)",
+            epilog="""examples:
+  robustlab train --arch sdnet18 --dataset digits --width 0.25 --epochs 30 --out sdnet18-digits.pt
+  robustlab train --arch resnet18 --dataset cifar10 --data-dir D --epochs 200 --batch-size 128 --lr 0.1 --out r18.pt""",
+            arguments=_train_arguments, run=cmd_train),
+    Command("fit-rdsn", help="fit a random depthwise signed network: random features + linear SVM",
+            epilog="""examples:
+  robustlab fit-rdsn --dataset digits --pool avg --out rdsn-digits.pt
+  robustlab fit-rdsn --dataset cifar10 --data-dir D --k 4096 --depth 3 --out rdsn-c10.pt
+no backpropagation: the random filters come from --seed (the checkpoint stores the seed, not the filters); only
+the standardization and a linear SVM on the k features are fitted on the train split""",
+            arguments=_fit_rdsn_arguments, run=cmd_fit_rdsn),
+    Command("demo", help="the whole pipeline on built-in digits and shipped checkpoints",
+            epilog="example:\n  robustlab demo --out runs/demo",
+            arguments=_demo_arguments, run=cmd_demo),
+    Command("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",
+            epilog="""examples:
+  robustlab corrupt --dataset cifar10 --data-dir D --out cifar10-c
+  robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1""",
+            arguments=_corrupt_arguments, run=cmd_corrupt),
+    Command("metrics", help="mean corruption accuracy, mCE and relative mCE of result files",
+            epilog="""examples:
+  robustlab metrics runs/sdnet runs/resnet --baseline resnet18
+  robustlab metrics runs/in-c/results.csv --alexnet""",
+            arguments=_metrics_arguments, run=cmd_metrics),
+    Command("report", help="compare runs: Markdown and HTML tables, PNG/SVG figures",
+            epilog="""examples:
+  robustlab report runs/sdnet runs/resnet --baseline resnet18 --out reports/cmp
+  robustlab report runs/demo-20261122-1200 --out /tmp/demo-report   # then open /tmp/demo-report/report.html""",
+            arguments=_report_arguments, run=cmd_report),
+    Command("regress", help="CI gate: fail on a significant drop of any cell's accuracy",
+            epilog="""examples:
+  robustlab regress reports/baseline.csv runs/ci/results.csv
+  robustlab regress base.csv new.csv --max-drop 2 --alpha 0.01
+exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (two-proportion z-test);
+exit 1: some did (listed); exit 2: a baseline cell is missing or the files' schemas differ""",
+            arguments=_regress_arguments, run=cmd_regress),
+    Command("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
+            epilog="example: robustlab list models",
+            arguments=_list_arguments, run=cmd_list),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robustlab import __version__
+    parser = _Parser(prog="robustlab", description="Robustness evaluation of image classifiers.")
+    parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, epilog=command.epilog,
+                           formatter_class=command.formatter_class)
+        command.arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

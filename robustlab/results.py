@@ -5,11 +5,18 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from robustlab.errors import RobustlabError
 from robustlab.files import append_synced
 from robustlab.schema import COLUMNS, Record, cell_key, format_value
+
+
+class Store(Protocol):
+    """Where the runner puts records: the cells it already holds, and one append per finished cell."""
+    done: set[tuple[str, ...]]
+
+    def append(self, record: Record) -> None: ...
 
 
 class ResultStore:

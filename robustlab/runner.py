@@ -25,7 +25,7 @@ from robustlab.data import ImageSet, to_pixels
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
-from robustlab.results import ResultStore
+from robustlab.results import Store
 from robustlab.schema import NONE, SUBSAMPLED_FLAG, LambdaMode, Record, cell_key
 
 
@@ -58,7 +58,7 @@ def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info:
 
 
 def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],
-              info: RunInfo, store: ResultStore | None, progress: ProgressFactory, *,
+              info: RunInfo, store: Store | None, progress: ProgressFactory, *,
               sources: dict[str, RobustModel] | None = None, log: Callable[[str], None] = lambda _: None
               ) -> list[Record]:
     """Evaluate every (cell, model, lambda setting) not already in the store, appending each record to the store

@@ -49,6 +49,21 @@ def write_imagenet(root: Path, *, classes: int = 3, per_class: int = 2, seed: in
     return root
 
 
+def write_idx(root: Path, *, split: str = "test", n: int = 12, seed: int = 0, gz: bool = True) -> Path:
+    """MNIST-family IDX files (`t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`) as Debian and
+    torchvision's raw/ folder hold them."""
+    import gzip
+    rng = np.random.default_rng(seed)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    root.mkdir(parents=True, exist_ok=True)
+    for kind, magic, data in (("images-idx3", 2051, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)),
+                              ("labels-idx1", 2049, rng.integers(0, 10, n, dtype=np.uint8))):
+        raw = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in data.shape) + data.tobytes()
+        path = root / (f"{prefix}-{kind}-ubyte" + (".gz" if gz else ""))
+        path.write_bytes(gzip.compress(raw) if gz else raw)
+    return root
+
+
 def tiny_model(arch: str = "sdnet18", *, num_classes: int = 10, size: int = 32, seed: int = 0,
                **kwargs) -> RobustModel:
     imagenet = size > 64

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from robustlab.corruptions.engine import corrupt
+from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
 from robustlab.data.npy import NpyWriter
 from robustlab.errors import RobustlabError
@@ -20,6 +21,14 @@ from robustlab.progress import ProgressFactory
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with which settings
+
+
+def layout_corruptions(suite: CorruptionSuite) -> list[str]:
+    """The corruptions of a suite that a CIFAR-10-C layout can hold (severities 1..5 of a parameter table)."""
+    if any(c.param is not None for c in suite.cells):
+        raise RobustlabError(f"suite {suite.name} defines its own levels; the CIFAR-10-C layout holds severities "
+                             "1..5 of the parameter table only: pass a suite without [levels]")
+    return list(dict.fromkeys(c.corruption for c in suite.cells))
 
 
 def layout_description(base: ImageSet, *, table: str, seed: int, total: int) -> dict[str, Any]:

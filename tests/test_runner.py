@@ -1,0 +1,52 @@
+"""run_cells on its own: a fake image set, an in-memory store, a tiny model; no files, no CLI."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from robustlab.attacks import make_spec
+from robustlab.cells import Cell, LambdaSetting, ModelPlan
+from robustlab.counting import RunInfo
+from robustlab.data import ArrayImageSet
+from robustlab.progress import progress_bars
+from robustlab.runner import run_cells
+from robustlab.schema import LambdaMode, Record, cell_key
+from tests.conftest import tiny_model
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.done: set[tuple[str, ...]] = set()
+        self.records: list[Record] = []
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.done.add(cell_key(record.row()))
+
+
+def fake_set(n: int = 12) -> ArrayImageSet:
+    rng = np.random.default_rng(0)
+    return ArrayImageSet(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n), name="fake",
+                         split="test", num_classes=10)
+
+
+def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
+    data = fake_set()
+    model = tiny_model("sdnet18")
+    plan = ModelPlan(model, "sha", [LambdaSetting(LambdaMode.FIXED, 0.1), LambdaSetting(LambdaMode.FIXED, 0.5)])
+    cells = [Cell(), Cell(attack=make_spec("pgd-linf", eps="2/255", steps=1))]
+    info = RunInfo(seed=3, batch_size=5, device=torch.device("cpu"), diagnostics=False)
+    store = MemoryStore()
+    records = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
+    assert len(records) == len(store.records) == 4
+    clean = [r for r in records if r.attack == "none"]
+    with torch.no_grad():
+        model.net.layer0[0].lmbda = 0.1
+        want = int((model(torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255).argmax(1)
+                    == torch.from_numpy(data.labels)).sum())
+    assert clean[0].correct == want and clean[0].n == 12 and clean[0].lambda_ == 0.1
+    attacked = [r for r in records if r.attack == "pgd-linf"]
+    assert all(a.correct <= c.correct for a, c in zip(attacked, clean))
+    assert attacked[0].batch_size == 5 and attacked[0].steps == 1 and attacked[0].flags_model == model.name
+    again = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
+    assert again == [] and len(store.records) == 4, "cells already in the store are not run again"
