@@ -103,7 +103,8 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             for i in range(0, n, bs):
-                corrupt(x[i:i + bs], name, args.severity, table=args.table, seed=0, start=i, device=device)
+                corrupt(x[i:i + bs], name, args.severity, table=args.table, seed=0, start=i, device=device,
+                        reencode=False)
             sync()
             return time.perf_counter() - t0
 

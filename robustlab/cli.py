@@ -181,7 +181,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     base = load_dataset(args.dataset, args.data_dir, args.split)
     paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                            batch_size=args.batch_size, device=resolve_device(args.device),
-                           progress=progress_bars(args.quiet), overwrite=args.overwrite)
+                           progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode)
     print(json.dumps([str(p) for p in paths]) if args.json else f"wrote {len(paths)} corruptions and labels.npy "
           f"to {args.out}")
     return 0

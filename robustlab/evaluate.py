@@ -14,6 +14,7 @@ from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.config import EvalConfig
+from robustlab.corruptions.engine import reencode_quality
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.counting import BatchLimit, RunInfo
 from robustlab.data import DATASETS, ImageSet, load_dataset
@@ -47,14 +48,15 @@ def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | Non
 
 
 def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: str | None, cache_dir: Path | None,
-                device: Any, log: Callable[[str], None] = lambda _: None) -> Callable[[Cell], ImageSet]:
+                device: Any, log: Callable[[str], None] = lambda _: None,
+                reencode: bool | None = None) -> Callable[[Cell], ImageSet]:
     """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones."""
     def images(cell: Cell) -> ImageSet:
         if cell.corruption == "none":
             return base
         if c_dir is None:
             return GeneratedImageSet(base, cell.corruption, cell.severity, table=table, seed=seed, param=cell.param,
-                                     cache_dir=cache_dir, device=device, log=log)
+                                     cache_dir=cache_dir, device=device, log=log, reencode=reencode)
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
                                  "published file holds; drop --c-dir to generate it")
@@ -147,7 +149,7 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
                 run.warn(message)
 
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
-                         cache_dir=default_cache_dir(), device=dev, log=log)
+                         cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None)
     plans = lambda_plans(models, lambda_value=cfg.lambda_value, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:
@@ -192,6 +194,7 @@ def _describe(run: RunDir, plans: Sequence[ModelPlan], suite: CorruptionSuite | 
     if suite is not None:
         run.describe("corruption_suite", {
             "name": suite.name, "table": suite.table, "description": suite.description,
+            "jpeg_reencode_quality": reencode_quality(suite.table, suite.reencode),
             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells if c.param is not None}})
     for plan in plans:
         settings = plan.model.csc_settings

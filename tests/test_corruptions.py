@@ -282,7 +282,7 @@ def test_severity_is_monotone_where_the_tables_say_so(table):
 def test_deterministic_corruptions_match_imagecorruptions(name, ic):
     x = photos224()
     for severity in range(1, 6):
-        ours = corrupt(x, name, severity, table="imagenet")
+        ours = corrupt(x, name, severity, table="imagenet", reencode=False)
         np.random.seed(0)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in x])
         assert within_one(ours, theirs) >= 0.999, (name, severity)
@@ -297,7 +297,7 @@ def test_pixelate_is_pil_box_down_and_up_as_published(table):
             c = parameter("pixelate", severity, table)
             ref = np.stack([np.asarray(Image.fromarray(im).resize((int(w * c), int(h * c)), Image.BOX)
                                        .resize((w, h), Image.BOX)) for im in x])
-            np.testing.assert_array_equal(corrupt(x, "pixelate", severity, table=table), ref,
+            np.testing.assert_array_equal(corrupt(x, "pixelate", severity, table=table, reencode=False), ref,
                                           err_msg=f"{h}x{w} severity {severity}")
 
 
@@ -312,7 +312,8 @@ def test_accelerator_paths_give_the_cpu_paths_bytes(name, table):
         for severity in range(1, 6):
             p = parameter(name, severity, table)
             np.testing.assert_array_equal(engine.run(spec.on_accelerator, "torch", x, p, None, "cpu"),
-                                          corrupt(x, name, severity, table=table), err_msg=f"{h}x{w} {severity}")
+                                          corrupt(x, name, severity, table=table, reencode=False),
+                                          err_msg=f"{h}x{w} {severity}")
 
 
 @pytest.mark.parametrize("border", [cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE])
@@ -336,7 +337,7 @@ def test_gaussian_blur_is_scipys_gaussian_filter(table):
         sigma = parameter("gaussian_blur", severity, table)
         ref = to_u8(np.clip(ndimage.gaussian_filter(x / 255.0, sigma=(0, sigma, sigma, 0), mode="nearest",
                                                     truncate=4.0), 0, 1) * 255)
-        assert within_one(corrupt(x, "gaussian_blur", severity, table=table), ref) >= 0.999, severity
+        assert within_one(corrupt(x, "gaussian_blur", severity, table=table, reencode=False), ref) >= 0.999, severity
 
 
 # ---------------------------------------------------------- published code, rewritten, fed the same numbers
@@ -478,7 +479,7 @@ def test_noise_matches_imagecorruptions_in_distribution(name, ic):
     x = photos224()
     clean = np.repeat(x, 2, axis=0).astype(np.float64)
     for severity in range(1, 6):
-        ours = corrupt(np.repeat(x, 2, axis=0), name, severity, table="imagenet", seed=severity)
+        ours = corrupt(np.repeat(x, 2, axis=0), name, severity, table="imagenet", reencode=False, seed=severity)
         np.random.seed(severity)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in np.repeat(x, 2, axis=0)])
         _agree(ours - clean, theirs - clean, f"{name} {severity} mean")
@@ -491,7 +492,7 @@ def test_impulse_noise_flips_the_same_fraction_as_imagecorruptions(ic, icc, monk
     for severity in range(1, 6):
         # skimage's random_noise ignores numpy's global seed: give it one
         monkeypatch.setattr(icc.sk.util, "random_noise", functools.partial(skimage.util.random_noise, rng=severity))
-        ours = corrupt(x, "impulse_noise", severity, table="imagenet", seed=severity)
+        ours = corrupt(x, "impulse_noise", severity, table="imagenet", reencode=False, seed=severity)
         theirs = np.stack([ic(im, corruption_name="impulse_noise", severity=severity) for im in x])
         for level in (0, 255):
             _agree((ours == level) & (x != level), (theirs == level) & (x != level), f"{severity} set to {level}")
@@ -509,7 +510,7 @@ def test_weather_and_motion_match_imagecorruptions_in_distribution(name, ic, mon
     x = np.repeat(photos224(), 6, axis=0)
     clean = x.astype(np.float64)
     for severity in (1, 3, 5):
-        ours = corrupt(x, name, severity, table="imagenet", seed=severity).astype(np.float64) - clean
+        ours = corrupt(x, name, severity, table="imagenet", reencode=False, seed=severity).astype(np.float64) - clean
         np.random.seed(severity)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in x]).astype(np.float64) - clean
         _agree(ours.mean(axis=(1, 2, 3)), theirs.mean(axis=(1, 2, 3)), f"{name} {severity} mean")
@@ -520,7 +521,7 @@ def test_weather_and_motion_match_imagecorruptions_in_distribution(name, ic, mon
 def test_our_versions_of_the_corruptions_broken_in_imagecorruptions_work(name):
     x = photos224()
     for severity in range(1, 6) if name != "glass_blur" else (1, 5):
-        out = corrupt(x, name, severity, table="imagenet", seed=2)
+        out = corrupt(x, name, severity, table="imagenet", reencode=False, seed=2)
         assert out.shape == x.shape and out.dtype == np.uint8
         assert 0 < np.abs(out.astype(float) - x).mean() < 100  # changed, and still an image of the same scene
 
@@ -535,3 +536,18 @@ def test_compiled_glass_blur_is_byte_identical_with_the_same_random_numbers(tabl
             want = [to_u8(python_glass_blur(img / 255.0, c, make(severity + k))) for k, img in enumerate(x)]
             got = uint8_batch.glass_blur(x, c, [make(severity + k) for k in range(len(x))])
             assert np.array_equal(got, np.stack(want)), (table, h, w, severity)
+
+
+def test_imagenet_table_is_reencoded_as_the_published_jpeg_files_unless_switched_off():
+    import io
+    x = photos(2, 224, 224)
+    for name in ("gaussian_noise", "fog", "contrast"):
+        raw = corrupt(x, name, 3, table="imagenet", seed=1, reencode=False)
+        published = []
+        for im in raw:  # make_imagenet_c.py: Image.save(quality=85, optimize=True), then read back
+            buffer = io.BytesIO()
+            Image.fromarray(im).save(buffer, format="JPEG", quality=85, optimize=True)
+            published.append(np.asarray(Image.open(buffer).convert("RGB")))
+        assert np.array_equal(corrupt(x, name, 3, table="imagenet", seed=1), np.stack(published)), name
+    assert np.array_equal(corrupt(x[:, :32, :32], "fog", 3, table="cifar", seed=1),
+                          corrupt(x[:, :32, :32], "fog", 3, table="cifar", seed=1, reencode=False))

@@ -48,6 +48,18 @@ for _family, _names in _FAMILIES.items():
 assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
 
 
+# The published files of a table were saved as JPEG at this quality (make_imagenet_c.py: quality=85,
+# optimize=True, which changes only the entropy coding); CIFAR-10-C was saved as raw uint8 arrays.
+PUBLISHED_JPEG_QUALITY = {"imagenet": 85, "cifar": None}
+
+
+def reencode_quality(table: str, reencode: bool | None) -> int | None:
+    """The JPEG quality generated images are re-encoded at (None: not re-encoded)."""
+    if reencode is False:
+        return None
+    return PUBLISHED_JPEG_QUALITY[table] or (85 if reencode else None)
+
+
 def parameter(name: str, severity: int, table: str) -> Any:
     """The published parameter of a corruption at a severity in a table ('cifar' or 'imagenet')."""
     if table not in TABLES:
@@ -80,10 +92,12 @@ class ImageStreams(Sequence):
 
 
 def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar", seed: int = 0,
-            start: int = 0, device: str | torch.device = "cpu", param: Any = None) -> np.ndarray:
+            start: int = 0, device: str | torch.device = "cpu", param: Any = None,
+            reencode: bool | None = None) -> np.ndarray:
     """Corrupt uint8 images (N, H, W, 3) or grayscale (N, H, W[, 1]); image i uses index start + i for its seed.
 
-    `param` overrides the table's value (suite files may define their own levels).
+    `param` overrides the table's value (suite files may define their own levels). `reencode` (default: the
+    table's published practice) re-encodes the result as JPEG, as ImageNet-C's files were saved (quality 85).
     """
     spec = CORRUPTIONS.get(name)
     p = parameter(name, severity, table) if param is None else param
@@ -99,6 +113,9 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
         out = run(spec.on_accelerator, "torch", rgb, p, rngs, device)
     else:
         out = run(spec.fn, spec.kind, rgb, p, rngs, device)
+    quality = reencode_quality(table, reencode)
+    if quality is not None:
+        out = uint8_batch.jpeg_compression(out, quality, rngs)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")
         out = np.clip(np.floor(out @ np.array([0.299, 0.587, 0.114]) + 0.5), 0, 255).astype(np.uint8)
         out = out.reshape(images.shape)

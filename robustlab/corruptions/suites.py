@@ -1,6 +1,7 @@
 """Corruption suites: which corruptions, severities (or explicit levels) and parameter table a run uses."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from robustlab.corruptions.tables import TABLES
 from robustlab.errors import RobustlabError
 from robustlab.suites import read_toml, resolve_suite, suite_error, suite_names
 
-KEYS = {"description", "table", "severities", "corruptions", "levels"}
+KEYS = {"description", "table", "severities", "corruptions", "levels", "reencode"}
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,13 @@ class CorruptionCell:
 
 @dataclass(frozen=True)
 class CorruptionSuite:
+    """`reencode`: whether generated images are re-encoded as the published files were (JPEG quality 85 for
+    ImageNet-C); None: the table's published practice (engine.PUBLISHED_JPEG_QUALITY)."""
     name: str
     description: str
     table: str
     cells: tuple[CorruptionCell, ...]
+    reencode: bool | None = None
 
 
 def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
@@ -52,10 +56,17 @@ def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
         if not (isinstance(values, list) and values):
             raise suite_error(path, name, "levels must be a non-empty list of parameter values")
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float, list)):
+            numbers = v if isinstance(v, list) else [v]
+            if isinstance(v, bool) or not numbers or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
                 raise suite_error(path, name, f"level {v!r} is not a number or a list of numbers")
+            if not all(math.isfinite(x) and x >= 0 for x in numbers):
+                raise suite_error(path, name, f"level {v!r} must be finite and >= 0")
         cells += [CorruptionCell(name, i, tuple(v) if isinstance(v, list) else v) for i, v in enumerate(values, 1)]
-    return CorruptionSuite(path.stem, str(data.get("description", "")), table, tuple(cells))
+    reencode = data.get("reencode")
+    if reencode is not None and not isinstance(reencode, bool):
+        raise suite_error(path, "reencode", f"{reencode!r} must be true or false")
+    return CorruptionSuite(path.stem, str(data.get("description", "")), table, tuple(cells), reencode)
 
 
 def load_corruption_suite(name_or_path: str | Path) -> CorruptionSuite:

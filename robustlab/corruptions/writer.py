@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from robustlab.corruptions.engine import corrupt
+from robustlab.corruptions.engine import corrupt, reencode_quality
 from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
 from robustlab.data.npy import NpyWriter
@@ -62,12 +62,13 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
                    n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
-                   overwrite: bool = False) -> list[Path]:
+                   overwrite: bool = False, reencode: bool | None = None) -> list[Path]:
     """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
     like the published files). An interrupted run into the same --out keeps the corruptions it finished."""
     out = Path(out)
     total = len(base) if n is None else min(n, len(base))
-    description = layout_description(base, table=table, seed=seed, total=total)
+    description = {**layout_description(base, table=table, seed=seed, total=total),
+                   "jpeg": reencode_quality(table, reencode)}
     _check_out(out, description, overwrite)
     labels = base.label_array(total)
     if labels.size and (labels.min() < 0 or labels.max() > 255):
@@ -93,7 +94,7 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
                 start = 0
                 for images, _ in base.batches(batch_size, total):
                     batch = corrupt(images.permute(0, 2, 3, 1).numpy(), name, s, table=table, seed=seed,
-                                    start=start, device=device)
+                                    start=start, device=device, reencode=reencode)
                     arr.append(batch)
                     start += len(batch)
                     next(ticks, None)

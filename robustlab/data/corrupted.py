@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from robustlab import corruptions
-from robustlab.corruptions.engine import ENGINE_VERSION
+from robustlab.corruptions.engine import ENGINE_VERSION, reencode_quality
 from robustlab.data.base import ArrayImageSet, Batch, ImageSet, check_labels, check_pixels
 from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
@@ -80,12 +80,13 @@ class GeneratedImageSet(ImageSet):
 
     def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
                  param: float | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None, reencode: bool | None = None) -> None:
         self.base, self.corruption, self.severity = base, corruption, severity
         self.table, self.seed, self.param, self.device = table, seed, param, device
         self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
         self.image_size = base.image_size
         self.cache_dir, self.log = cache_dir, log
+        self.reencode = reencode
         self._digests: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -98,7 +99,8 @@ class GeneratedImageSet(ImageSet):
         if n not in self._digests:
             self._digests[n] = content_digest(self.base, n)
         return {"source": self._digests[n], "images": n, "engine": ENGINE_VERSION, "table": self.table,
-                "seed": self.seed, "corruption": self.corruption, "severity": self.severity, "level": self.param}
+                "seed": self.seed, "corruption": self.corruption, "severity": self.severity, "level": self.param,
+                "jpeg": reencode_quality(self.table, self.reencode)}
 
     def _cache_path(self, key: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -153,7 +155,8 @@ class GeneratedImageSet(ImageSet):
             for index, (images, labels) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
                 hwc = images.permute(0, 2, 3, 1).numpy()
                 out = corruptions.corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,
-                              start=index * batch_size, device=self.device, param=self.param)
+                              start=index * batch_size, device=self.device, param=self.param,
+                              reencode=self.reencode)
                 if writer is not None:
                     writer.append(out)  # complete after the last batch: named before that batch is yielded
                     if writer.committed:
