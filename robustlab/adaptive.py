@@ -165,6 +165,12 @@ def load_calibration(path: str | Path, *, sha256: str | None = None) -> Calibrat
         raise RobustlabError(f"{path} is a malformed calibration file ({e}); recalibrate") from None
     if not calib.sweep or not calib.grid or not calib.points:
         raise RobustlabError(f"{path} holds an empty sweep; recalibrate with robustlab calibrate")
+    grid = calib.grid if isinstance(calib.grid, list) else [calib.grid]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in grid):
+        bad = next(v for v in grid if not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                           and math.isfinite(v) and v >= 0))
+        raise RobustlabError(f"{path}: lambda grid value {bad!r} is not a finite number >= 0; recalibrate with "
+                             "robustlab calibrate")
     if not all(math.isfinite(v) for v in (calib.fit.a, calib.fit.b)):
         raise RobustlabError(f"{path} has a non-finite fit (a={calib.fit.a}, b={calib.fit.b}); recalibrate")
     if sha256 is not None and calib.checkpoint_sha256 != sha256:

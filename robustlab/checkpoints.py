@@ -331,7 +331,11 @@ def load_robustbench(spec: str) -> RobustModel:
                              f"internet (robustbench.utils.load_model) and copy it there, or set {ROBUSTBENCH_DIR_ENV}")
     net = zoo[name]["model"]()
     sd = official_state_dict(read_checkpoint(path), path)  # RobustBench itself loads without weights_only
-    net.load_state_dict(sd)
+    try:
+        net.load_state_dict(sd)
+    except RuntimeError as e:  # torch lists every key: keep the first line
+        raise RobustlabError(f"{path} does not hold the weights of RobustBench's {name} ({_first_line(e)}); copy "
+                             "the file of that model there again") from None
     classes = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[dataset]
     size = 224 if dataset == "imagenet" else 32
     # RobustBench models take [0, 1] pixels and normalize inside themselves

@@ -156,6 +156,10 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
     label = f"{models[0].name}-{cfg.dataset}" if len(models) == 1 else cfg.dataset
+    for given, what in ((cfg.data_dir, "--data-dir"), (cfg.c_dir, "--c-dir")):
+        if cfg.out is not None and given is not None and _inside(Path(cfg.out), Path(given)):
+            raise RobustlabError(f"--out {cfg.out} lies inside {what} {given}; write the run elsewhere (pass another "
+                                 "--out), so that the data stay as they are")
     out = Path(cfg.out) if cfg.out is not None else shard.broadcast(default_run_dir(label))  # one name on all ranks
     run = RunDir(out, arguments=cfg.to_manifest(), device=dev, allow_config_change=cfg.allow_config_change) \
         if shard.main else None
@@ -182,6 +186,11 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
         raise error from None
     run.finish()
     return run, records
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
 
 def _first_line(e: BaseException) -> str:

@@ -259,7 +259,18 @@ def negative_lambda(w):
     return [*w.eval, "--lambda", "-0.1"], ["--lambda -0.1", "finite number >= 0"]
 
 
-REFUSED_UP_FRONT = [out_holds_another_tools_files, out_holds_a_planted_link, out_is_empty_text,
+def out_inside_the_data_directory(w):
+    return [*w.eval, "--out", w.data / "run"], ["lies inside --data-dir", "pass another --out"]
+
+
+def float_labels_in_c_dir(w):
+    np.save(w.c_dir / "labels.npy", np.load(w.c_dir / "labels.npy").astype(np.float32))
+    return [*w.eval, "--c-dir", w.c_dir, "--corruptions", "fog", "--severities", "1"], \
+        ["labels.npy", "float32", "store them as integers"]
+
+
+REFUSED_UP_FRONT = [out_inside_the_data_directory, float_labels_in_c_dir, out_holds_another_tools_files,
+                    out_holds_a_planted_link, out_is_empty_text,
                     resume_with_results_linked_outside, resume_of_another_schema, seed_beyond_32_bits, negative_lambda,
                     truncated_checkpoint, code_pickle, code_in_torch_zip, wrong_arch, empty_dataset,
                     empty_corrupted_file, label_too_large, label_negative, label_out_of_range_in_a_later_severity,

@@ -247,3 +247,10 @@ def test_mce_says_how_many_corruptions_it_covers():
     accs = {("fog", sev): 0.5 for sev in range(1, 6)} | {("snow", sev): 0.4 for sev in range(1, 4)}
     alex = corruption_summary(pd.DataFrame(_rows("m", 0.7, accs)), alexnet=True).iloc[0]
     assert alex["alexnet_mCE_corruptions"] == 1
+
+
+def test_metrics_refuse_to_average_cells_of_different_sizes():
+    rows = [{**r, "n": 200 if r["corruption"] == "none" else 450}
+            for r in _rows("a", 0.9, {("fog", 1): 0.8, ("fog", 2): 0.6})]
+    with pytest.raises(RobustlabError, match="different numbers of images \\(200, 450\\)"):
+        corruption_summary(pd.DataFrame(rows))

@@ -36,6 +36,9 @@ def load_cifar_c(c_dir: str | Path, corruption: str, severity: int, *, name: str
         labels = np.load(labels_path)
     except ValueError as e:
         raise RobustlabError(f"{labels_path} is not a .npy array ({e}); save it with numpy.save") from None
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise RobustlabError(f"{labels_path} holds {labels.dtype} labels of shape {labels.shape}, not one integer "
+                             "label per image; store them as integers (labels.astype(np.uint8) for 10 or 100 classes)")
     if images.dtype != np.uint8:
         check_pixels(np.load(path, mmap_mode="r"), str(path))
     per = len(images) // 5

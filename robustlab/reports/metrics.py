@@ -98,6 +98,12 @@ def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None 
         base = _errors(base_df, name)
     rows = []
     for model in df["variant"].unique():
+        rows_n = df[(df["variant"] == model) & (df["attack"] == "none")].get("n", pd.Series(dtype=float))
+        sizes = sorted(rows_n.dropna().unique())
+        if len(sizes) > 1:
+            raise RobustlabError(f"{model}'s clean and corruption rows were evaluated on different numbers of images "
+                                 f"({', '.join(f'{s:g}' for s in sizes)}), so their mean would mix samples; "
+                                 "evaluate them at one --n (a run resumed with --allow-config-change can do this)")
         err, clean = _errors(df, model)
         row = {"model": model, "clean_accuracy": 1 - clean, "mean_corruption_accuracy": float(1 - err.mean())
                if len(err) else math.nan, "corruption_cells": len(err)}
