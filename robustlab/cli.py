@@ -16,10 +16,6 @@ from robustlab.errors import RobustlabError, write_error
 EXIT_BAD_INPUT = 2
 # a write that failed for lack of space or permission (corrupt, report, ...): one line, not a traceback
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-DEMO_MODELS = ("sdnet18-digits", "resnet18-digits")
-DEMO_CORRUPTIONS = "cifar10-c"  # the 15 benchmark corruptions with the CIFAR parameters
-DEMO_CALIBRATION_IMAGES = 300
-DEMO_ATTACKS = "digits-small"  # PGD-10 Linf at eps 1/255 and 2/255
 
 
 def _positive_int(text: str) -> int:
@@ -106,27 +102,21 @@ def _report(run, records: list, as_json: bool) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from robustlab.adaptive import calibrate_checkpoint
-    from robustlab.config import EvalConfig
-    from robustlab.evaluate import evaluate
-    from robustlab.rundir import default_run_dir, refuse_existing_run
-
-    out = Path(args.out) if args.out else default_run_dir("demo")
-    refuse_existing_run(out)  # before the calibration writes into it
-    calib_path = out / "calibration.json"
-    calib, _ = calibrate_checkpoint(f"zoo:{DEMO_MODELS[0]}", dataset="digits", split="train", noise="gaussian",
-                                    n=min(args.n or DEMO_CALIBRATION_IMAGES, DEMO_CALIBRATION_IMAGES),
-                                    batch_size=args.batch_size, device=args.device, quiet=args.quiet,
-                                    out=calib_path, figure=out / "figures" / "lambda-residual")
-    if not args.json:
-        print(f"Algorithm 1 calibration of {DEMO_MODELS[0]} (gaussian noise, digits train split): "
-              f"lambda = {calib.fit.a:.3g} * residual + {calib.fit.b:.3g}")
-    from robustlab.attacks import load_attack_suite
-    run, records = evaluate(EvalConfig(ckpts=tuple(f"zoo:{m}" for m in DEMO_MODELS), dataset="digits", n=args.n,
-                                       batch_size=args.batch_size, device=args.device, out=str(out),
-                                       quiet=args.quiet, corruptions=DEMO_CORRUPTIONS, adaptive=str(calib_path),
-                                       attacks=tuple(load_attack_suite(DEMO_ATTACKS))))
-    _report(run, records, args.json)
+    from robustlab.demo import DEMOS, compact_table, run_demo
+    result = run_demo(args.dataset, n=args.n, out=args.out, batch_size=args.batch_size, device=args.device,
+                      quiet=args.quiet)
+    if args.json or args.verbose:
+        _print_records(result.records, args.json)
+        if args.json:
+            return 0
+    a, b = result.calibration_fit
+    spec = DEMOS[args.dataset]
+    print(f"{args.dataset}{' (built-in subset)' if args.dataset == 'fashion-mnist' else ''}: Algorithm 1 "
+          f"calibrated {spec.models[0]} on gaussian noise: lambda = {a:.3g} * residual + {b:.3g}")
+    print(compact_table(result.records).to_string(index=False))
+    print("accuracy in %; corruptions: mean over the 15 benchmark corruptions x 5 severities; noise/blur/weather/"
+          "digital: family means")
+    print(f"results: {result.run.path / 'results.csv'}\nreport: {result.report.html}")
     return 0
 
 
@@ -402,9 +392,13 @@ def _fit_rdsn_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n", type=_positive_int, help="first N test images only (default all 450)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "digits"],
+                   help="fashion-mnist (the built-in subset, default) or digits")
+    p.add_argument("--n", type=_positive_int, help="first N test images per cell (default 300 on fashion-mnist, "
+                                                   "all 450 on digits)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--out", help="run directory (default runs/digits-<time>)")
+    p.add_argument("--out", help="run directory (default runs/demo-<dataset>-<time>)")
+    p.add_argument("--verbose", action="store_true", help="also print every row")
     _add_common(p)
 
 
@@ -481,7 +475,7 @@ the calibration images come from the train split (disjoint from the test images)
 no backpropagation: the random filters come from --seed (the checkpoint stores the seed, not the filters); only
 the standardization and a linear SVM on the k features are fitted on the train split""",
             arguments=_fit_rdsn_arguments, run=cmd_fit_rdsn),
-    Command("demo", help="the whole pipeline on built-in digits and shipped checkpoints",
+    Command("demo", help="the whole pipeline on built-in Fashion-MNIST (or digits) and shipped checkpoints",
             epilog="example:\n  robustlab demo --out runs/demo",
             arguments=_demo_arguments, run=cmd_demo),
     Command("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",

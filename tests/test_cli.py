@@ -97,7 +97,7 @@ def test_shipped_digits_models_are_accurate(tmp_path):
 
 def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
-    assert run_cli("demo", "--n", 24, "--out", tmp_path / "demo", "--quiet") == 0
+    assert run_cli("demo", "--dataset", "digits", "--n", 24, "--out", tmp_path / "demo", "--quiet") == 0
     printed = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert set(df["model"]) == {"sdnet18-digits", "resnet18-digits"}
