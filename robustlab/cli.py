@@ -171,7 +171,8 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     base = load_dataset(args.dataset, args.data_dir, args.split)
     paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                            batch_size=args.batch_size, device=resolve_device(args.device),
-                           progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode)
+                           progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode,
+                           workers=args.workers or os.cpu_count() or 1)
     print(json.dumps([str(p) for p in paths]) if args.json else f"wrote {len(paths)} corruptions and labels.npy "
           f"to {args.out}")
     return 0
@@ -409,6 +410,8 @@ def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
                                                 "run into it keeps its finished corruptions)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
+    p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU (default: all "
+                                                          "cores; the bytes do not depend on it)")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
     p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
     p.add_argument("--n", type=_positive_int, help="first N images only")

@@ -254,3 +254,12 @@ def test_metrics_refuse_to_average_cells_of_different_sizes():
             for r in _rows("a", 0.9, {("fog", 1): 0.8, ("fog", 2): 0.6})]
     with pytest.raises(RobustlabError, match="different numbers of images \\(200, 450\\)"):
         corruption_summary(pd.DataFrame(rows))
+
+
+def test_corrupt_gives_the_same_bytes_with_a_pool_of_workers(tmp_path):
+    for workers in (1, 2):
+        assert main(["corrupt", "--dataset", "digits", "--n", "12", "--batch-size", "5", "--corruptions",
+                     "gaussian_noise,glass_blur", "--workers", str(workers), "--out", str(tmp_path / f"w{workers}"),
+                     "--quiet"]) == 0
+    for name in ("gaussian_noise.npy", "glass_blur.npy", "labels.npy"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name

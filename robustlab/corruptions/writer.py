@@ -4,9 +4,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +24,25 @@ from robustlab.progress import ProgressFactory
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with which settings
+
+
+def _corrupt_job(job: tuple[np.ndarray, str, int, int], table: str, seed: int, reencode: bool | None) -> np.ndarray:
+    images, name, severity, start = job
+    return corrupt(images, name, severity, table=table, seed=seed, start=start, reencode=reencode)
+
+
+def _corrupted(jobs: Iterator[tuple[np.ndarray, str, int, int]], *, table: str, seed: int, device: torch.device,
+               reencode: bool | None, workers: int) -> Iterator[np.ndarray]:
+    """The corrupted batches of `jobs` (images, corruption, severity, index of the first image), in order."""
+    if workers <= 1 or device.type != "cpu":
+        for images, name, severity, start in jobs:
+            yield corrupt(images, name, severity, table=table, seed=seed, start=start, device=device,
+                          reencode=reencode)
+        return
+    # spawned, not forked: a forked copy of a process that already ran torch's OpenMP pool can hang
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(partial(_corrupt_job, table=table, seed=seed, reencode=reencode), jobs,
+                            chunksize=1)
 
 
 def layout_corruptions(suite: CorruptionSuite) -> list[str]:
@@ -62,9 +84,12 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
                    n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
-                   overwrite: bool = False, reencode: bool | None = None) -> list[Path]:
+                   overwrite: bool = False, reencode: bool | None = None, workers: int = 1) -> list[Path]:
     """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
-    like the published files). An interrupted run into the same --out keeps the corruptions it finished."""
+    like the published files). An interrupted run into the same --out keeps the corruptions it finished.
+
+    With `workers` > 1 the batches are corrupted by a pool of processes (CPU only); every image is seeded by its
+    index, so the bytes do not depend on the number of workers."""
     out = Path(out)
     total = len(base) if n is None else min(n, len(base))
     description = {**layout_description(base, table=table, seed=seed, total=total),
@@ -87,17 +112,15 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
         if path.is_file() and not overwrite:  # written whole or not at all (NpyWriter), so it is finished
             written.append(path)
             continue
-        bar = progress(range(steps), total=steps, desc=name)
-        ticks = iter(bar)
+        ticks = iter(progress(range(steps), total=steps, desc=name))
+        jobs = ((images.permute(0, 2, 3, 1).numpy(), name, s, start)
+                for s in SEVERITIES for start, (images, _) in zip(range(0, total, batch_size),
+                                                                  base.batches(batch_size, total)))
         with NpyWriter(path, (5 * total, h, w, 3), np.uint8) as arr:  # the file appears only when complete
-            for s in SEVERITIES:
-                start = 0
-                for images, _ in base.batches(batch_size, total):
-                    batch = corrupt(images.permute(0, 2, 3, 1).numpy(), name, s, table=table, seed=seed,
-                                    start=start, device=device, reencode=reencode)
-                    arr.append(batch)
-                    start += len(batch)
-                    next(ticks, None)
+            for batch in _corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode,
+                                    workers=workers):
+                arr.append(batch)
+                next(ticks, None)
         written.append(path)
     buffer = io.BytesIO()
     np.save(buffer, np.tile(labels.astype(np.uint8), 5))
