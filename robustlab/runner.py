@@ -17,7 +17,7 @@ from robustlab.cells import (
     adv_file_name,
     check_compatible,
     fixed_lambda,
-    identity,
+    identity_fields,
     make_record,
 )
 from robustlab.counting import RunInfo, checked_batches, count_correct, count_robust
@@ -30,7 +30,7 @@ from robustlab.schema import NONE, SUBSAMPLED_FLAG, LambdaMode, Record, cell_key
 
 
 @contextmanager
-def configured(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,
+def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,
                attacked: bool) -> Iterator[tuple[nn.Module, float | None]]:
     """The module to evaluate under a lambda setting, and the lambda to report (None: read per batch).
 
@@ -79,21 +79,22 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
         for plan in plans:
             check_compatible(plan.model, data)
             for setting in plan.settings:
-                lam = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
-                planned = identity(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed, lam=lam,
-                                   batch_size=info.batch_size)
-                if cell_key({**planned, "lambda": lam}) in done:
+                lambda_value = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
+                planned = identity_fields(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed,
+                                          lambda_value=lambda_value, batch_size=info.batch_size)
+                if cell_key({**planned, "lambda": lambda_value}) in done:
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
                          f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
                          str(setting.mode) if setting.mode != LambdaMode.FIXED else "")
-                own = shard.batch_indices(total, info.batch_size)
-                batches = zip(own, progress(checked_batches(data, info.batch_size, info.n, shard), total=len(own),
-                                            desc=" ".join(p for p in parts if p)))
+                shard_batches = shard.batch_indices(total, info.batch_size)
+                batches = zip(shard_batches, progress(checked_batches(data, info.batch_size, info.n, shard),
+                                                      total=len(shard_batches), desc=" ".join(p for p in parts if p)))
                 flags = [SUBSAMPLED_FLAG.format(n=setting.select_n)] if setting.subsampled(total) else []
                 flags_model = ""
-                with configured(plan.model, data, setting, info, attacked=cell.attack is not None) as (module, lam):
+                attacked = cell.attack is not None
+                with lambda_applied(plan.model, data, setting, info, attacked=attacked) as (module, lambda_value):
                     if cell.attack is None:
                         counts = count_correct(module, (b for _, b in batches), info.device,
                                                top5=data.num_classes > 5, limit=info.limit)
@@ -114,7 +115,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                               source=sources[cell.source] if cell.source else None)
                 counts = counts.merged(shard)
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
-                                     counts.lambda_mean if lam is None else lam, flags, flags_model)
+                                     counts.lambda_mean if lambda_value is None else lambda_value, flags, flags_model)
                 if store is not None:
                     store.append(record)
                 records.append(record)
