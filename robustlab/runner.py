@@ -26,7 +26,7 @@ from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 from robustlab.results import Store
-from robustlab.schema import NONE, SUBSAMPLED_FLAG, LambdaMode, Record, cell_key
+from robustlab.schema import NONE, SMALLER_BATCH_FLAG, SUBSAMPLED_FLAG, LambdaMode, Record, cell_key
 
 
 @contextmanager
@@ -113,6 +113,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                                                                                  setting)
                         counts = count_robust(module, batches, cell.attack, info, save=save,
                                               source=sources[cell.source] if cell.source else None)
+                        if info.limit.size is not None and info.limit.size < info.batch_size:
+                            flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
                 counts = counts.merged(shard)
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
                                      counts.lambda_mean if lambda_value is None else lambda_value, flags, flags_model)

@@ -46,6 +46,20 @@ FLAGS = {
     "bpda_selection": "adaptive lambda selection is not differentiable; gradients pass it by the identity (BPDA)",
 }
 SUBSAMPLED_FLAG = "lambda_from_first_{n}"  # per-set selection on a set's first n images (--select-n)
+# an attack run in smaller pieces than its row's batch_size (CUDA out of memory): its seeds, hence its adversarial
+# images, are those of that piece size
+SMALLER_BATCH_FLAG = "attacked_in_batches_of_{n}"
+
+
+def flag_meaning(flag: str) -> str:
+    """What a flag of a row's `flags` column means."""
+    for template, meaning in ((SUBSAMPLED_FLAG, "per-set lambda chosen on the set's first {n} images only"),
+                              (SMALLER_BATCH_FLAG, "attacked in pieces of {n} images (out of memory): its seeds are "
+                                                   "those of --batch-size {n}")):
+        prefix = template.split("{")[0]
+        if flag.startswith(prefix) and flag[len(prefix):].isdigit():
+            return meaning.format(n=flag[len(prefix):])
+    return FLAGS.get(flag, "see the run log")
 
 
 def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:

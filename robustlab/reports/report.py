@@ -26,7 +26,7 @@ from robustlab.reports.render import Page, ReportFigure, Section, html_page, mar
 from robustlab.reports.runs import Run, load_runs
 from robustlab.reports.style import format_eps, variant_colors
 from robustlab.reports.tables import REPORT_TABLES, ReportData
-from robustlab.schema import FLAGS
+from robustlab.schema import flag_meaning
 
 TABLES = {t.id: t.heading for t in REPORT_TABLES}  # id -> heading, in report order
 __all__ = ["TABLES", "ReportFiles", "build_report", "format_eps", "variant_colors"]
@@ -128,7 +128,7 @@ def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None
     figures = dataset_figures(df, tables["corruption-summary"], colors, fig_dir) + lambda_figures(df, runs, fig_dir)
     figures = [f for f in figures if f.paths]
     flag_names = sorted({f for s in df["flags"] for f in s.split(";") if f.strip()})
-    legend = {"warnings": [(f, FLAGS.get(f, "see the run log")) for f in flag_names]}
+    legend = {"warnings": [(f, flag_meaning(f)) for f in flag_names]}
     sections = [Section(t.id, t.heading, t.note, t.display(tables[t.id], baseline), t.empty, legend.get(t.id, []))
                 for t in REPORT_TABLES]
     intro = (f"Runs: {', '.join(r.name for r in runs)}. Variants: {', '.join(order)}."
