@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -252,3 +254,25 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
     assert select_for_set(model, batches[1::2], calib, torch.device("cpu")) != whole, "a rank alone would differ"
     with pytest.raises(RobustlabError, match="no images"):
         select_for_set(model, [], calib, torch.device("cpu"))
+
+
+def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
+    import dataclasses
+
+    from robustlab.adaptive import Fit, load_calibration, residual_grid, select_per_image
+    from robustlab.corruptions import corrupt
+    from robustlab.data import load_dataset
+    model = robustlab.load_model("zoo:sdnet18-digits")
+    calib = load_calibration(Path(__file__).parents[1] / "reports" / "adaptive-digits-calibration.json")
+    images = load_dataset("digits").images[:48]
+    for severity in (0, 3, 5):  # clean and two levels of gaussian noise: residuals across the grid's range
+        x = images if severity == 0 else corrupt(images, "gaussian_noise", severity, seed=1)
+        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
+        for fit in (calib.fit, Fit(-2e-3, 0.6, 1.0), Fit(0.0, 0.2, 1.0)):  # crossings inside and at the ends
+            c = dataclasses.replace(calib, fit=fit)
+            want = c.select(residual_grid(model, x, c.grid))
+            got, bisected = select_per_image(model, x, c)
+            assert bisected and torch.equal(got, want), (severity, fit)
+    rising = dataclasses.replace(calib, fit=Fit(1e-3, 0.0, 1.0))  # d need not be monotone: the whole grid
+    got, bisected = select_per_image(model, x, rising)
+    assert not bisected and torch.equal(got, rising.select(residual_grid(model, x, rising.grid)))

@@ -261,6 +261,23 @@ class CSCConv2d(nn.Module):
         return torch.cat(out, dim=1)
 
 
+    @torch.no_grad()
+    def residual_at(self, x: torch.Tensor, lambdas: Sequence[float], index: torch.Tensor) -> torch.Tensor:
+        """(N,) residual of image i on this layer at lambda lambdas[index[i]]: residual_grid's entries, computed
+        for one lambda per image (Algorithm 1's per-image bisection)."""
+        x = self._tiled(x)
+        A, W, s, scale = self._operator(x)
+        thetas = torch.tensor([lam * s * scale for lam in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
+        theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
+        chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] //
+                    (self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()))
+        out = []
+        for xs, th in zip(x.split(chunk), theta.split(chunk)):
+            first = F.conv2d(xs, W, stride=self.stride, padding=self.padding)
+            out.append(self._residual(xs, A, self._solve(xs, A, W, scale, th, first)))
+        return torch.cat(out)
+
+
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
     """The model's CSC layers in definition order (layer 0 is the first)."""
     return [m for m in model.modules() if isinstance(m, CSCConv2d)]
