@@ -30,9 +30,19 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     write_atomic(Path(path), (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def new_temporary(path: Path) -> tuple[int, str]:
+    """A new file of a random name beside `path`, created exclusively (a planted link or file is never written
+    through), with the permissions an ordinary new file gets (mkstemp's own are owner-only)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd, tmp
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` by `data` through an exclusively created temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = new_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -4,6 +4,7 @@ outputs replaced only on request."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -174,3 +175,13 @@ def test_outputs_are_replaced_only_with_overwrite(tmp_path, monkeypatch):
     assert cli("eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "8", "--c-dir", fresh,
                "--corruptions", "contrast", "--severities", "1", "--out", tmp_path / "e", "--quiet") == 0, \
         "corrupt's output reads back with eval --c-dir"
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    from robustlab.files import write_atomic
+    umask = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "f.json", b"{}")
+        assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644, "not mkstemp's owner-only 0600"
+    finally:
+        os.umask(umask)

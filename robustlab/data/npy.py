@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from robustlab.errors import RobustlabError
+from robustlab.files import new_temporary
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -81,7 +81,7 @@ class NpyWriter:
     def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> None:
         self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
         # a new file of a random name, created exclusively: a planted link or file is never written through
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        fd, tmp = new_temporary(self.path)
         self.tmp, self.file = Path(tmp), os.fdopen(fd, "wb")
         self.written = 0
         self.sha256 = hashlib.sha256()  # of the rows' bytes, for a checksum beside the file
