@@ -128,3 +128,13 @@ def test_fashion_mnist_without_data_dir_is_the_built_in_subset():
     assert np.bincount(data.label_array()).tolist() == [200] * 10
     with pytest.raises(RobustlabError, match="pass --data-dir"):
         load_dataset("mnist")
+
+
+def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+    root = write_imagenet(tmp_path / "val", classes=1, per_class=2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # any of the fake JPEGs is then a "bomb" (> 2x that)
+    data = load_dataset("imagenet", root)
+    with pytest.raises(RobustlabError) as e:
+        list(data.batches(2))
+    assert "cannot decode" in str(e.value) and ".JPEG" in str(e.value) and "\n" not in str(e.value)

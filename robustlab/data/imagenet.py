@@ -42,8 +42,8 @@ class _Decoded(Dataset):
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as e:
-            problem = f"cannot decode {path} ({e}); remove or replace the file"
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:  # a bomb is not an OSError
+            problem = f"cannot decode {path} ({str(e).splitlines()[0]}); remove or replace the file"
             return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, problem
         # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
         return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label, ""
