@@ -263,3 +263,12 @@ def test_corrupt_gives_the_same_bytes_with_a_pool_of_workers(tmp_path):
                      "--quiet"]) == 0
     for name in ("gaussian_noise.npy", "glass_blur.npy", "labels.npy"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("level,words", [("nan", "finite"), ("inf", "finite"), ("-0.1", ">= 0"),
+                                         ("1e6", "over 100x the largest published")])
+def test_suite_levels_must_be_sane(tmp_path, level, words):
+    path = tmp_path / "s.toml"
+    path.write_text(f"[levels]\ngaussian_noise = [0.02, {level}]\n")
+    with pytest.raises(RobustlabError, match=words):
+        load_corruption_suite(path)

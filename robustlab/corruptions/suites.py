@@ -6,12 +6,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from robustlab.corruptions.engine import CORRUPTIONS
 from robustlab.corruptions.tables import TABLES
 from robustlab.errors import RobustlabError
 from robustlab.suites import read_toml, resolve_suite, suite_error, suite_names
 
 KEYS = {"description", "table", "severities", "corruptions", "levels", "reencode"}
+ABSURD = 100  # a level this many times the largest published parameter of its corruption is a typo, not a test
+
+
+def published_max(name: str) -> float:
+    """The largest number in a corruption's published parameters, over both tables and every severity."""
+    def numbers(v: Any) -> list[float]:
+        return [x for item in v for x in numbers(item)] if isinstance(v, (list, tuple, np.ndarray)) else [float(v)]
+    return max(max(numbers(TABLES[table][name])) for table in TABLES)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,9 @@ def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
                 raise suite_error(path, name, f"level {v!r} is not a number or a list of numbers")
             if not all(math.isfinite(x) and x >= 0 for x in numbers):
                 raise suite_error(path, name, f"level {v!r} must be finite and >= 0")
+            if max(numbers) > ABSURD * published_max(name):
+                raise suite_error(path, name, f"level {v!r} is over {ABSURD}x the largest published parameter of "
+                                              f"{name} ({published_max(name):g}); use a level of that order")
         cells += [CorruptionCell(name, i, tuple(v) if isinstance(v, list) else v) for i, v in enumerate(values, 1)]
     reencode = data.get("reencode")
     if reencode is not None and not isinstance(reencode, bool):
