@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from robustlab.config import CalibrateConfig
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.distributed import Shard
@@ -307,12 +308,7 @@ def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, le
                        calibration_split=f"{base.name}/{base.split}", n=min(n, len(base)), seed=seed)
 
 
-def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str | None = None,
-                         data_dir: str | None = None, split: str = "train", noise: str = "gaussian",
-                         levels: Sequence[float] | str | None = None, lambdas: str = "default", layer: int = 0,
-                         n: int = 500, seed: int = 0, batch_size: int = 256, device: str = "auto", quiet: bool = False,
-                         figure: str | Path | None = None, official_config: str | None = None,
-                         overwrite: bool = False) -> tuple[Calibration, list[Path]]:
+def calibrate_checkpoint(cfg: CalibrateConfig) -> tuple[Calibration, list[Path]]:
     """`robustlab calibrate`: load, sweep, fit, and write the JSON and its figure (default: beside the JSON)."""
     from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
@@ -320,24 +316,26 @@ def calibrate_checkpoint(ckpt: str, *, dataset: str, out: str | Path, arch: str 
     from robustlab.progress import progress_bars
     from robustlab.reports.figures import lambda_residual_figure
 
-    out = Path(out)
-    if not str(out).strip() or out.is_dir():
-        raise RobustlabError(f"--out {str(out)!r} must name a calibration JSON file, not a directory")
-    if not overwrite:
-        fig = Path(figure) if figure else out.with_suffix("")
-        existing = [p for p in (out, fig.with_suffix(".png"), fig.with_suffix(".svg")) if p.exists() or p.is_symlink()]
+    out = Path(cfg.out)
+    if not str(cfg.out).strip() or out.is_dir():
+        raise RobustlabError(f"--out {str(cfg.out)!r} must name a calibration JSON file, not a directory")
+    figure = Path(cfg.figure) if cfg.figure else out.with_suffix("")
+    if not cfg.overwrite:
+        existing = [p for p in (out, figure.with_suffix(".png"), figure.with_suffix(".svg"))
+                    if p.exists() or p.is_symlink()]
         if existing:
             raise RobustlabError(f"{existing[0]} exists; pass --overwrite to replace it, or another --out")
-    dev = resolve_device(device)
-    model = load_model(ckpt, arch=arch, device=dev, official_config=official_config)
+    dev = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, arch=cfg.arch, device=dev, official_config=cfg.official_config)
     for line in (nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing"),
                  model.csc_settings and model.csc_settings.notice(model.name)):
         if line:
             print(f"robustlab: {line}", file=sys.stderr)
-    grid = parse_grid(lambdas, float(csc_layer(model, layer).lmbda))
-    base = load_dataset(dataset, data_dir, split)
-    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=noise, levels=levels, grid=grid, n=n,
-                      seed=seed, batch_size=batch_size, device=dev, layer=layer, progress=progress_bars(quiet))
+    grid = parse_grid(cfg.lambdas, float(csc_layer(model, cfg.layer).lmbda))
+    base = load_dataset(cfg.dataset, cfg.data_dir, cfg.split)
+    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=cfg.noise, levels=cfg.levels, grid=grid,
+                      n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=dev, layer=cfg.layer,
+                      progress=progress_bars(cfg.quiet))
     out.parent.mkdir(parents=True, exist_ok=True)
     calib.save(out)
-    return calib, lambda_residual_figure(calib, Path(figure) if figure else out.with_suffix(""))
+    return calib, lambda_residual_figure(calib, figure)

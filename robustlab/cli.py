@@ -122,12 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from robustlab.adaptive import calibrate_checkpoint
-    calib, figures = calibrate_checkpoint(args.ckpt, arch=args.arch, dataset=args.dataset, data_dir=args.data_dir,
-                                          split=args.split, noise=args.noise, levels=args.levels,
-                                          lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
-                                          batch_size=args.batch_size, device=args.device, quiet=args.quiet,
-                                          out=args.out, figure=None, official_config=args.official_config,
-                                          overwrite=args.overwrite)
+    from robustlab.config import CalibrateConfig
+    calib, figures = calibrate_checkpoint(CalibrateConfig.from_cli(args))
     if args.json:
         print(json.dumps(calib.to_json(), indent=2))
         return 0

@@ -31,6 +31,40 @@ def comma_list(text: str | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    """Everything `robustlab calibrate` (and the demo's calibration) runs with."""
+    ckpt: str
+    dataset: str
+    out: str
+    arch: str | None = None
+    official_config: str | None = None
+    data_dir: str | None = None
+    split: str = "train"
+    noise: str = "gaussian"
+    levels: tuple[float, ...] | str | None = None  # numbers, or a suite that lists them
+    lambdas: str = "default"
+    layer: int = 0
+    n: int = 500
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+    quiet: bool = False
+    figure: str | None = None  # the figure's stem (default: beside out)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed)
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> CalibrateConfig:
+        levels = tuple(args.levels) if isinstance(args.levels, list) else args.levels
+        return cls(ckpt=args.ckpt, dataset=args.dataset, out=args.out, arch=args.arch,
+                   official_config=args.official_config, data_dir=args.data_dir, split=args.split, noise=args.noise,
+                   levels=levels, lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
+                   batch_size=args.batch_size, device=args.device, quiet=args.quiet, overwrite=args.overwrite)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Everything `robustlab eval` (and the demo) runs with; `to_manifest()` is what the run directory records."""
     ckpts: tuple[str, ...]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from robustlab.adaptive import calibrate_checkpoint
 from robustlab.attacks import load_attack_suite
-from robustlab.config import EvalConfig
+from robustlab.config import CalibrateConfig, EvalConfig
 from robustlab.corruptions import BENCHMARK, CORRUPTIONS
 from robustlab.evaluate import evaluate
 from robustlab.reports.report import ReportFiles, build_report
@@ -56,10 +56,9 @@ def run_demo(dataset: str, *, n: int | None, out: str | Path | None, batch_size:
     out = Path(out) if out else default_run_dir(f"demo-{dataset}")
     refuse_existing_run(out)  # before the calibration writes into it
     calib_path = out / "calibration.json"
-    calib, _ = calibrate_checkpoint(f"zoo:{spec.models[0]}", dataset=dataset, split="train", noise="gaussian",
-                                    n=min(n or spec.calibration_images, spec.calibration_images),
-                                    batch_size=batch_size, device=device, quiet=quiet, out=calib_path,
-                                    figure=out / "figures" / "lambda-residual")
+    calib, _ = calibrate_checkpoint(CalibrateConfig(
+        f"zoo:{spec.models[0]}", dataset, str(calib_path), n=min(n or spec.calibration_images, spec.calibration_images),
+        batch_size=batch_size, device=device, quiet=quiet, figure=str(out / "figures" / "lambda-residual")))
     n = n or spec.default_n
     run, records = evaluate(EvalConfig(ckpts=tuple(f"zoo:{m}" for m in spec.models), dataset=dataset, n=n,
                                        batch_size=batch_size, device=device, out=str(out), quiet=quiet,
