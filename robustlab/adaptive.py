@@ -98,12 +98,12 @@ class Fit:
 
 def fit_line(residuals: Sequence[float], lambdas: Sequence[float]) -> Fit:
     """Least-squares lambda = a * r + b, with R^2 (NaN when lambda does not vary)."""
-    r, lam = np.asarray(residuals, dtype=np.float64), np.asarray(lambdas, dtype=np.float64)
-    if len(r) < 2 or np.ptp(r) == 0 or np.ptp(lam) == 0:  # nothing to fit: a constant lambda
-        return Fit(0.0, float(lam.mean()), math.nan)
-    a, b = np.polyfit(r, lam, 1)
-    ss_tot = float(((lam - lam.mean()) ** 2).sum())
-    r2 = 1 - float(((lam - (a * r + b)) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
+    r, lmbda = np.asarray(residuals, dtype=np.float64), np.asarray(lambdas, dtype=np.float64)
+    if len(r) < 2 or np.ptp(r) == 0 or np.ptp(lmbda) == 0:  # nothing to fit: a constant lambda
+        return Fit(0.0, float(lmbda.mean()), math.nan)
+    a, b = np.polyfit(r, lmbda, 1)
+    ss_tot = float(((lmbda - lmbda.mean()) ** 2).sum())
+    r2 = 1 - float(((lmbda - (a * r + b)) ** 2).sum()) / ss_tot if ss_tot > 0 else math.nan
     return Fit(float(a), float(b), r2)
 
 
@@ -191,15 +191,15 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
         for idx, level in enumerate(progress(levels, total=len(levels), desc=f"sweep {corruption}"), start=1):
             noisy = GeneratedImageSet(base, corruption, idx, table="cifar", seed=seed, param=level)
             batches = [(to_pixels(x, device), y.to(device)) for x, y in noisy.batches(batch_size, n)]
-            for lam in grid:
-                csc.lmbda = lam
+            for lmbda in grid:
+                csc.lmbda = lmbda
                 correct, residual, count = 0, 0.0, 0
                 with torch.inference_mode():
                     for x, y in batches:
                         correct += int((model(x).argmax(1) == y).sum())
                         residual += float(csc.residual.double().sum())
                         count += len(y)
-                rows.append({"level": float(level), "lambda": float(lam), "accuracy": correct / count,
+                rows.append({"level": float(level), "lambda": float(lmbda), "accuracy": correct / count,
                              "residual_mean": residual / count, "n": count})
     return rows
 

@@ -63,7 +63,7 @@ class ModelPlan:
 
 
 def identity_fields(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, *, n: int,
-                    seed: int, lambda_value: float, batch_size: int) -> dict[str, Any]:
+                    seed: int, lmbda: float, batch_size: int) -> dict[str, Any]:
     """The Record fields that say what a cell measures (results.IDENTITY), known before it runs."""
     spec = cell.attack
     return dict(
@@ -73,14 +73,14 @@ def identity_fields(model: RobustModel, sha: str, data: ImageSet, cell: Cell, se
         steps=spec.steps if spec else 0, queries=spec.queries if spec else 0,
         alpha=spec.alpha if spec and spec.alpha is not None else math.nan, restarts=spec.restarts if spec else 0,
         attack_config=spec.config if spec else "", batch_size=batch_size if spec else 0, lambda_mode=str(setting.mode),
-        lambda_=lambda_value, n=n, seed=seed)
+        lmbda=lmbda, n=n, seed=seed)
 
 
 def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
-                info: RunInfo, lambda_value: float, flags: Sequence[str] = (), flags_model: str = "") -> Record:
+                info: RunInfo, lmbda: float, flags: Sequence[str] = (), flags_model: str = "") -> Record:
     lo, hi = wilson_interval(counts.correct, counts.n)
     return Record(
-        **identity_fields(model, sha, data, cell, setting, n=counts.n, seed=info.seed, lambda_value=lambda_value,
+        **identity_fields(model, sha, data, cell, setting, n=counts.n, seed=info.seed, lmbda=lmbda,
                           batch_size=info.batch_size),
         lambda_std=counts.lambda_std, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,

@@ -80,7 +80,7 @@ class EvalConfig:
     corruptions: str | None = None
     severities: tuple[int, ...] | None = None
     c_dir: str | None = None
-    lambda_value: float | None = None
+    lmbda: float | None = None
     adaptive: str | None = None  # a calibration JSON: add Algorithm 1's rows
     per_image: bool = False
     select_n: int | None = None
@@ -97,7 +97,7 @@ class EvalConfig:
         if not self.ckpts:
             raise RobustlabError("--ckpt names no checkpoint; give a file, zoo:NAME or robustbench:NAME")
         check_seed(self.seed)
-        check_lambda(self.lambda_value)
+        check_lambda(self.lmbda)
         if self.out is not None and not str(self.out).strip():
             raise RobustlabError("--out is empty; pass the directory to write into (e.g. --out runs/mine)")
 
@@ -107,7 +107,7 @@ class EvalConfig:
                    official_config=args.official_config, n=args.n, batch_size=args.batch_size, device=args.device,
                    out=args.out, seed=args.seed, corruptions=args.corruptions,
                    severities=tuple(args.severities) if args.severities else None, c_dir=args.c_dir,
-                   lambda_value=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
+                   lmbda=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
                    select_n=args.select_n, lambda_sweep=args.lambda_sweep, attacks=attacks,
                    transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics,
                    save_adv=args.save_adv, allow_config_change=args.allow_config_change, quiet=args.quiet,

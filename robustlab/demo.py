@@ -81,8 +81,8 @@ def compact_table(records: Sequence[Record]) -> pd.DataFrame:
     """A row per model variant: clean accuracy, mean corruption accuracy, the four families' means, and robust
     accuracy per attack and eps (in %)."""
     df = pd.DataFrame([r.row() for r in records])
-    df["variant"] = [m if mode == "n.a." else f"{m} [{'λ ' + format(lam, '.3g') if mode == 'fixed' else mode}]"
-                     for m, mode, lam in zip(df["model"], df["lambda_mode"], df["lambda"])]
+    df["variant"] = [m if mode == "n.a." else f"{m} [{'λ ' + format(lmbda, '.3g') if mode == 'fixed' else mode}]"
+                     for m, mode, lmbda in zip(df["model"], df["lambda_mode"], df["lambda"])]
     rows = []
     for variant, sub in df.groupby("variant", sort=False):
         clean = sub[(sub["corruption"] == NONE) & (sub["attack"] == NONE)]["accuracy"]

@@ -67,10 +67,10 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
     return images
 
 
-def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, adaptive: str | None,
+def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive: str | None,
                  per_image: bool, lambda_sweep: str | None, select_n: int | None = None) -> list[ModelPlan]:
     """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused."""
-    asked = lambda_value is not None or adaptive is not None or lambda_sweep is not None
+    asked = lmbda is not None or adaptive is not None or lambda_sweep is not None
     if select_n is not None and (adaptive is None or per_image):
         raise RobustlabError("--select-n applies to per-set selection only; add --adaptive-lambda, drop --per-image")
     calib = load_calibration(adaptive) if adaptive is not None else None
@@ -89,7 +89,7 @@ def lambda_plans(models: Sequence[RobustModel], *, lambda_value: float | None, a
             train_lambda = float(layers[0].lmbda)
             settings = [LambdaSetting(LambdaMode.FIXED, v) for v in parse_grid(lambda_sweep, train_lambda)]
         else:
-            settings = [LambdaSetting(LambdaMode.FIXED, lambda_value)]
+            settings = [LambdaSetting(LambdaMode.FIXED, lmbda)]
         if calib is not None and calib.checkpoint_sha256 == sha:
             matched = True
             mode = LambdaMode.ADAPTIVE_IMAGE if per_image else LambdaMode.ADAPTIVE_SET
@@ -150,7 +150,7 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
 
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
                          cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None)
-    plans = lambda_plans(models, lambda_value=cfg.lambda_value, adaptive=cfg.adaptive, per_image=cfg.per_image,
+    plans = lambda_plans(models, lmbda=cfg.lmbda, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:
         for cell in cells:  # every published file must be there before anything is written

@@ -79,10 +79,10 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
         for plan in plans:
             check_compatible(plan.model, data)
             for setting in plan.settings:
-                lambda_value = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
+                lmbda = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
                 planned = identity_fields(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed,
-                                          lambda_value=lambda_value, batch_size=info.batch_size)
-                if cell_key({**planned, "lambda": lambda_value}) in done:
+                                          lmbda=lmbda, batch_size=info.batch_size)
+                if cell_key({**planned, "lambda": lmbda}) in done:
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
@@ -94,7 +94,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 flags = [SUBSAMPLED_FLAG.format(n=setting.select_n)] if setting.subsampled(total) else []
                 flags_model = ""
                 attacked = cell.attack is not None
-                with lambda_applied(plan.model, data, setting, info, attacked=attacked) as (module, lambda_value):
+                with lambda_applied(plan.model, data, setting, info, attacked=attacked) as (module, lmbda):
                     if cell.attack is None:
                         counts = count_correct(module, (b for _, b in batches), info.device,
                                                top5=data.num_classes > 5, limit=info.limit)
@@ -117,7 +117,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
                 counts = counts.merged(shard)
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
-                                     counts.lambda_mean if lambda_value is None else lambda_value, flags, flags_model)
+                                     counts.lambda_mean if lmbda is None else lmbda, flags, flags_model)
                 if store is not None:
                     store.append(record)
                 records.append(record)

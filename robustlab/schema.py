@@ -101,7 +101,7 @@ class Record:
     attack_config: str
     batch_size: int
     lambda_mode: str
-    lambda_: float
+    lmbda: float
     lambda_std: float
     n: int
     correct: int
@@ -120,11 +120,11 @@ class Record:
 
     def row(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["lambda"] = d.pop("lambda_")
+        d["lambda"] = d.pop("lmbda")
         return {name: d[name] for name in COLUMNS}
 
 
-COLUMNS = [("lambda" if f.name == "lambda_" else f.name) for f in dataclasses.fields(Record)]
+COLUMNS = [("lambda" if f.name == "lmbda" else f.name) for f in dataclasses.fields(Record)]
 # What a row measured, as opposed to what it found: two rows with the same identity are the same cell. An adaptive
 # mode's lambda is an outcome, so only a fixed lambda is part of the identity.
 IDENTITY = ("model", "checkpoint_sha256", "dataset", "split", "corruption", "severity", "attack", "attack_source",

@@ -44,7 +44,7 @@ def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
         model.net.layer0[0].lmbda = 0.1
         want = int((model(torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255).argmax(1)
                     == torch.from_numpy(data.labels)).sum())
-    assert clean[0].correct == want and clean[0].n == 12 and clean[0].lambda_ == 0.1
+    assert clean[0].correct == want and clean[0].n == 12 and clean[0].lmbda == 0.1
     attacked = [r for r in records if r.attack == "pgd-linf"]
     assert all(a.correct <= c.correct for a, c in zip(attacked, clean))
     assert attacked[0].batch_size == 5 and attacked[0].steps == 1 and attacked[0].flags_model == model.name

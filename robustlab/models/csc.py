@@ -244,7 +244,7 @@ class CSCConv2d(nn.Module):
         as one batch of (lambda, image) pairs per chunk of images."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        thetas = torch.tensor([lam * s * scale for lam in lambdas], dtype=x.dtype, device=x.device)  # as forward's
+        thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as forward's
         code_bytes = len(lambdas) * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
         chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
 
@@ -267,7 +267,7 @@ class CSCConv2d(nn.Module):
         for one lambda per image (Algorithm 1's per-image bisection)."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        thetas = torch.tensor([lam * s * scale for lam in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
+        thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
         theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
         chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] //
                     (self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()))

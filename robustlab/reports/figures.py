@@ -223,8 +223,8 @@ def lambda_sweep_figure(df: pd.DataFrame, model: str, stem: Path) -> list[Path]:
     cells = cells.iloc[np.lexsort((cells["severity"], [order.index(c) for c in cells["corruption"]]))]
     cols = list(zip(cells["corruption"], cells["severity"]))
     lambdas = sorted(fixed["lambda"].unique())
-    labels = [f"λ = {lam:.3g}" for lam in lambdas]
-    grid = [[_acc(fixed[fixed["lambda"] == lam], c, s) for c, s in cols] for lam in lambdas]
+    labels = [f"λ = {lmbda:.3g}" for lmbda in lambdas]
+    grid = [[_acc(fixed[fixed["lambda"] == lmbda], c, s) for c, s in cols] for lmbda in lambdas]
     adaptive = [m for m in ("adaptive-set", "adaptive-image") if m in set(rows["lambda_mode"])]
     for mode in adaptive:
         grid.append([_acc(rows[rows["lambda_mode"] == mode], c, s) for c, s in cols])

@@ -24,8 +24,8 @@ def variants(df: pd.DataFrame) -> pd.Series:
     (fixed lambdas by value; adaptive selection by mode, since the chosen lambda varies by cell)."""
     if "lambda_mode" not in df:
         return df["model"].astype(str)
-    lam = df["lambda"].map(lambda v: "" if pd.isna(v) else f" {v:g}")
-    setting = df["lambda_mode"].where(df["lambda_mode"].str.startswith("adaptive"), "lambda" + lam)
+    lmbda = df["lambda"].map(lambda v: "" if pd.isna(v) else f" {v:g}")
+    setting = df["lambda_mode"].where(df["lambda_mode"].str.startswith("adaptive"), "lambda" + lmbda)
     return df["model"].astype(str) + (" [" + setting + "]").where(df["lambda_mode"] != "n.a.", "")
 
 

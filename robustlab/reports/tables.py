@@ -32,7 +32,7 @@ def records_table(records: Sequence[Record]) -> str:
     header = ["model", "dataset", "corruption", "sev", "attack", "lambda mode", "lambda", "n", "top-1 %", "95% CI",
               "top-5 %"]
     rows = [[r.model, r.dataset, r.corruption, str(r.severity), _attack(r), r.lambda_mode,
-             "-" if math.isnan(r.lambda_) else f"{r.lambda_:.3g}", str(r.n), _pct(r.accuracy),
+             "-" if math.isnan(r.lmbda) else f"{r.lmbda:.3g}", str(r.n), _pct(r.accuracy),
              f"{_pct(r.ci_low)}-{_pct(r.ci_high)}", _pct(r.top5_accuracy)] for r in records]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
