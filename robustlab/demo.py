@@ -3,7 +3,6 @@ corruptions at 5 severities, PGD at several eps, a black-box attack on the RDSN 
 report in the run directory."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -15,8 +14,9 @@ from robustlab.attacks import load_attack_suite
 from robustlab.config import CalibrateConfig, EvalConfig
 from robustlab.corruptions import BENCHMARK, CORRUPTIONS
 from robustlab.evaluate import evaluate
+from robustlab.reports.metrics import variants
 from robustlab.reports.report import ReportFiles, build_report
-from robustlab.reports.style import format_eps
+from robustlab.reports.style import format_eps, pct
 from robustlab.rundir import RunDir, default_run_dir, refuse_existing_run
 from robustlab.schema import NONE, Record
 
@@ -81,23 +81,18 @@ def compact_table(records: Sequence[Record]) -> pd.DataFrame:
     """A row per model variant: clean accuracy, mean corruption accuracy, the four families' means, and robust
     accuracy per attack and eps (in %)."""
     df = pd.DataFrame([r.row() for r in records])
-    df["variant"] = [m if mode == "n.a." else f"{m} [{'λ ' + format(lmbda, '.3g') if mode == 'fixed' else mode}]"
-                     for m, mode, lmbda in zip(df["model"], df["lambda_mode"], df["lambda"])]
+    df["variant"] = variants(df)
     rows = []
     for variant, sub in df.groupby("variant", sort=False):
         clean = sub[(sub["corruption"] == NONE) & (sub["attack"] == NONE)]["accuracy"]
-        row = {"variant": variant, "n": int(sub["n"].max()), "clean": _pct(clean.mean())}
+        row = {"variant": variant, "n": int(sub["n"].max()), "clean": pct(clean.mean(), 1)}
         corrupted = sub[sub["corruption"].isin(BENCHMARK) & (sub["attack"] == NONE)]
-        row["mean_corruption_accuracy"] = _pct(corrupted["accuracy"].mean())
+        row["mean_corruption_accuracy"] = pct(corrupted["accuracy"].mean(), 1)
         families = corrupted["corruption"].map(lambda c: CORRUPTIONS.get(c).family)
         for family in ("noise", "blur", "weather", "digital"):
-            row[family] = _pct(corrupted[families == family]["accuracy"].mean())
+            row[family] = pct(corrupted[families == family]["accuracy"].mean(), 1)
         for (attack, eps, source), hit in sub[sub["attack"] != NONE].groupby(["attack", "eps", "attack_source"]):
             label = f"{attack} {format_eps(eps, hit['norm'].iloc[0])}" + (f" from {source}" if source else "")
-            row[label] = _pct(hit["accuracy"].mean())
+            row[label] = pct(hit["accuracy"].mean(), 1)
         rows.append(row)
-    return pd.DataFrame(rows).fillna("-")
-
-
-def _pct(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+    return pd.DataFrame(rows).fillna("–")

@@ -51,12 +51,15 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
                 device: Any, log: Callable[[str], None] = lambda _: None,
                 reencode: bool | None = None) -> Callable[[Cell], ImageSet]:
     """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones."""
+    digests: dict[int, str] = {}  # the clean split's content digest, shared by every generated cell
+
     def images(cell: Cell) -> ImageSet:
         if cell.corruption == "none":
             return base
         if c_dir is None:
             return GeneratedImageSet(base, cell.corruption, cell.severity, table=table, seed=seed, param=cell.param,
-                                     cache_dir=cache_dir, device=device, log=log, reencode=reencode)
+                                     cache_dir=cache_dir, device=device, log=log, reencode=reencode,
+                                     digests=digests)
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
                                  "published file holds; drop --c-dir to generate it")

@@ -185,3 +185,13 @@ def test_written_files_get_ordinary_permissions(tmp_path):
         assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644, "not mkstemp's owner-only 0600"
     finally:
         os.umask(umask)
+
+
+def test_the_source_images_are_hashed_once_per_run_not_once_per_cell(tmp_path, monkeypatch):
+    import robustlab.data.corrupted as corrupted
+    calls = []
+    real = corrupted.content_digest
+    monkeypatch.setattr(corrupted, "content_digest", lambda data, n: calls.append(n) or real(data, n))
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    assert cli(*EVAL, "--corruptions", "fog,contrast", "--severities", "1,2", "--out", tmp_path / "run") == 0
+    assert calls == [40]

@@ -83,14 +83,17 @@ class GeneratedImageSet(ImageSet):
 
     def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
                  param: float | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
-                 log: Callable[[str], None] = lambda _: None, reencode: bool | None = None) -> None:
+                 log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
+                 digests: dict[int, str] | None = None) -> None:
         self.base, self.corruption, self.severity = base, corruption, severity
         self.table, self.seed, self.param, self.device = table, seed, param, device
         self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
         self.image_size = base.image_size
         self.cache_dir, self.log = cache_dir, log
         self.reencode = reencode
-        self._digests: dict[int, str] = {}
+        # the source's content digest per image count; pass one dict to every corruption of a base set, so that its
+        # images are hashed once, not once per cell
+        self._digests = {} if digests is None else digests
 
     def __len__(self) -> int:
         return len(self.base)

@@ -237,6 +237,11 @@ class CSCConv2d(nn.Module):
                 self.residual = self._residual(x, A, c)
         return c
 
+    def _images_per_chunk(self, x: torch.Tensor, codes_per_image: int) -> int:
+        """How many images' code maps (codes_per_image each) fit in one chunk's working set (GRID_CHUNK_BYTES)."""
+        code_bytes = codes_per_image * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
+        return max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
+
     @torch.no_grad()
     def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
         """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
@@ -245,8 +250,7 @@ class CSCConv2d(nn.Module):
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as forward's
-        code_bytes = len(lambdas) * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
-        chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
+        chunk = self._images_per_chunk(x, len(lambdas))
 
         def pairs(t: torch.Tensor) -> torch.Tensor:  # a copy per lambda, lambda-major
             return t.repeat(len(lambdas), 1, 1, 1)
@@ -269,8 +273,7 @@ class CSCConv2d(nn.Module):
         A, W, s, scale = self._operator(x)
         thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
         theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
-        chunk = max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] //
-                    (self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()))
+        chunk = self._images_per_chunk(x, 1)
         out = []
         for xs, th in zip(x.split(chunk), theta.split(chunk)):
             first = F.conv2d(xs, W, stride=self.stride, padding=self.padding)
