@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import scipy.stats
 import torch
 import torch.nn as nn
 
@@ -204,50 +205,146 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
     return rows
 
 
-def select_for_set(model: RobustModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], calib: Calibration,
-                   device: torch.device, shard: Shard = Shard()) -> float:
+SELECTION_CONFIDENCE = 0.95  # of the bounds, simultaneous over the grid (Bonferroni)
+
+
+@dataclass(frozen=True)
+class SetSelection:
+    """Algorithm 1's lambda for a test set, chosen from `n` of its `total` images, and the smallest and largest grid
+    lambda the whole set could give at 95% confidence (both equal to `lmbda` when every image was used)."""
+    lmbda: float
+    low: float
+    high: float
+    n: int
+    total: int
+
+
+def sample_mask(total: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Which of a set's images per-set selection reads: a seeded sample of n of them (None: all). The same on every
+    rank and for every worker count."""
+    if n is None or n >= total:
+        return None
+    mask = np.zeros(total, dtype=bool)
+    mask[np.random.default_rng([seed, total]).choice(total, size=n, replace=False)] = True
+    return mask
+
+
+def selection_bounds(calib: Calibration, mean: Sequence[float], half: Sequence[float]) -> tuple[float, float]:
+    """The smallest and largest grid lambda the rule selects when each grid lambda's residual may be anywhere in
+    mean +- half. Grid lambda g is selectable iff its smallest possible gap |g - (a r + b)| is at most every other
+    lambda's largest possible gap (the residuals at different lambdas vary independently within the box)."""
+    grid = np.asarray(calib.grid, dtype=np.float64)
+    m, h = np.asarray(mean, dtype=np.float64), np.asarray(half, dtype=np.float64)
+    ends = np.stack([calib.fit.a * (m - h) + calib.fit.b, calib.fit.a * (m + h) + calib.fit.b])
+    lowest, highest = ends.min(axis=0), ends.max(axis=0)
+    min_gap = np.maximum(0.0, np.maximum(lowest - grid, grid - highest))
+    max_gap = np.maximum(np.abs(grid - lowest), np.abs(grid - highest))
+    possible = grid[min_gap <= max_gap.min()]
+    return float(possible.min()), float(possible.max())
+
+
+def select_for_set(model: RobustModel, batches: Iterable[tuple[int, torch.Tensor]], calib: Calibration,
+                   device: torch.device, *, total: int, mask: np.ndarray | None = None,
+                   shard: Shard = Shard()) -> SetSelection:
     """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda.
-    Under torchrun `batches` are this rank's, and the sums are added up over the ranks."""
-    total, count = torch.zeros(len(calib.grid), dtype=torch.float64, device=device), 0
-    for images, _ in batches:
-        total += residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double().sum(dim=1)
+    `batches` are (index of the first image, images); with a `mask` only its images count, and the bounds carry
+    the sample's standard error (finite-population corrected). Under torchrun `batches` are this rank's, and the
+    sums are added up over the ranks."""
+    size = len(calib.grid)
+    total_sum = torch.zeros(size, dtype=torch.float64, device=device)
+    total_sq = torch.zeros(size, dtype=torch.float64, device=device)
+    count = 0
+    for first, images in batches:
+        if mask is not None:
+            images = images[torch.from_numpy(mask[first:first + len(images)])]
+            if not len(images):
+                continue
+        r = residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double()
+        total_sum += r.sum(dim=1)
+        total_sq += (r * r).sum(dim=1)
         count += len(images)
-    *sums, count = shard.sum([*total.tolist(), count])
+    *sums, count = shard.sum([*total_sum.tolist(), *total_sq.tolist(), count])
     if count == 0:
         raise RobustlabError("no images to select lambda on")
-    return float(calib.select((torch.tensor(sums, dtype=torch.float64) / count).view(-1, 1))[0])
+    mean = np.asarray(sums[:size]) / count
+    lmbda = float(calib.select(torch.tensor(mean, dtype=torch.float64).view(-1, 1))[0])
+    if count >= total or count < 2:
+        return SetSelection(lmbda, lmbda, lmbda, int(count), total)
+    var = np.maximum(0.0, (np.asarray(sums[size:]) - count * mean ** 2) / (count - 1))
+    se = np.sqrt(var / count * (total - count) / (total - 1))
+    z = float(scipy.stats.norm.ppf(1 - (1 - SELECTION_CONFIDENCE) / (2 * size)))
+    low, high = selection_bounds(calib, mean, z * se)
+    return SetSelection(lmbda, min(low, lmbda), max(high, lmbda), int(count), total)
 
 
-def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> tuple[torch.Tensor, bool]:
-    """Each image's grid lambda closest to a * r(lambda) + b, and whether a bisection found it.
+def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> tuple[torch.Tensor, int]:
+    """Each image's grid lambda closest to a * r(lambda) + b, and how many residuals (image, lambda) it evaluated.
 
-    The rule picks where d(lambda) = lambda - (a r(lambda) + b) crosses zero. The residual r grows with lambda, so
-    with a <= 0 d is increasing and a bisection over the grid finds the crossing in about log2(grid) residual
-    evaluations, plus two at its ends, instead of one per grid lambda; with a > 0 d need not be monotone and the
-    whole grid is evaluated. Both give the exhaustive rule's lambdas (tested on real images)."""
+    The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A bisection for d's sign change
+    evaluates the CSC layer at about log2(grid) lambdas (plus the two ends) instead of every grid lambda. The result
+    is then certified, per image, from the residual growing with lambda: an unevaluated lambda's residual lies
+    between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
+    exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
+    residuals do not grow). So the lambdas are always the exhaustive rule's (tested on real images against it);
+    where d is monotone few extra lambdas are needed, where it is not up to the whole grid."""
     csc = csc_layer(model, calib.layer)
-    inputs = layer_input(model, csc, x)
-    if calib.fit.a > 0:
-        return calib.select(csc.residual_grid(inputs, calib.grid)), False
-    size, n = len(calib.grid), len(x)
-    grid = torch.tensor(calib.grid, device=x.device)
+    residuals = csc.residuals_at(layer_input(model, csc, x), calib.grid)
+    size, n, device = len(calib.grid), len(x), x.device
+    known: torch.Tensor | None = None  # (n, size) residuals evaluated so far, NaN where not
+
+    def evaluate(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        nonlocal known
+        missing = known[images, index].isnan() if known is not None else torch.ones_like(images, dtype=torch.bool)
+        if bool(missing.any()):
+            r = residuals(images[missing], index[missing])
+            if known is None:
+                known = torch.full((n, size), math.nan, dtype=r.dtype, device=device)
+            known[images[missing], index[missing]] = r
+        return known[images, index]
+
+    grid = torch.tensor(calib.grid, device=device)
 
     def gaps(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        r = csc.residual_at(inputs[images], calib.grid, index)
+        r = evaluate(images, index)
         return grid.to(r.dtype)[index] - (calib.fit.a * r + calib.fit.b)  # as Calibration.select computes them
 
-    lo = torch.zeros(n, dtype=torch.long, device=x.device)
-    hi = torch.full((n,), size, dtype=torch.long, device=x.device)
-    while bool((lo < hi).any()):  # the first grid index where d >= 0 (size: none)
+    everyone = torch.arange(n, device=device)
+    first, last = (gaps(everyone, torch.full((n,), end, dtype=torch.long, device=device)) for end in (0, size - 1))
+    # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between them
+    lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
+    hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
+    while bool((lo < hi).any()):
         active = (lo < hi).nonzero().view(-1)
         mid = (lo[active] + hi[active]) // 2
         up = gaps(active, mid) >= 0
         hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
-    below, above = (lo - 1).clamp(min=0), lo.clamp(max=size - 1)
-    everyone = torch.arange(n, device=x.device)
-    d_below, d_above = gaps(everyone, below).abs(), gaps(everyone, above).abs()
-    choice = torch.where(d_below <= d_above, below, above)  # ties: the smaller lambda, as the exhaustive rule
-    return grid[choice], True
+    while True:
+        images, index = _uncertain(known, grid, calib.fit).nonzero(as_tuple=True)
+        if not len(images):
+            break
+        evaluate(images, index)
+    evaluated = ~known.isnan()
+    gap = (grid.to(known.dtype) - (calib.fit.a * known + calib.fit.b)).abs()
+    choice = torch.where(evaluated, gap, torch.full_like(gap, math.inf)).argmin(dim=1)  # ties: the smaller lambda
+    return grid[choice], int(evaluated.sum())
+
+
+def _uncertain(known: torch.Tensor, grid: torch.Tensor, fit: Fit) -> torch.Tensor:
+    """(n, grid) the unevaluated lambdas that could still beat an image's best evaluated |d|: their |d| bound,
+    from a residual between those of the evaluated neighbours (r grows with lambda), is not above the best. An
+    image whose evaluated residuals do not grow has every unevaluated lambda uncertain."""
+    r = known.double()
+    g = grid.double().view(1, -1)
+    evaluated = ~r.isnan()
+    below = torch.where(evaluated, r, torch.full_like(r, -math.inf)).cummax(dim=1).values
+    above = torch.where(evaluated, r, torch.full_like(r, math.inf)).flip(1).cummin(dim=1).values.flip(1)
+    growing = (torch.where(evaluated, r, below) >= below).all(dim=1, keepdim=True)
+    ends = torch.stack([g - (fit.a * below + fit.b), g - (fit.a * above + fit.b)])
+    low, high = ends.min(dim=0).values, ends.max(dim=0).values
+    bound = torch.where((low <= 0) & (high >= 0), torch.zeros_like(low), torch.minimum(low.abs(), high.abs()))
+    best = torch.where(evaluated, (g - (fit.a * r + fit.b)).abs(), torch.full_like(r, math.inf)).min(dim=1).values
+    margin = 1e-6  # the rule compares float32 gaps (lambdas about 0.1-1.4); these bounds are float64
+    return ~evaluated & (~growing | (bound <= best.view(-1, 1) + margin))
 
 
 class AdaptiveLambda(nn.Module):

@@ -15,7 +15,7 @@ from robustlab.models import RobustModel, csc_layers
 from robustlab.schema import NONE, LambdaMode, Record, wilson_interval
 
 if TYPE_CHECKING:
-    from robustlab.adaptive import Calibration
+    from robustlab.adaptive import Calibration, SetSelection
 
 
 def check_compatible(model: RobustModel, data: ImageSet) -> None:
@@ -44,15 +44,12 @@ class Cell:
 class LambdaSetting:
     """How a CSC model's lambda is set for a row: the model's own or a fixed value ('fixed'), or chosen by
     Algorithm 1 from a calibration ('adaptive-set' per test set, 'adaptive-image' per image); 'n.a.' without CSC.
-    `select_n`: per test set, select on its first select_n images only (None: on all of them, the exact rule)."""
+    `select_n`: per test set, select on a seeded sample of select_n of its images (None: on all of them, the exact
+    rule)."""
     mode: LambdaMode = LambdaMode.FIXED
     value: float | None = None
     calibration: Calibration | None = field(default=None, compare=False)
     select_n: int | None = None
-
-    def subsampled(self, total: int) -> bool:
-        """Whether a clean or corrupted set of `total` images gets its lambda from a part of it only."""
-        return self.mode == LambdaMode.ADAPTIVE_SET and self.select_n is not None and self.select_n < total
 
 
 @dataclass
@@ -77,12 +74,15 @@ def identity_fields(model: RobustModel, sha: str, data: ImageSet, cell: Cell, se
 
 
 def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, setting: LambdaSetting, counts: Counts,
-                info: RunInfo, lmbda: float, flags: Sequence[str] = (), flags_model: str = "") -> Record:
+                info: RunInfo, lmbda: float, flags: Sequence[str] = (), flags_model: str = "",
+                selection: SetSelection | None = None) -> Record:
     lo, hi = wilson_interval(counts.correct, counts.n)
     return Record(
         **identity_fields(model, sha, data, cell, setting, n=counts.n, seed=info.seed, lmbda=lmbda,
                           batch_size=info.batch_size),
-        lambda_std=counts.lambda_std, correct=counts.correct, accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
+        lambda_std=counts.lambda_std, lambda_low=selection.low if selection else math.nan,
+        lambda_high=selection.high if selection else math.nan, correct=counts.correct,
+        accuracy=counts.correct / counts.n, ci_low=lo, ci_high=hi,
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
         residual_mean=counts.residual_mean, flags=";".join(flags), flags_model=flags_model, seconds=counts.seconds,

@@ -18,6 +18,11 @@ EXIT_BAD_INPUT = 2
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def _select_n(text: str) -> int | str:
+    from robustlab.config import ALL_IMAGES
+    return ALL_IMAGES if text == ALL_IMAGES else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -294,11 +299,12 @@ class Command:
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    from robustlab.config import DEFAULT_SELECT_N
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
                                                  "evaluates several models on the same cells")
     p.add_argument("--arch", help="architecture, when the checkpoint does not say (see `robustlab list models`)")
     _add_official_config(p)
-    p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet or digits")
+    p.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet, fashion-mnist, mnist or digits")
     p.add_argument("--data-dir", help="where the dataset lies on disk (not needed for digits)")
     p.add_argument("--n", type=_positive_int, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=_positive_int, default=256)
@@ -312,8 +318,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adaptive-lambda", metavar="CALIB.json", help="add rows with lambda chosen by Algorithm 1 "
                                                                    "(per test set; see robustlab calibrate)")
     p.add_argument("--per-image", action="store_true", help="with --adaptive-lambda: choose lambda per image")
-    p.add_argument("--select-n", type=_positive_int, metavar="N", help="with --adaptive-lambda, per set: choose "
-                   "lambda on each set's first N images (faster on large sets; default all, the exact rule)")
+    p.add_argument("--select-n", type=_select_n, metavar="N|all", help="with --adaptive-lambda, per set: choose lambda "
+                   f"on a seeded sample of N of each set's images (default {DEFAULT_SELECT_N}; rows on a sample carry "
+                   "lambda_low..lambda_high, 95%% bounds of the whole set's choice); all: every image, the exact rule")
     p.add_argument("--lambda-sweep", metavar="GRID", help="a row per lambda: 0.1:1.4:14, geom:0.1:0.3:14, "
                                                           "a comma list, official or default")
     p.add_argument("--attack", help="pgd-linf, pgd-l2, fgsm, apgd-ce, apgd-t, autoattack, square")

@@ -13,6 +13,8 @@ from robustlab.attacks.spec import AttackSpec
 from robustlab.errors import RobustlabError
 
 MAX_SEED = 2 ** 32  # numpy and the attack libraries take seeds in [0, 2**32)
+DEFAULT_SELECT_N = 1000  # per-set selection's default sample; its bounds (lambda_low..high) say whether it sufficed
+ALL_IMAGES = "all"  # --select-n all: per-set selection on every image, the exact rule
 
 
 def check_seed(seed: int) -> None:
@@ -83,7 +85,7 @@ class EvalConfig:
     lmbda: float | None = None
     adaptive: str | None = None  # a calibration JSON: add Algorithm 1's rows
     per_image: bool = False
-    select_n: int | None = None
+    select_n: int | str | None = None  # None: the default sample; "all": every image
     lambda_sweep: str | None = None
     attacks: tuple[AttackSpec, ...] = ()
     transfer_from: tuple[str, ...] = ()

@@ -13,7 +13,7 @@ import torch
 from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
-from robustlab.config import EvalConfig
+from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig
 from robustlab.corruptions.engine import reencode_quality
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.counting import BatchLimit, RunInfo
@@ -71,8 +71,9 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
 
 
 def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive: str | None,
-                 per_image: bool, lambda_sweep: str | None, select_n: int | None = None) -> list[ModelPlan]:
-    """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused."""
+                 per_image: bool, lambda_sweep: str | None, select_n: int | str | None = None) -> list[ModelPlan]:
+    """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused.
+    `select_n`: per-set selection's sample size, "all" for the exact rule, None for DEFAULT_SELECT_N."""
     asked = lmbda is not None or adaptive is not None or lambda_sweep is not None
     if select_n is not None and (adaptive is None or per_image):
         raise RobustlabError("--select-n applies to per-set selection only; add --adaptive-lambda, drop --per-image")
@@ -96,8 +97,8 @@ def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive
         if calib is not None and calib.checkpoint_sha256 == sha:
             matched = True
             mode = LambdaMode.ADAPTIVE_IMAGE if per_image else LambdaMode.ADAPTIVE_SET
-            settings.append(LambdaSetting(mode, calibration=calib,
-                                          select_n=select_n))
+            sample = DEFAULT_SELECT_N if select_n is None else None if select_n == ALL_IMAGES else int(select_n)
+            settings.append(LambdaSetting(mode, calibration=calib, select_n=None if per_image else sample))
         plans.append(ModelPlan(model, sha, settings))
     if calib is not None and not matched:
         load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint

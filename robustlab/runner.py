@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-from robustlab.adaptive import AdaptiveLambda, select_for_set
+from robustlab.adaptive import AdaptiveLambda, SetSelection, sample_mask, select_for_set
 from robustlab.attacks import run_diagnostics
 from robustlab.cells import (
     Cell,
@@ -26,35 +27,49 @@ from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 from robustlab.results import Store
-from robustlab.schema import NONE, SMALLER_BATCH_FLAG, SUBSAMPLED_FLAG, LambdaMode, Record, cell_key
+from robustlab.schema import NONE, SAMPLED_FLAG, SMALLER_BATCH_FLAG, LambdaMode, Record, cell_key
+
+
+@dataclass
+class Applied:
+    """The module to evaluate under a lambda setting, the lambda to report (None: read per batch from the adaptive
+    module) and, for per-set selection, how it was chosen."""
+    module: nn.Module
+    lmbda: float | None
+    selection: SetSelection | None = None
 
 
 @contextmanager
 def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, info: RunInfo,
-               attacked: bool) -> Iterator[tuple[nn.Module, float | None]]:
-    """The module to evaluate under a lambda setting, and the lambda to report (None: read per batch).
+                   attacked: bool) -> Iterator[Applied]:
+    """Set a model's lambda for one cell and setting, restoring it afterwards.
 
     Per-image selection, and any selection under attack (the attack must see the whole pipeline), run through
     AdaptiveLambda, which selects on every batch it is given; per-set selection on clean data picks one lambda
-    from the whole cell first, as in the paper (or from its first `select_n` images, when set).
+    from the whole cell first, as in the paper (or from a seeded sample of `select_n` of its images).
     """
     if setting.mode == LambdaMode.NOT_APPLICABLE:
-        yield model, math.nan
+        yield Applied(model, math.nan)
         return
     per_image = setting.mode == LambdaMode.ADAPTIVE_IMAGE
     if per_image or (setting.mode == LambdaMode.ADAPTIVE_SET and attacked):
-        yield AdaptiveLambda(model, setting.calibration, per_image=per_image), None
+        yield Applied(AdaptiveLambda(model, setting.calibration, per_image=per_image), None)
         return
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     with restored(csc):
+        selection = None
         if setting.mode == LambdaMode.ADAPTIVE_SET:  # each rank sums the residuals of its batches; all get one lambda
-            n = info.n if setting.select_n is None else min(info.n or setting.select_n, setting.select_n)
+            total = len(data) if info.n is None else min(info.n, len(data))
+            indices = info.shard.batch_indices(total, info.batch_size)
+            batches = ((i * info.batch_size, images) for i, (images, _) in
+                       zip(indices, checked_batches(data, info.batch_size, total, info.shard)))
             with torch.inference_mode():
-                csc.lmbda = select_for_set(model, checked_batches(data, info.batch_size, n, info.shard),
-                                           setting.calibration, info.device, info.shard)
+                selection = select_for_set(model, batches, setting.calibration, info.device, total=total,
+                                           mask=sample_mask(total, setting.select_n, info.seed), shard=info.shard)
+            csc.lmbda = selection.lmbda
         else:
             csc.lmbda = fixed_lambda(model, setting)
-        yield model, float(csc.lmbda)
+        yield Applied(model, float(csc.lmbda), selection)
 
 
 def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Callable[[Cell], ImageSet],
@@ -91,11 +106,14 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 shard_batches = shard.batch_indices(total, info.batch_size)
                 batches = zip(shard_batches, progress(checked_batches(data, info.batch_size, info.n, shard),
                                                       total=len(shard_batches), desc=" ".join(p for p in parts if p)))
-                flags = [SUBSAMPLED_FLAG.format(n=setting.select_n)] if setting.subsampled(total) else []
+                flags: list[str] = []
                 flags_model = ""
                 attacked = cell.attack is not None
-                with lambda_applied(plan.model, data, setting, info, attacked=attacked) as (module, lmbda):
+                with lambda_applied(plan.model, data, setting, info, attacked=attacked) as applied:
+                    module, selection = applied.module, applied.selection
                     if cell.attack is None:
+                        if selection is not None and selection.n < selection.total:
+                            flags = [SAMPLED_FLAG.format(n=selection.n)]
                         counts = count_correct(module, (b for _, b in batches), info.device,
                                                top5=data.num_classes > 5, limit=info.limit)
                     else:
@@ -107,8 +125,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                         if key not in diagnosed:  # rank 0 alone writes rows, so it alone needs the flags
                             run_checks = info.diagnostics and shard.main
                             diagnosed[key] = diagnose(crafted_on, data, info, log) if run_checks else []
-                        selection = not cell.source and setting.mode.adaptive
-                        flags = diagnosed[key] + (["bpda_selection"] if selection else [])
+                        selects = not cell.source and setting.mode.adaptive
+                        flags = diagnosed[key] + (["bpda_selection"] if selects else [])
                         save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
                                                                                                  setting)
                         counts = count_robust(module, batches, cell.attack, info, save=save,
@@ -117,7 +135,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
                 counts = counts.merged(shard)
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
-                                     counts.lambda_mean if lmbda is None else lmbda, flags, flags_model)
+                                     counts.lambda_mean if applied.lmbda is None else applied.lmbda, flags,
+                                     flags_model, selection)
                 if store is not None:
                     store.append(record)
                 records.append(record)

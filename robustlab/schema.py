@@ -14,7 +14,9 @@ import pandas as pd
 
 from robustlab.errors import RobustlabError
 
-SCHEMA_VERSION = 2  # 2: queries, alpha, attack_config, batch_size and flags_model; steps only counts iterations
+# 2: queries, alpha, attack_config, batch_size and flags_model; steps only counts iterations
+# 3: lambda_low and lambda_high (per-set selection's bounds); per-set selection samples (lambda_from_sample_N)
+SCHEMA_VERSION = 3
 Z95 = 1.959963984540054
 NONE = "none"  # the corruption and attack of a clean cell, and the norm of an unattacked one
 
@@ -45,7 +47,7 @@ FLAGS = {
     "randomized": "two identical forward passes differ: the model is randomized (use EOT)",
     "bpda_selection": "adaptive lambda selection is not differentiable; gradients pass it by the identity (BPDA)",
 }
-SUBSAMPLED_FLAG = "lambda_from_first_{n}"  # per-set selection on a set's first n images (--select-n)
+SAMPLED_FLAG = "lambda_from_sample_{n}"  # per-set selection on a seeded sample of n of a set's images (--select-n)
 # an attack run in smaller pieces than its row's batch_size (CUDA out of memory): its seeds, hence its adversarial
 # images, are those of that piece size
 SMALLER_BATCH_FLAG = "attacked_in_batches_of_{n}"
@@ -53,7 +55,8 @@ SMALLER_BATCH_FLAG = "attacked_in_batches_of_{n}"
 
 def flag_meaning(flag: str) -> str:
     """What a flag of a row's `flags` column means."""
-    for template, meaning in ((SUBSAMPLED_FLAG, "per-set lambda chosen on the set's first {n} images only"),
+    for template, meaning in ((SAMPLED_FLAG, "per-set lambda chosen on a seeded sample of {n} of the set's images; "
+                                             "lambda_low..lambda_high bound the whole set's choice (95%)"),
                               (SMALLER_BATCH_FLAG, "attacked in pieces of {n} images (out of memory): its seeds are "
                                                    "those of --batch-size {n}")):
         prefix = template.split("{")[0]
@@ -76,7 +79,8 @@ def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]
 @dataclass
 class Record:
     """One evaluated cell. Accuracies are fractions in [0, 1]; NaN marks 'not applicable'. lambda is the
-    CSC layer's lambda (per-image selection: the mean, with lambda_std the spread). attack_source names the
+    CSC layer's lambda (per-image selection: the mean, with lambda_std the spread; per-set selection on a sample:
+    lambda_low..lambda_high, the grid lambdas the whole set could select at 95% confidence). attack_source names the
     model a transfer attack was crafted on (empty otherwise). An attack's budget is `steps` (gradient iterations
     per restart) and `queries` (score-based model queries), 0 where it has none of that kind; `alpha` its step
     size (NaN where the attack sets its own); `attack_config` every other setting robustlab fixes for it;
@@ -103,6 +107,8 @@ class Record:
     lambda_mode: str
     lmbda: float
     lambda_std: float
+    lambda_low: float
+    lambda_high: float
     n: int
     correct: int
     accuracy: float

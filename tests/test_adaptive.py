@@ -128,9 +128,10 @@ def test_fast_selection_picks_what_the_whole_network_per_lambda_picks():
     expected = calib.select(reference)
     assert len(set(expected.tolist())) > 1, "the images must pick different lambdas for the test to mean much"
     assert torch.equal(per_image.last_lambdas, expected)
-    batches = [(images[:5], None), (images[5:], None)]
-    chosen = select_for_set(model, batches, calib, torch.device("cpu"))
-    assert chosen == float(calib.select(reference.double().mean(dim=1, keepdim=True))[0])
+    batches = [(0, images[:5]), (5, images[5:])]
+    chosen = select_for_set(model, batches, calib, torch.device("cpu"), total=8)
+    assert chosen.low == chosen.lmbda == chosen.high and chosen.n == 8
+    assert chosen.lmbda == float(calib.select(reference.double().mean(dim=1, keepdim=True))[0])
 
 
 def test_per_image_selection_over_identical_images_equals_per_set():
@@ -205,8 +206,14 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
         assert list(df["lambda_mode"]) == ["fixed", mode, "fixed", mode]
         assert df["lambda"].between(0.1 - 1e-9, 0.3 + 1e-9).all()
         assert df[df["lambda_mode"] == mode]["lambda_std"].notna().all() == (mode == "adaptive-image")
-        subsampled = "lambda_from_first_8" if "--select-n" in flag else ""
-        assert list(df["flags"].astype("string").fillna("")) == ["", subsampled] * 2
+        sampled = "--select-n" in flag
+        assert list(df["flags"].astype("string").fillna("")) == ["", "lambda_from_sample_8" if sampled else ""] * 2
+        bounds = df[["lambda_low", "lambda_high"]]
+        assert bounds[df["lambda_mode"] == "fixed"].isna().all().all()
+        if mode == "adaptive-set":  # the default sample (1000) holds all 24 images: the bounds are the lambda
+            rows = df[df["lambda_mode"] == mode]
+            assert (rows["lambda_low"] <= rows["lambda"]).all() and (rows["lambda"] <= rows["lambda_high"]).all()
+            assert sampled or (rows["lambda_low"] == rows["lambda_high"]).all()
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
                    "--per-image", "--select-n", 8, "--out", tmp_path / "refused") == 2
     out = tmp_path / "sweep"
@@ -235,11 +242,11 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
     model = tiny_model("sdnet18")
     contrast = torch.linspace(0.2, 1.0, 10).view(-1, 1, 1, 1)
     images = (torch.rand(10, 3, 32, 32) * contrast * 255).to(torch.uint8)
-    batches = [(images[i:i + 3], None) for i in range(0, 10, 3)]  # 4 batches: ranks hold 2 and 2
+    batches = [(i, images[i:i + 3]) for i in range(0, 10, 3)]  # 4 batches: ranks hold 2 and 2
     grid = list(default_grid(0.1, n=7))
     r = residual_grid(model, to_pixels(images, torch.device("cpu")), grid).double().mean(dim=1)
     calib = _calib(grid, a=grid[3] / float(r[3]), b=0.0)
-    whole = select_for_set(model, batches, calib, torch.device("cpu"))
+    whole = select_for_set(model, batches, calib, torch.device("cpu"), total=10).lmbda
     partial: dict[int, list[float]] = {}
 
     class Recorded(Shard):  # records this rank's sums; returns them added to the other rank's
@@ -247,16 +254,20 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
             partial[self.rank] = values
             return [a + b for a, b in zip(values, partial.get(1 - self.rank, [0.0] * len(values)))]
 
-    select_for_set(model, batches[0::2], calib, torch.device("cpu"), Recorded(0, 2))
-    chosen = select_for_set(model, batches[1::2], calib, torch.device("cpu"), Recorded(1, 2))
+    select_for_set(model, batches[0::2], calib, torch.device("cpu"), total=10, shard=Recorded(0, 2))
+    chosen = select_for_set(model, batches[1::2], calib, torch.device("cpu"), total=10, shard=Recorded(1, 2))
     assert partial[0][-1] + partial[1][-1] == 10, "the image counts add up"
-    assert chosen == whole
-    assert select_for_set(model, batches[1::2], calib, torch.device("cpu")) != whole, "a rank alone would differ"
+    assert chosen.lmbda == whole and chosen.n == 10
+    alone = select_for_set(model, batches[1::2], calib, torch.device("cpu"), total=10)
+    assert alone.lmbda != whole, "a rank alone would differ"
     with pytest.raises(RobustlabError, match="no images"):
-        select_for_set(model, [], calib, torch.device("cpu"))
+        select_for_set(model, [], calib, torch.device("cpu"), total=10)
 
 
 def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
+    """The certified bisection against the exhaustive rule on real images, for fits with falling, flat and rising
+    lines (the calibrations of the paper's kind rise), and a rising fit so steep that d is not monotone: there
+    certification must evaluate more of the grid, and the lambdas must still be the rule's."""
     import dataclasses
 
     from robustlab.adaptive import Fit, load_calibration, residual_grid, select_per_image
@@ -265,14 +276,70 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
     model = robustlab.load_model("zoo:sdnet18-digits")
     calib = load_calibration(Path(__file__).parents[1] / "reports" / "adaptive-digits-calibration.json")
     images = load_dataset("digits").images[:48]
+    whole = {}
     for severity in (0, 3, 5):  # clean and two levels of gaussian noise: residuals across the grid's range
         x = images if severity == 0 else corrupt(images, "gaussian_noise", severity, seed=1)
         x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
-        for fit in (calib.fit, Fit(-2e-3, 0.6, 1.0), Fit(0.0, 0.2, 1.0)):  # crossings inside and at the ends
+        table = residual_grid(model, x, calib.grid)
+        mid = float(table[len(calib.grid) // 2].median())
+        fits = {"calibrated": calib.fit, "falling": Fit(-2e-3, 0.6, 1.0), "flat": Fit(0.0, 0.2, 1.0),
+                "rising": Fit(0.2 / mid, 0.0, 1.0), "steep": Fit(40.0 / mid, -39.8, 1.0)}
+        for name, fit in fits.items():
             c = dataclasses.replace(calib, fit=fit)
-            want = c.select(residual_grid(model, x, c.grid))
-            got, bisected = select_per_image(model, x, c)
-            assert bisected and torch.equal(got, want), (severity, fit)
-    rising = dataclasses.replace(calib, fit=Fit(1e-3, 0.0, 1.0))  # d need not be monotone: the whole grid
-    got, bisected = select_per_image(model, x, rising)
-    assert not bisected and torch.equal(got, rising.select(residual_grid(model, x, rising.grid)))
+            want = c.select(table)
+            got, evaluations = select_per_image(model, x, c)
+            whole[name, severity] = evaluations / len(x)
+            assert torch.equal(got, want), (severity, name)
+        assert len(set(c.select(table).tolist())) > 1 or severity == 0
+    assert all(whole[name, s] <= 8 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))
+    assert max(whole["steep", s] for s in (0, 3, 5)) > 8, "a steep line must need more of the grid"
+
+
+def test_selection_bounds_equal_the_rule_over_every_corner_of_the_box():
+    """selection_bounds against the rule itself applied to every combination of each residual's candidate values:
+    both ends of its interval and the point in it where its lambda is consistent (the gap's minimum)."""
+    import itertools
+
+    from robustlab.adaptive import selection_bounds
+    rng = np.random.default_rng(0)
+    grid = [0.1, 0.15, 0.2, 0.25, 0.3]
+    widths = set()
+    for _ in range(150):
+        a, b = float(rng.choice([-1, 1]) * rng.uniform(1e-4, 1e-3)), float(rng.uniform(0.0, 0.3))
+        calib = _calib(grid, a=a, b=b)
+        mean = (np.array(grid) - b) / a + rng.normal(0, 40, len(grid))
+        half = rng.uniform(0, rng.choice([2.0, 80.0]), len(grid)) * (rng.random(len(grid)) < 0.8)
+        candidates = [sorted({m - h, m + h, min(max((g - b) / a, m - h), m + h)})
+                      for g, m, h in zip(grid, mean, half)]
+        chosen = {float(calib.select(torch.tensor(r, dtype=torch.float64).view(-1, 1))[0])
+                  for r in itertools.product(*candidates)}
+        low, high = selection_bounds(calib, mean, half)
+        assert (low, high) == (min(chosen), max(chosen))
+        widths.add(high - low)
+    assert min(widths) == 0 and max(widths) >= 0.1, "the trials must include narrow and wide bounds"
+
+
+def test_a_sampled_selection_bounds_the_whole_sets_lambda():
+    """Per-set selection on a seeded sample of 100 of 450 noisy digits: its 95% bounds hold the lambda all 450
+    select, on three severities and three samples; the sample is the same for the same seed."""
+    from robustlab.adaptive import sample_mask
+    from robustlab.corruptions import corrupt
+    from robustlab.data import load_dataset
+    model = robustlab.load_model("zoo:sdnet18-digits")
+    calib = load_calibration(Path(__file__).parents[1] / "reports" / "adaptive-digits-calibration.json")
+    images = load_dataset("digits").images[:450]
+    assert sample_mask(450, 450, 0) is None and sample_mask(450, 100, 1).sum() == 100
+    assert np.array_equal(sample_mask(450, 100, 1), sample_mask(450, 100, 1))
+    assert not np.array_equal(sample_mask(450, 100, 1), sample_mask(450, 100, 2))
+    informative = 0
+    for severity in (1, 3, 5):
+        x = torch.from_numpy(np.ascontiguousarray(corrupt(images, "gaussian_noise", severity, seed=1)))
+        x = x.permute(0, 3, 1, 2).contiguous()
+        batches = lambda: [(i, x[i:i + 128]) for i in range(0, 450, 128)]  # noqa: E731
+        whole = select_for_set(model, batches(), calib, torch.device("cpu"), total=450)
+        for seed in (0, 1, 2):
+            part = select_for_set(model, batches(), calib, torch.device("cpu"), total=450,
+                                  mask=sample_mask(450, 100, seed))
+            assert part.n == 100 and part.low <= whole.lmbda <= part.high, (severity, seed)
+            informative += part.high - part.low < max(calib.grid) - min(calib.grid)
+    assert informative, "the bounds must be narrower than the grid somewhere"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -266,19 +266,22 @@ class CSCConv2d(nn.Module):
 
 
     @torch.no_grad()
-    def residual_at(self, x: torch.Tensor, lambdas: Sequence[float], index: torch.Tensor) -> torch.Tensor:
-        """(N,) residual of image i on this layer at lambda lambdas[index[i]]: residual_grid's entries, computed
-        for one lambda per image (Algorithm 1's per-image bisection)."""
+    def residuals_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                                    torch.Tensor]:
+        """A function (images, index) -> the residuals of those images of x at lambdas[index], one lambda per image:
+        residual_grid's entries (Algorithm 1's per-image search). The lambda-free first conv runs once, here."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
-        theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
+        first = torch.cat([F.conv2d(xs, W, stride=self.stride, padding=self.padding)
+                           for xs in x.split(self._images_per_chunk(x, len(lambdas)))])
         chunk = self._images_per_chunk(x, 1)
-        out = []
-        for xs, th in zip(x.split(chunk), theta.split(chunk)):
-            first = F.conv2d(xs, W, stride=self.stride, padding=self.padding)
-            out.append(self._residual(xs, A, self._solve(xs, A, W, scale, th, first)))
-        return torch.cat(out)
+
+        def at(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
+            return torch.cat([self._residual(xs, A, self._solve(xs, A, W, scale, th, f)) for xs, th, f in
+                              zip(x[images].split(chunk), theta.split(chunk), first[images].split(chunk))])
+        return at
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
