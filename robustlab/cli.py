@@ -164,18 +164,24 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     from robustlab.corruptions.writer import layout_corruptions, write_c_layout
     from robustlab.data import load_dataset
     from robustlab.device import resolve_device
+    from robustlab.distributed import shard_from_env
     from robustlab.evaluate import corruption_suite
     from robustlab.progress import progress_bars
 
     suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
     names = layout_corruptions(suite)
     base = load_dataset(args.dataset, args.data_dir, args.split)
+    shard = shard_from_env()
+    # the ranks on one machine share its cores
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                            batch_size=args.batch_size, device=resolve_device(args.device),
                            progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode,
-                           workers=args.workers or os.cpu_count() or 1)
-    print(json.dumps([str(p) for p in paths]) if args.json else f"wrote {len(paths)} corruptions and labels.npy "
-          f"to {args.out}")
+                           workers=args.workers or max(1, cores), shard=shard)
+    rank = f"rank {shard.rank} of {shard.world}: " if shard.world > 1 else ""
+    print(json.dumps([str(p) for p in paths]) if args.json else f"{rank}{len(paths)} of {len(names)} corruptions "
+          f"complete in {args.out}" + (" (the rank finishing a corruption's last share assembles it)"
+                                       if len(paths) < len(names) else ", and labels.npy"))
     return 0
 
 
@@ -413,8 +419,8 @@ def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
                                                 "run into it keeps its finished corruptions)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
-    p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU (default: all "
-                                                          "cores; the bytes do not depend on it)")
+    p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU (default: the "
+                   "cores, shared among the ranks torchrun starts on a machine; the bytes do not depend on it)")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
     p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
     p.add_argument("--n", type=_positive_int, help="first N images only")
@@ -487,7 +493,9 @@ the standardization and a linear SVM on the k features are fitted on the train s
     Command("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",
             epilog="""examples:
   robustlab corrupt --dataset cifar10 --data-dir D --out cifar10-c
-  robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1""",
+  robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1
+  torchrun --nnodes 4 --nproc-per-node 1 ... -m robustlab corrupt --dataset imagenet --data-dir D --out shared/in-c
+      (each rank corrupts every world-th batch into its own part; the last to finish a corruption assembles it)""",
             arguments=_corrupt_arguments, run=cmd_corrupt),
     Command("metrics", help="mean corruption accuracy, mCE and relative mCE of result files",
             epilog="""examples:

@@ -57,6 +57,18 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+def shard_from_env() -> Shard:
+    """This process's rank among WORLD_SIZE under torchrun, without joining a process group: for work whose ranks
+    never talk (robustlab corrupt, where each rank writes its own files)."""
+    try:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise RobustlabError("RANK and WORLD_SIZE must be whole numbers; start the ranks with torchrun") from None
+    if not 0 <= rank < world:
+        raise RobustlabError(f"RANK {rank} is outside 0..WORLD_SIZE-1 ({world}); start the ranks with torchrun")
+    return Shard(rank, world)
+
+
 def init_from_env(device: str) -> tuple[Shard, str]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR...): nccl when the
     run is on CUDA, gloo on the CPU. Returns the shard and the device this rank uses (cuda:LOCAL_RANK)."""

@@ -265,6 +265,53 @@ def test_corrupt_gives_the_same_bytes_with_a_pool_of_workers(tmp_path):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
 
 
+def test_corrupt_shared_by_ranks_gives_the_same_bytes_and_resumes(tmp_path, monkeypatch, capsys):
+    """Ranks (as torchrun starts them: RANK, WORLD_SIZE) write their shares; the one completing a corruption's last
+    share assembles it, byte for byte the single-process file; a rank restarted after finishing its share
+    corrupts nothing again."""
+    import robustlab.corruptions.writer as writer
+    args = ["corrupt", "--dataset", "digits", "--n", "12", "--batch-size", "5", "--corruptions",
+            "gaussian_noise,glass_blur", "--workers", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+
+    def rank(r: int, world: int) -> str:
+        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        assert main([*args, "--out", str(tmp_path / f"of{world}")]) == 0
+        return capsys.readouterr().out
+    assert "rank 1 of 2: 0 of 2 corruptions complete" in rank(1, 2)
+    assert not (tmp_path / "of2" / "gaussian_noise.npy").exists()
+    assert "rank 0 of 2: 2 of 2 corruptions complete" in rank(0, 2)
+    rank(0, 3)
+    monkeypatch.setattr(writer, "corrupt", lambda *a, **k: pytest.fail("a finished share was corrupted again"))
+    rank(0, 3)
+    monkeypatch.undo()
+    rank(2, 3)
+    rank(1, 3)
+    for world in (2, 3):
+        assert sorted(p.name for p in (tmp_path / f"of{world}").iterdir()) == sorted(
+            p.name for p in (tmp_path / "one").iterdir()), "the parts are gone once assembled"
+        for name in ("gaussian_noise.npy", "glass_blur.npy", "labels.npy"):
+            assert (tmp_path / f"of{world}" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_corrupt_under_torchrun(tmp_path):
+    """Two ranks at once, started by torchrun itself: the layout equals the single-process one."""
+    import subprocess
+    import sys
+    # no --n: torchrun's own parser takes it for an abbreviation of its options
+    args = ["corrupt", "--dataset", "digits", "--batch-size", "100", "--corruptions", "gaussian_noise,contrast",
+            "--workers", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "robustlab", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for name in ("gaussian_noise.npy", "contrast.npy", "labels.npy"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert not (tmp_path / "two" / ".parts").exists()
+
+
 @pytest.mark.parametrize("level,words", [("nan", "finite"), ("inf", "finite"), ("-0.1", ">= 0"),
                                          ("1e6", "over 100x the largest published")])
 def test_suite_levels_must_be_sane(tmp_path, level, words):

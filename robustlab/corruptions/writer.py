@@ -1,11 +1,14 @@
 """Write a corrupted copy of a split in the published CIFAR-10-C layout (<corruption>.npy, labels.npy)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
 import math
 import multiprocessing
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -17,7 +20,8 @@ import torch
 from robustlab.corruptions.engine import corrupt, reencode_quality
 from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
-from robustlab.data.npy import NpyWriter
+from robustlab.data.npy import NpyRows, NpyWriter
+from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.files import write_atomic, write_json
 from robustlab.progress import ProgressFactory
@@ -65,7 +69,8 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
         raise RobustlabError(f"{out} exists and is not a directory; pass another --out")
     if not out.is_dir() or overwrite:
         return
-    entries = sorted(p.name for p in out.iterdir())
+    # a rank's temporary file (a layout file being written beside this check) is not someone else's file
+    entries = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
     if not entries:
         return
     mine = out / LAYOUT_FILE
@@ -84,16 +89,24 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
                    n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
-                   overwrite: bool = False, reencode: bool | None = None, workers: int = 1) -> list[Path]:
+                   overwrite: bool = False, reencode: bool | None = None, workers: int = 1,
+                   shard: Shard = Shard()) -> list[Path]:
     """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
     like the published files). An interrupted run into the same --out keeps the corruptions it finished.
+    Returns the corruption files that are complete.
 
     With `workers` > 1 the batches are corrupted by a pool of processes (CPU only); every image is seeded by its
-    index, so the bytes do not depend on the number of workers."""
+    index, so the bytes do not depend on the number of workers. Under torchrun (`shard`) each rank reads and
+    corrupts every world-th batch into its own part file; whichever rank completes a corruption's last part
+    assembles the published file, so the bytes do not depend on the number of ranks either, and a killed run
+    keeps the parts it finished."""
     out = Path(out)
     total = len(base) if n is None else min(n, len(base))
     description = {**layout_description(base, table=table, seed=seed, total=total),
                    "jpeg": reencode_quality(table, reencode)}
+    if overwrite and shard.world > 1:
+        raise RobustlabError("--overwrite with several ranks would let them delete each other's work; delete the "
+                             "--out directory first, or run without torchrun")
     _check_out(out, description, overwrite)
     labels = base.label_array(total)
     if labels.size and (labels.min() < 0 or labels.max() > 255):
@@ -103,26 +116,71 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RobustlabError(f"cannot create {out} ({e.strerror}); pass a writable --out") from None
-    write_json(out / LAYOUT_FILE, description)
-    h, w = base.image_size
+    write_json(out / LAYOUT_FILE, description)  # every rank writes the same bytes
+    shape = (*base.image_size, 3)
+    mine = shard.batch_indices(total, batch_size)
+    rows = sum(min(batch_size, total - b * batch_size) for b in mine)
     written = []
-    steps = math.ceil(total / batch_size) * len(SEVERITIES)
     for name in corruptions:
-        path = out / f"{name}.npy"
-        if path.is_file() and not overwrite:  # written whole or not at all (NpyWriter), so it is finished
-            written.append(path)
+        final = out / f"{name}.npy"
+        if final.is_file() and not overwrite:  # written whole or not at all (NpyWriter), so it is finished
+            written.append(final)
             continue
-        ticks = iter(progress(range(steps), total=steps, desc=name))
-        jobs = ((images.permute(0, 2, 3, 1).numpy(), name, s, start)
-                for s in SEVERITIES for start, (images, _) in zip(range(0, total, batch_size),
-                                                                  base.batches(batch_size, total)))
-        with NpyWriter(path, (5 * total, h, w, 3), np.uint8) as arr:  # the file appears only when complete
-            for batch in _corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode,
-                                    workers=workers):
-                arr.append(batch)
-                next(ticks, None)
-        written.append(path)
+        target = final if shard.world == 1 else _part(out, name, batch_size, shard)
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ticks = iter(progress(range(len(mine) * len(SEVERITIES)), total=len(mine) * len(SEVERITIES), desc=name))
+            jobs = ((images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
+                    for s in SEVERITIES for b, (images, _) in zip(mine, base.batches(batch_size, total, shard=shard)))
+            with NpyWriter(target, (len(SEVERITIES) * rows, *shape), np.uint8) as arr:  # appears only when complete
+                for batch in _corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode,
+                                        workers=workers):
+                    arr.append(batch)
+                    next(ticks, None)
+        if shard.world == 1 or _assemble(out, name, total=total, batch_size=batch_size, world=shard.world,
+                                         shape=shape):
+            written.append(final)
     buffer = io.BytesIO()
-    np.save(buffer, np.tile(labels.astype(np.uint8), 5))
-    write_atomic(out / "labels.npy", buffer.getvalue())
+    np.save(buffer, np.tile(labels.astype(np.uint8), len(SEVERITIES)))
+    write_atomic(out / "labels.npy", buffer.getvalue())  # every rank writes the same bytes
+    with contextlib.suppress(OSError):
+        (out / PARTS_DIR).rmdir()  # once every corruption is assembled
     return written
+
+
+PARTS_DIR = ".parts"  # under torchrun: each rank's rows of a corruption, until one rank assembles them
+
+
+def _part(out: Path, name: str, batch_size: int, shard: Shard) -> Path:
+    """A rank's rows of one corruption; the name holds what the rows' order depends on."""
+    return out / PARTS_DIR / name / f"batch{batch_size}-rank{shard.rank}-of{shard.world}.npy"
+
+
+def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, shape: tuple[int, ...]) -> bool:
+    """Join a corruption's parts into <name>.npy once every rank's part is there; whether the file is complete.
+
+    Every rank calls this after committing its own part, so the last of them finds all parts. An flock (released
+    if its holder dies) lets one rank assemble; the parts are removed afterwards."""
+    final, parts_dir = out / f"{name}.npy", out / PARTS_DIR / name
+    if final.is_file():
+        return True
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    with open(parts_dir / "assemble.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another rank is assembling it
+        if not final.is_file():
+            parts = [NpyRows(_part(out, name, batch_size, Shard(r, world))) for r in range(world)
+                     if _part(out, name, batch_size, Shard(r, world)).is_file()]
+            if len(parts) < world:
+                return False  # a rank still works on its share
+            offsets = [0] * world
+            with NpyWriter(final, (len(SEVERITIES) * total, *shape), np.uint8) as arr:
+                for _ in SEVERITIES:
+                    for b in range(math.ceil(total / batch_size)):
+                        r, k = b % world, min(batch_size, total - b * batch_size)
+                        arr.append(parts[r][offsets[r]:offsets[r] + k])
+                        offsets[r] += k
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return True
