@@ -161,6 +161,7 @@ def _levels(text: str) -> list[float] | str:
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
+    from robustlab.corruptions.pool import CorruptionPool, default_workers
     from robustlab.corruptions.writer import layout_corruptions, write_c_layout
     from robustlab.data import load_dataset
     from robustlab.device import resolve_device
@@ -172,12 +173,11 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     names = layout_corruptions(suite)
     base = load_dataset(args.dataset, args.data_dir, args.split)
     shard = shard_from_env()
-    # the ranks on one machine share its cores
-    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
-                           batch_size=args.batch_size, device=resolve_device(args.device),
-                           progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode,
-                           workers=args.workers or max(1, cores), shard=shard)
+    with CorruptionPool(args.workers or default_workers()) as pool:
+        paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
+                               batch_size=args.batch_size, device=resolve_device(args.device),
+                               progress=progress_bars(args.quiet), overwrite=args.overwrite,
+                               reencode=suite.reencode, pool=pool, shard=shard)
     rank = f"rank {shard.rank} of {shard.world}: " if shard.world > 1 else ""
     print(json.dumps([str(p) for p in paths]) if args.json else f"{rank}{len(paths)} of {len(names)} corruptions "
           f"complete in {args.out}" + (" (the rank finishing a corruption's last share assembles it)"
@@ -304,6 +304,12 @@ class Command:
     formatter_class: type = argparse.RawDescriptionHelpFormatter
 
 
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU, beside the rest "
+                   "of the work (default: the cores, shared among the ranks torchrun starts on a machine; the bytes "
+                   "do not depend on it)")
+
+
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from robustlab.config import DEFAULT_SELECT_N
     p.add_argument("--ckpt", required=True, help="checkpoint file, zoo:NAME or robustbench:NAME; a comma list "
@@ -320,6 +326,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--severities", type=_severities, help="e.g. 1,3,5 (default: the suite's, else 1..5)")
     p.add_argument("--c-dir", help="read the published corrupted files (CIFAR-10-C npy / ImageNet-C folders) "
                                    "instead of generating them")
+    _add_workers(p)
     p.add_argument("--lambda", dest="lmbda", type=float, help="fixed lambda of the first CSC layer (SDNet)")
     p.add_argument("--adaptive-lambda", metavar="CALIB.json", help="add rows with lambda chosen by Algorithm 1 "
                                                                    "(per test set; see robustlab calibrate)")
@@ -419,8 +426,7 @@ def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
                                                 "run into it keeps its finished corruptions)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
-    p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU (default: the "
-                   "cores, shared among the ranks torchrun starts on a machine; the bytes do not depend on it)")
+    _add_workers(p)
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
     p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
     p.add_argument("--n", type=_positive_int, help="first N images only")

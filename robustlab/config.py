@@ -87,6 +87,7 @@ class EvalConfig:
     per_image: bool = False
     select_n: int | str | None = None  # None: the default sample; "all": every image
     lambda_sweep: str | None = None
+    workers: int | None = None  # processes generating corruptions (None: the machine's cores)
     attacks: tuple[AttackSpec, ...] = ()
     transfer_from: tuple[str, ...] = ()
     diagnostics: bool = True
@@ -110,7 +111,7 @@ class EvalConfig:
                    out=args.out, seed=args.seed, corruptions=args.corruptions,
                    severities=tuple(args.severities) if args.severities else None, c_dir=args.c_dir,
                    lmbda=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
-                   select_n=args.select_n, lambda_sweep=args.lambda_sweep, attacks=attacks,
+                   select_n=args.select_n, lambda_sweep=args.lambda_sweep, workers=args.workers, attacks=attacks,
                    transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics,
                    save_adv=args.save_adv, allow_config_change=args.allow_config_change, quiet=args.quiet,
                    extra={"json": args.json})

@@ -15,6 +15,7 @@ from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig
 from robustlab.corruptions.engine import reencode_quality
+from robustlab.corruptions.pool import CorruptionPool, default_workers
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.counting import BatchLimit, RunInfo
 from robustlab.data import DATASETS, ImageSet, load_dataset
@@ -48,8 +49,8 @@ def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | Non
 
 
 def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: str | None, cache_dir: Path | None,
-                device: Any, log: Callable[[str], None] = lambda _: None,
-                reencode: bool | None = None) -> Callable[[Cell], ImageSet]:
+                device: Any, log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
+                pool: CorruptionPool | None = None) -> Callable[[Cell], ImageSet]:
     """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones."""
     digests: dict[int, str] = {}  # the clean split's content digest, shared by every generated cell
 
@@ -59,7 +60,7 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
         if c_dir is None:
             return GeneratedImageSet(base, cell.corruption, cell.severity, table=table, seed=seed, param=cell.param,
                                      cache_dir=cache_dir, device=device, log=log, reencode=reencode,
-                                     digests=digests)
+                                     digests=digests, pool=pool)
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
                                  "published file holds; drop --c-dir to generate it")
@@ -125,7 +126,11 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
     An `out` that holds an unfinished (or finished) run with the same configuration is resumed: only the cells not
     in its results.csv run. Under torchrun every rank evaluates its share and only rank 0 writes (and gets the
     RunDir; the other ranks get None)."""
-    cfg = config
+    with contextlib.ExitStack() as stack:  # the corruption workers stop when the run ends, however it ends
+        return _evaluate(config, stack)
+
+
+def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | None, list[Record]]:
     shard, device = init_from_env(cfg.device)
     dev = resolve_device(device)
     if cfg.save_adv and shard.world > 1:
@@ -152,8 +157,10 @@ def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
             if run is not None:
                 run.warn(message)
 
+    pool = stack.enter_context(CorruptionPool(cfg.workers or default_workers()))
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
-                         cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None)
+                         cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None,
+                         pool=pool)
     plans = lambda_plans(models, lmbda=cfg.lmbda, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:

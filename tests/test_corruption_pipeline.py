@@ -183,7 +183,7 @@ def test_generated_cache_hit_returns_the_same_images_and_labels(tmp_path):
 def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
     """Under torchrun each reader yields rank r's batches (r, r + world, ...) exactly as the whole split has them,
     and reads, decodes and corrupts no other image; a shard writes no cache (it holds only part of the split)."""
-    import robustlab.corruptions as corruptions
+    import robustlab.corruptions.pool as pool
     import robustlab.data.imagenet as imagenet
     from robustlab.data import ArrayImageSet
     from robustlab.data.corrupted import GeneratedImageSet
@@ -196,10 +196,10 @@ def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
     folders = FolderImageSet(write_imagenet(tmp_path / "val", classes=3, per_class=3), name="imagenet",
                              split="val", workers=0)
     decoded, corrupted = [], []
-    real_decode, real_corrupt = imagenet._Decoded.__getitem__, corruptions.corrupt
+    real_decode, real_corrupt = imagenet._Decoded.__getitem__, pool.corrupt
     monkeypatch.setattr(imagenet._Decoded, "__getitem__", lambda self, i: decoded.append(self.files[i]) or
                         real_decode(self, i))
-    monkeypatch.setattr(corruptions, "corrupt", lambda x, *a, **k: corrupted.append(len(x)) or
+    monkeypatch.setattr(pool, "corrupt", lambda x, *a, **k: corrupted.append(len(x)) or
                         real_corrupt(x, *a, **k))
 
     def generated(cache: str) -> GeneratedImageSet:
@@ -269,7 +269,7 @@ def test_corrupt_shared_by_ranks_gives_the_same_bytes_and_resumes(tmp_path, monk
     """Ranks (as torchrun starts them: RANK, WORLD_SIZE) write their shares; the one completing a corruption's last
     share assembles it, byte for byte the single-process file; a rank restarted after finishing its share
     corrupts nothing again."""
-    import robustlab.corruptions.writer as writer
+    import robustlab.corruptions.pool as pool
     args = ["corrupt", "--dataset", "digits", "--n", "12", "--batch-size", "5", "--corruptions",
             "gaussian_noise,glass_blur", "--workers", "1", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -283,7 +283,7 @@ def test_corrupt_shared_by_ranks_gives_the_same_bytes_and_resumes(tmp_path, monk
     assert not (tmp_path / "of2" / "gaussian_noise.npy").exists()
     assert "rank 0 of 2: 2 of 2 corruptions complete" in rank(0, 2)
     rank(0, 3)
-    monkeypatch.setattr(writer, "corrupt", lambda *a, **k: pytest.fail("a finished share was corrupted again"))
+    monkeypatch.setattr(pool, "corrupt", lambda *a, **k: pytest.fail("a finished share was corrupted again"))
     rank(0, 3)
     monkeypatch.undo()
     rank(2, 3)
@@ -319,3 +319,20 @@ def test_suite_levels_must_be_sane(tmp_path, level, words):
     path.write_text(f"[levels]\ngaussian_noise = [0.02, {level}]\n")
     with pytest.raises(RobustlabError, match=words):
         load_corruption_suite(path)
+
+
+def test_eval_generates_the_same_corruptions_with_a_pool_of_workers(tmp_path, monkeypatch):
+    """eval's generated cells through 2 worker processes: the same cached bytes and the same rows as in-process."""
+    rows = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / f"cache{workers}"))
+        out = tmp_path / f"run{workers}"
+        assert main(["eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "40", "--batch-size",
+                     "16", "--corruptions", "glass_blur,gaussian_noise", "--severities", "3", "--workers",
+                     str(workers), "--out", str(out), "--quiet"]) == 0
+        rows[workers] = pd.read_csv(out / "results.csv")[["corruption", "severity", "correct"]]
+    pd.testing.assert_frame_equal(rows[1], rows[2])
+    caches = [sorted((tmp_path / f"cache{w}" / "corruptions").glob("*.npy")) for w in (1, 2)]
+    assert len(caches[0]) == 2 and [p.name for p in caches[0]] == [p.name for p in caches[1]]
+    for one, two in zip(*caches):
+        assert one.read_bytes() == two.read_bytes(), one.name

@@ -6,18 +6,16 @@ import fcntl
 import io
 import json
 import math
-import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from robustlab.corruptions.engine import corrupt, reencode_quality
+from robustlab.corruptions.engine import reencode_quality
+from robustlab.corruptions.pool import CorruptionPool, Job
 from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
@@ -28,25 +26,6 @@ from robustlab.progress import ProgressFactory
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with which settings
-
-
-def _corrupt_job(job: tuple[np.ndarray, str, int, int], table: str, seed: int, reencode: bool | None) -> np.ndarray:
-    images, name, severity, start = job
-    return corrupt(images, name, severity, table=table, seed=seed, start=start, reencode=reencode)
-
-
-def _corrupted(jobs: Iterator[tuple[np.ndarray, str, int, int]], *, table: str, seed: int, device: torch.device,
-               reencode: bool | None, workers: int) -> Iterator[np.ndarray]:
-    """The corrupted batches of `jobs` (images, corruption, severity, index of the first image), in order."""
-    if workers <= 1 or device.type != "cpu":
-        for images, name, severity, start in jobs:
-            yield corrupt(images, name, severity, table=table, seed=seed, start=start, device=device,
-                          reencode=reencode)
-        return
-    # spawned, not forked: a forked copy of a process that already ran torch's OpenMP pool can hang
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(partial(_corrupt_job, table=table, seed=seed, reencode=reencode), jobs,
-                            chunksize=1)
 
 
 def layout_corruptions(suite: CorruptionSuite) -> list[str]:
@@ -89,18 +68,18 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
                    n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
-                   overwrite: bool = False, reencode: bool | None = None, workers: int = 1,
+                   overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
                    shard: Shard = Shard()) -> list[Path]:
     """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
     like the published files). An interrupted run into the same --out keeps the corruptions it finished.
     Returns the corruption files that are complete.
 
-    With `workers` > 1 the batches are corrupted by a pool of processes (CPU only); every image is seeded by its
-    index, so the bytes do not depend on the number of workers. Under torchrun (`shard`) each rank reads and
+    The batches are corrupted by `pool` (processes on the CPU); every image is seeded by its index, so the bytes do
+    not depend on the number of workers. Under torchrun (`shard`) each rank reads and
     corrupts every world-th batch into its own part file; whichever rank completes a corruption's last part
     assembles the published file, so the bytes do not depend on the number of ranks either, and a killed run
     keeps the parts it finished."""
-    out = Path(out)
+    out, pool = Path(out), pool or CorruptionPool(1)
     total = len(base) if n is None else min(n, len(base))
     description = {**layout_description(base, table=table, seed=seed, total=total),
                    "jpeg": reencode_quality(table, reencode)}
@@ -130,11 +109,10 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             ticks = iter(progress(range(len(mine) * len(SEVERITIES)), total=len(mine) * len(SEVERITIES), desc=name))
-            jobs = ((images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
+            jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
                     for s in SEVERITIES for b, (images, _) in zip(mine, base.batches(batch_size, total, shard=shard)))
             with NpyWriter(target, (len(SEVERITIES) * rows, *shape), np.uint8) as arr:  # appears only when complete
-                for batch in _corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode,
-                                        workers=workers):
+                for batch in pool.corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode):
                     arr.append(batch)
                     next(ticks, None)
         if shard.world == 1 or _assemble(out, name, total=total, batch_size=batch_size, world=shard.world,

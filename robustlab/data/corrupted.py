@@ -5,14 +5,15 @@ import contextlib
 import hashlib
 import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from robustlab import corruptions
 from robustlab.corruptions.engine import ENGINE_VERSION, reencode_quality
+from robustlab.corruptions.pool import CorruptionPool, Job
 from robustlab.data.base import ArrayImageSet, Batch, ImageSet, check_labels, check_pixels
 from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
@@ -84,7 +85,7 @@ class GeneratedImageSet(ImageSet):
     def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
                  param: float | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
                  log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
-                 digests: dict[int, str] | None = None) -> None:
+                 digests: dict[int, str] | None = None, pool: CorruptionPool | None = None) -> None:
         self.base, self.corruption, self.severity = base, corruption, severity
         self.table, self.seed, self.param, self.device = table, seed, param, device
         self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
@@ -94,6 +95,7 @@ class GeneratedImageSet(ImageSet):
         # the source's content digest per image count; pass one dict to every corruption of a base set, so that its
         # images are hashed once, not once per cell
         self._digests = {} if digests is None else digests
+        self.pool = pool or CorruptionPool(1)  # pass one pool to every corruption of a run: its workers start once
 
     def __len__(self) -> int:
         return len(self.base)
@@ -158,17 +160,21 @@ class GeneratedImageSet(ImageSet):
                 self._remove_stale(cache)
                 writer = stack.enter_context(NpyWriter(cache, (total, *self.image_size, 3), np.uint8))
             indices = shard.batch_indices(total, batch_size)
-            for index, (images, labels) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
-                hwc = images.permute(0, 2, 3, 1).numpy()
-                out = corruptions.corrupt(hwc, self.corruption, self.severity, table=self.table, seed=self.seed,
-                              start=index * batch_size, device=self.device, param=self.param,
-                              reencode=self.reencode)
+            labels: deque[torch.Tensor] = deque()  # of the batches in flight, in order
+
+            def jobs() -> Iterator[Job]:
+                for index, (images, y) in zip(indices, self.base.batches(batch_size, total, shard=shard)):
+                    labels.append(y)
+                    yield Job(images.permute(0, 2, 3, 1).numpy(), self.corruption, self.severity,
+                              index * batch_size, self.param)
+            for out in self.pool.corrupted(jobs(), table=self.table, seed=self.seed, device=torch.device(self.device),
+                                           reencode=self.reencode):
                 if writer is not None:
                     writer.append(out)  # complete after the last batch: named before that batch is yielded
                     if writer.committed:
                         write_json(cache.with_suffix(".json"), {"key": key, "sha256": writer.sha256.hexdigest(),
                                                                 "shape": [total, *self.image_size, 3]})
-                yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels
+                yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels.popleft()
 
 
 def _rows_sha256(rows: NpyRows) -> str:
