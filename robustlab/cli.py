@@ -304,10 +304,9 @@ class Command:
     formatter_class: type = argparse.RawDescriptionHelpFormatter
 
 
-def _add_workers(p: argparse.ArgumentParser) -> None:
+def _add_workers(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--workers", type=_positive_int, help="processes corrupting batches on the CPU, beside the rest "
-                   "of the work (default: the cores, shared among the ranks torchrun starts on a machine; the bytes "
-                   "do not depend on it)")
+                   f"of the work (default: {default}; the bytes do not depend on it)")
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -326,7 +325,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--severities", type=_severities, help="e.g. 1,3,5 (default: the suite's, else 1..5)")
     p.add_argument("--c-dir", help="read the published corrupted files (CIFAR-10-C npy / ImageNet-C folders) "
                                    "instead of generating them")
-    _add_workers(p)
+    _add_workers(p, "1 with the model on the CPU, whose cores it keeps busy; on a GPU the cores, shared among the "
+                    "ranks torchrun starts on a machine")
     p.add_argument("--lambda", dest="lmbda", type=float, help="fixed lambda of the first CSC layer (SDNet)")
     p.add_argument("--adaptive-lambda", metavar="CALIB.json", help="add rows with lambda chosen by Algorithm 1 "
                                                                    "(per test set; see robustlab calibrate)")
@@ -426,7 +426,7 @@ def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
                                                 "run into it keeps its finished corruptions)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
-    _add_workers(p)
+    _add_workers(p, "the cores, shared among the ranks torchrun starts on a machine")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
     p.add_argument("--table", choices=["cifar", "imagenet"], help="parameter table (default: the suite's)")
     p.add_argument("--n", type=_positive_int, help="first N images only")
