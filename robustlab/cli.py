@@ -162,8 +162,9 @@ def _levels(text: str) -> list[float] | str:
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from robustlab.corruptions.pool import CorruptionPool, default_workers
-    from robustlab.corruptions.writer import layout_corruptions, write_c_layout
+    from robustlab.corruptions.writer import layout_corruptions, write_c_layout, write_folder_layout
     from robustlab.data import load_dataset
+    from robustlab.data.imagenet import FolderImageSet
     from robustlab.device import resolve_device
     from robustlab.distributed import shard_from_env
     from robustlab.evaluate import corruption_suite
@@ -173,15 +174,21 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     names = layout_corruptions(suite)
     base = load_dataset(args.dataset, args.data_dir, args.split)
     shard = shard_from_env()
+    folders = isinstance(base, FolderImageSet)  # ImageNet: the published JPEG folders
+    write = write_folder_layout if folders else write_c_layout
     with CorruptionPool(args.workers or default_workers()) as pool:
-        paths = write_c_layout(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
-                               batch_size=args.batch_size, device=resolve_device(args.device),
-                               progress=progress_bars(args.quiet), overwrite=args.overwrite,
-                               reencode=suite.reencode, pool=pool, shard=shard)
+        paths = write(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
+                      batch_size=args.batch_size, device=resolve_device(args.device),
+                      progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode,
+                      pool=pool, shard=shard)
     rank = f"rank {shard.rank} of {shard.world}: " if shard.world > 1 else ""
-    print(json.dumps([str(p) for p in paths]) if args.json else f"{rank}{len(paths)} of {len(names)} corruptions "
-          f"complete in {args.out}" + (" (the rank finishing a corruption's last share assembles it)"
-                                       if len(paths) < len(names) else ", and labels.npy"))
+    done = f"{rank}{len(paths)} of {len(names)} corruptions complete in {args.out}"
+    if len(paths) < len(names):
+        done += " (the other ranks write the rest" + ("" if folders else "; the one finishing a corruption's last "
+                                                      "share assembles it") + ")"
+    elif not folders:
+        done += ", and labels.npy"
+    print(json.dumps([str(p) for p in paths]) if args.json else done)
     return 0
 
 
@@ -423,8 +430,8 @@ def _corrupt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--split", help="default: the evaluation split")
-    p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy (an interrupted "
-                                                "run into it keeps its finished corruptions)")
+    p.add_argument("--out", required=True, help="directory for <corruption>.npy and labels.npy, or for ImageNet "
+                   "<corruption>/<severity>/<wnid>/<file> (an interrupted run into it keeps what it finished)")
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     _add_workers(p, "the cores, shared among the ranks torchrun starts on a machine")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
@@ -496,12 +503,14 @@ the standardization and a linear SVM on the k features are fitted on the train s
     Command("demo", help="the whole pipeline on built-in Fashion-MNIST (or digits) and shipped checkpoints",
             epilog="example:\n  robustlab demo --out runs/demo",
             arguments=_demo_arguments, run=cmd_demo),
-    Command("corrupt", help="write a corrupted copy of a split in the CIFAR-10-C layout",
+    Command("corrupt", help="write a corrupted copy of a split in the published layout (CIFAR-10-C's arrays; "
+                            "ImageNet-C's JPEG folders for imagenet)",
             epilog="""examples:
   robustlab corrupt --dataset cifar10 --data-dir D --out cifar10-c
   robustlab corrupt --dataset digits --out digits-c --corruptions gaussian_noise,fog --seed 1
   torchrun --nnodes 4 --nproc-per-node 1 ... -m robustlab corrupt --dataset imagenet --data-dir D --out shared/in-c
-      (each rank corrupts every world-th batch into its own part; the last to finish a corruption assembles it)""",
+      (each rank corrupts every world-th batch: ImageNet-C's files; for arrays its own part, which the rank
+       finishing a corruption's last part assembles)""",
             arguments=_corrupt_arguments, run=cmd_corrupt),
     Command("metrics", help="mean corruption accuracy, mCE and relative mCE of result files",
             epilog="""examples:

@@ -336,3 +336,36 @@ def test_eval_generates_the_same_corruptions_with_a_pool_of_workers(tmp_path, mo
     assert len(caches[0]) == 2 and [p.name for p in caches[0]] == [p.name for p in caches[1]]
     for one, two in zip(*caches):
         assert one.read_bytes() == two.read_bytes(), one.name
+
+
+def test_corrupt_writes_imagenet_c_folders_that_read_back_as_generated(tmp_path, monkeypatch, capsys):
+    """ImageNet: the published layout <corruption>/<severity>/<wnid>/<file>.JPEG, saved at quality 85 as
+    make_imagenet_c.py saves; read back through --c-dir's reader they are the pixels eval generates (which
+    re-encode the same way). Two ranks write the same files; a restarted rank corrupts nothing again."""
+    import robustlab.corruptions.pool as pool
+    from robustlab.data.corrupted import GeneratedImageSet, load_imagenet_c
+    from robustlab.data.imagenet import FolderImageSet
+    from tests.conftest import write_imagenet
+    write_imagenet(tmp_path / "val", classes=2, per_class=3)
+    args = ["corrupt", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--corruptions",
+            "gaussian_noise,contrast", "--batch-size", "2", "--workers", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.JPEG"))
+    assert len(files) == 2 * 5 * 6 and str(files[0]) == "contrast/1/n00000000/img0.JPEG"
+    base = FolderImageSet(tmp_path / "val", name="imagenet", split="val", workers=0)
+    for name in ("gaussian_noise", "contrast"):
+        for severity in (1, 5):
+            read = load_imagenet_c(tmp_path / "one", name, severity)
+            read.workers = 0
+            generated = GeneratedImageSet(base, name, severity, table="imagenet", seed=0)
+            for (a, la), (b, lb) in zip(read.batches(3), generated.batches(3)):
+                assert torch.equal(a, b) and torch.equal(la, lb), (name, severity)
+    for r in (1, 0):
+        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main([*args, "--out", str(tmp_path / "two")]) == 0
+    assert "rank 0 of 2: 2 of 2 corruptions complete" in capsys.readouterr().out
+    for f in files:
+        assert (tmp_path / "two" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
+    monkeypatch.setattr(pool, "corrupt", lambda *a, **k: pytest.fail("finished files were corrupted again"))
+    assert main([*args, "--out", str(tmp_path / "two")]) == 0

@@ -13,11 +13,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from robustlab.corruptions.engine import reencode_quality
 from robustlab.corruptions.pool import CorruptionPool, Job
 from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
+from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
@@ -66,21 +68,9 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
                          f"{' ...' if len(entries) > 3 else ''}); pass --overwrite to replace them, or another --out")
 
 
-def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
-                   n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
-                   overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
-                   shard: Shard = Shard()) -> list[Path]:
-    """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
-    like the published files). An interrupted run into the same --out keeps the corruptions it finished.
-    Returns the corruption files that are complete.
-
-    The batches are corrupted by `pool` (processes on the CPU); every image is seeded by its index, so the bytes do
-    not depend on the number of workers. Under torchrun (`shard`) each rank reads and
-    corrupts every world-th batch into its own part file; whichever rank completes a corruption's last part
-    assembles the published file, so the bytes do not depend on the number of ranks either, and a killed run
-    keeps the parts it finished."""
-    out, pool = Path(out), pool or CorruptionPool(1)
-    total = len(base) if n is None else min(n, len(base))
+def _prepare(base: ImageSet, out: Path, *, table: str, seed: int, total: int, reencode: bool | None,
+             overwrite: bool, shard: Shard) -> None:
+    """Check --out and the labels, then create --out and record the layout's description (every rank alike)."""
     description = {**layout_description(base, table=table, seed=seed, total=total),
                    "jpeg": reencode_quality(table, reencode)}
     if overwrite and shard.world > 1:
@@ -96,6 +86,24 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
     except OSError as e:
         raise RobustlabError(f"cannot create {out} ({e.strerror}); pass a writable --out") from None
     write_json(out / LAYOUT_FILE, description)  # every rank writes the same bytes
+
+
+def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
+                   n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
+                   overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
+                   shard: Shard = Shard()) -> list[Path]:
+    """One uint8 (5N, H, W, 3) array per corruption, severities 1..5 in blocks of N, and labels.npy (5N, uint8
+    like the published files). An interrupted run into the same --out keeps the corruptions it finished.
+    Returns the corruption files that are complete.
+
+    The batches are corrupted by `pool` (processes on the CPU); every image is seeded by its index, so the bytes do
+    not depend on the number of workers. Under torchrun (`shard`) each rank reads and corrupts every world-th
+    batch into its own part file; whichever rank completes a corruption's last part assembles the published file,
+    so the bytes do not depend on the number of ranks either, and a killed run keeps the parts it finished."""
+    out, pool = Path(out), pool or CorruptionPool(1)
+    total = len(base) if n is None else min(n, len(base))
+    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
+    labels = base.label_array(total)
     shape = (*base.image_size, 3)
     mine = shard.batch_indices(total, batch_size)
     rows = sum(min(batch_size, total - b * batch_size) for b in mine)
@@ -162,3 +170,53 @@ def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, 
                         offsets[r] += k
     shutil.rmtree(parts_dir, ignore_errors=True)
     return True
+
+
+def write_folder_layout(base: FolderImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str,
+                        seed: int, n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
+                        overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
+                        shard: Shard = Shard()) -> list[Path]:
+    """ImageNet-C's published layout, <corruption>/<severity>/<wnid>/<file>: each corrupted image saved as
+    make_imagenet_c.py saves it (JPEG, quality 85, optimize=True) when the table re-encodes, else as PNG (lossless).
+    Every image is its own file, written atomically, so ranks write their batches' files and nothing is
+    assembled; a restarted run skips every batch whose files are all there. Returns the complete corruptions."""
+    out, pool = Path(out), pool or CorruptionPool(1)
+    total = len(base) if n is None else min(n, len(base))
+    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
+    quality = reencode_quality(table, reencode)
+    mine = list(shard.batch_indices(total, batch_size))
+    complete = []
+    for name in corruptions:
+        for severity in SEVERITIES:
+            def target(i: int, severity: int = severity) -> Path:
+                file = base.files[i][0]
+                path = out / name / str(severity) / file.parent.name / file.name
+                return path if quality is not None else path.with_suffix(".png")
+
+            def finished(b: int) -> bool:
+                return not overwrite and all(target(i).is_file()
+                                             for i in range(b * batch_size, min(total, (b + 1) * batch_size)))
+            pending = [b for b in mine if not finished(b)]
+            if pending:
+                order = np.concatenate([np.arange(b * batch_size, min(total, (b + 1) * batch_size)) for b in pending])
+                jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, severity, b * batch_size)
+                        for b, (images, _) in zip(pending, base.batches(batch_size, order=order)))
+                ticks = iter(progress(range(len(pending)), total=len(pending), desc=f"{name} {severity}"))
+                for b, batch in zip(pending, pool.corrupted(jobs, table=table, seed=seed, device=device,
+                                                            reencode=False)):
+                    for i, image in zip(range(b * batch_size, total), batch):
+                        _save_image(target(i), image, quality)
+                    next(ticks, None)
+        if shard.world == 1 or all(target(i, s).is_file() for s in SEVERITIES for i in range(total)):
+            complete.append(out / name)  # the other ranks' files too
+    return complete
+
+
+def _save_image(path: Path, image: np.ndarray, quality: int | None) -> None:
+    buffer = io.BytesIO()
+    if quality is not None:  # as make_imagenet_c.py saves (optimize changes the entropy coding only)
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality, optimize=True)
+    else:
+        Image.fromarray(image).save(buffer, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())

@@ -61,7 +61,7 @@ def load_imagenet_c(c_dir: str | Path, corruption: str, severity: int) -> Folder
     if not root.is_dir():
         raise RobustlabError(f"{root} is missing; point --c-dir at a folder holding "
                              "<corruption>/<severity>/<wnid>/*.JPEG (the published ImageNet-C layout)")
-    return FolderImageSet(root, name="imagenet", split="val")
+    return FolderImageSet(root, name="imagenet", split="val", resize=False)  # the files are 224x224 crops already
 
 
 CACHE_STALE_SECONDS = 3600  # a cache's temporary file untouched this long belongs to a killed process

@@ -27,8 +27,8 @@ def list_class_folders(root: Path) -> list[tuple[Path, int]]:
 
 
 class _Decoded(Dataset):
-    def __init__(self, files: list[tuple[Path, int]]) -> None:
-        self.files = files
+    def __init__(self, files: list[tuple[Path, int]], resize: bool = True) -> None:
+        self.files, self.resize = files, resize
 
     def __len__(self) -> int:
         return len(self.files)
@@ -46,15 +46,19 @@ class _Decoded(Dataset):
             problem = f"cannot decode {path} ({str(e).splitlines()[0]}); remove or replace the file"
             return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, problem
         # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
-        return TF.pil_to_tensor(TF.center_crop(TF.resize(img, RESIZE), [CROP, CROP])), label, ""
+        img = TF.resize(img, RESIZE) if self.resize else img
+        return TF.pil_to_tensor(TF.center_crop(img, [CROP, CROP])), label, ""
 
 
 class FolderImageSet(ImageSet):
-    """A split stored as class folders; decoding runs in DataLoader workers."""
+    """A split stored as class folders; decoding runs in DataLoader workers. Images get the standard evaluation
+    transform (shorter side to 256, center 224 crop), or only the center crop with `resize=False`: ImageNet-C's files
+    are 224x224 already (make_imagenet_c.py resized and cropped before corrupting; Hendrycks' test code only
+    center-crops them), and resizing them to 256 would blur every corruption."""
 
-    def __init__(self, root: Path, *, name: str, split: str, workers: int = 2) -> None:
+    def __init__(self, root: Path, *, name: str, split: str, workers: int = 2, resize: bool = True) -> None:
         self.files = list_class_folders(root)
-        self.root, self.name, self.split, self.workers = root, name, split, workers
+        self.root, self.name, self.split, self.workers, self.resize = root, name, split, workers, resize
         self.num_classes = self.files[-1][1] + 1
         self.image_size = (CROP, CROP)
 
@@ -71,7 +75,7 @@ class FolderImageSet(ImageSet):
         # only this shard's batches go to the workers; each is whole but the split's last, so they batch alike
         files = [f for b in shard.batch_indices(len(files), batch_size)
                  for f in files[b * batch_size:(b + 1) * batch_size]]
-        loader = DataLoader(_Decoded(files), batch_size=batch_size, num_workers=self.workers,
+        loader = DataLoader(_Decoded(files, self.resize), batch_size=batch_size, num_workers=self.workers,
                             persistent_workers=False)
         for images, labels, problems in loader:
             problem = next((p for p in problems if p), None)
