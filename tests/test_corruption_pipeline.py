@@ -288,7 +288,9 @@ def test_corrupt_shared_by_ranks_gives_the_same_bytes_and_resumes(tmp_path, monk
     monkeypatch.undo()
     rank(2, 3)
     rank(1, 3)
-    for world in (2, 3):
+    for r in (3, 1, 0, 2):  # 4 ranks, 3 batches: rank 3 has no share
+        rank(r, 4)
+    for world in (2, 3, 4):
         assert sorted(p.name for p in (tmp_path / f"of{world}").iterdir()) == sorted(
             p.name for p in (tmp_path / "one").iterdir()), "the parts are gone once assembled"
         for name in ("gaussian_noise.npy", "glass_blur.npy", "labels.npy"):

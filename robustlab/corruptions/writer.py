@@ -114,7 +114,7 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
             written.append(final)
             continue
         target = final if shard.world == 1 else _part(out, name, batch_size, shard)
-        if not target.is_file():
+        if len(mine) and not target.is_file():  # a rank beyond the number of batches has no share
             target.parent.mkdir(parents=True, exist_ok=True)
             ticks = iter(progress(range(len(mine) * len(SEVERITIES)), total=len(mine) * len(SEVERITIES), desc=name))
             jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
@@ -157,11 +157,12 @@ def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, 
         except BlockingIOError:
             return False  # another rank is assembling it
         if not final.is_file():
-            parts = [NpyRows(_part(out, name, batch_size, Shard(r, world))) for r in range(world)
-                     if _part(out, name, batch_size, Shard(r, world)).is_file()]
-            if len(parts) < world:
+            holders = min(world, math.ceil(total / batch_size))  # the ranks that have batches
+            paths = [_part(out, name, batch_size, Shard(r, world)) for r in range(holders)]
+            if not all(p.is_file() for p in paths):
                 return False  # a rank still works on its share
-            offsets = [0] * world
+            parts = [NpyRows(p) for p in paths]
+            offsets = [0] * holders
             with NpyWriter(final, (len(SEVERITIES) * total, *shape), np.uint8) as arr:
                 for _ in SEVERITIES:
                     for b in range(math.ceil(total / batch_size)):
