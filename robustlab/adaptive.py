@@ -287,6 +287,8 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
     exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
     residuals do not grow). So the lambdas are always the exhaustive rule's (tested on real images against it);
     where d is monotone few extra lambdas are needed, where it is not up to the whole grid."""
+    if not len(x):
+        return torch.empty(0, device=x.device), 0
     csc = csc_layer(model, calib.layer)
     residuals = csc.residuals_at(layer_input(model, csc, x), calib.grid)
     size, n, device = len(calib.grid), len(x), x.device
