@@ -28,7 +28,7 @@ robustlab eval --ckpt zoo:sdnet18-fashion "${c[@]}" --n 500 --attacks fashion-pg
     --lambda-sweep 0.1,0.13,0.16,0.2 --skip-diagnostics --out "$runs/pgd-lambda"
 robustlab eval --ckpt zoo:rdsn-fashion "${c[@]}" --n 500 --attacks fashion-blackbox --skip-diagnostics \
     --out "$runs/rdsn-square"
-robustlab eval --ckpt zoo:sdnet18-fashion "${c[@]}" --n 2000 --corruptions cifar10-c --adaptive-lambda "$calib" \
+robustlab eval --ckpt zoo:sdnet18-fashion "${c[@]}" --n 10000 --corruptions cifar10-c --adaptive-lambda "$calib" \
     --per-image --out "$runs/per-image"
 # the lambda sweeps of the two stems (first 2,000 test images)
 robustlab eval --ckpt zoo:sdnet18-fashion "${c[@]}" --n 2000 \
