@@ -268,8 +268,10 @@ def select_for_set(model: RobustModel, batches: Iterable[tuple[int, torch.Tensor
         raise RobustlabError("no images to select lambda on")
     mean = np.asarray(sums[:size]) / count
     lmbda = float(calib.select(torch.tensor(mean, dtype=torch.float64).view(-1, 1))[0])
-    if count >= total or count < 2:
+    if count >= total:
         return SetSelection(lmbda, lmbda, lmbda, int(count), total)
+    if count < 2:  # no spread to estimate: anything on the grid
+        return SetSelection(lmbda, min(calib.grid), max(calib.grid), int(count), total)
     var = np.maximum(0.0, (np.asarray(sums[size:]) - count * mean ** 2) / (count - 1))
     se = np.sqrt(var / count * (total - count) / (total - 1))
     z = float(scipy.stats.norm.ppf(1 - (1 - SELECTION_CONFIDENCE) / (2 * size)))
@@ -285,68 +287,69 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
     is then certified, per image, from the residual growing with lambda: an unevaluated lambda's residual lies
     between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
     exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
-    residuals do not grow). So the lambdas are always the exhaustive rule's (tested on real images against it);
-    where d is monotone few extra lambdas are needed, where it is not up to the whole grid."""
+    residuals do not grow or are not finite, and every lambda of a grid that is not ascending). So the lambdas are
+    always the exhaustive rule's (tested on real images against it); where d is monotone few extra lambdas are
+    needed, where it is not up to the whole grid."""
     if not len(x):
         return torch.empty(0, device=x.device), 0
     csc = csc_layer(model, calib.layer)
     residuals = csc.residuals_at(layer_input(model, csc, x), calib.grid)
     size, n, device = len(calib.grid), len(x), x.device
-    known: torch.Tensor | None = None  # (n, size) residuals evaluated so far, NaN where not
-
-    def evaluate(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        nonlocal known
-        missing = known[images, index].isnan() if known is not None else torch.ones_like(images, dtype=torch.bool)
-        if bool(missing.any()):
-            r = residuals(images[missing], index[missing])
-            if known is None:
-                known = torch.full((n, size), math.nan, dtype=r.dtype, device=device)
-            known[images[missing], index[missing]] = r
-        return known[images, index]
-
-    grid = torch.tensor(calib.grid, device=device)
+    everyone = torch.arange(n, device=device)
+    first_r = residuals(everyone, torch.zeros(n, dtype=torch.long, device=device))
+    known = torch.zeros((n, size), dtype=first_r.dtype, device=device)  # the residuals evaluated so far
+    evaluated = torch.zeros((n, size), dtype=torch.bool, device=device)
+    known[:, 0], evaluated[:, 0] = first_r, True
+    grid = torch.tensor(calib.grid, dtype=known.dtype, device=device)  # as Calibration.select builds it
 
     def gaps(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        r = evaluate(images, index)
-        return grid.to(r.dtype)[index] - (calib.fit.a * r + calib.fit.b)  # as Calibration.select computes them
+        missing = ~evaluated[images, index]
+        if bool(missing.any()):
+            known[images[missing], index[missing]] = residuals(images[missing], index[missing])
+            evaluated[images[missing], index[missing]] = True
+        return grid[index] - (calib.fit.a * known[images, index] + calib.fit.b)  # as Calibration.select computes
 
-    everyone = torch.arange(n, device=device)
-    first, last = (gaps(everyone, torch.full((n,), end, dtype=torch.long, device=device)) for end in (0, size - 1))
-    # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between them
-    lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
-    hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
-    while bool((lo < hi).any()):
-        active = (lo < hi).nonzero().view(-1)
-        mid = (lo[active] + hi[active]) // 2
-        up = gaps(active, mid) >= 0
-        hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
+    ascending = all(u < v for u, v in zip(calib.grid, calib.grid[1:]))
+    if ascending:
+        first, last = (gaps(everyone, torch.full((n,), end, dtype=torch.long, device=device)) for end in (0, size - 1))
+        # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between them
+        lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
+        hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
+        while bool((lo < hi).any()):
+            active = (lo < hi).nonzero().view(-1)
+            mid = (lo[active] + hi[active]) // 2
+            up = gaps(active, mid) >= 0
+            hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
     while True:
-        images, index = _uncertain(known, grid, calib.fit).nonzero(as_tuple=True)
+        uncertain = ~evaluated if not ascending else _uncertain(known, evaluated, grid, calib.fit)
+        images, index = uncertain.nonzero(as_tuple=True)
         if not len(images):
             break
-        evaluate(images, index)
-    evaluated = ~known.isnan()
-    gap = (grid.to(known.dtype) - (calib.fit.a * known + calib.fit.b)).abs()
-    choice = torch.where(evaluated, gap, torch.full_like(gap, math.inf)).argmin(dim=1)  # ties: the smaller lambda
+        gaps(images, index)
+    gap = (grid - (calib.fit.a * known + calib.fit.b)).abs()
+    # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated lambdas cannot win
+    choice = torch.where(evaluated, gap, torch.full_like(gap, math.inf)).argmin(dim=1)
     return grid[choice], int(evaluated.sum())
 
 
-def _uncertain(known: torch.Tensor, grid: torch.Tensor, fit: Fit) -> torch.Tensor:
+def _uncertain(known: torch.Tensor, evaluated: torch.Tensor, grid: torch.Tensor, fit: Fit) -> torch.Tensor:
     """(n, grid) the unevaluated lambdas that could still beat an image's best evaluated |d|: their |d| bound,
     from a residual between those of the evaluated neighbours (r grows with lambda), is not above the best. An
-    image whose evaluated residuals do not grow has every unevaluated lambda uncertain."""
+    image whose evaluated residuals do not grow, or are not finite, has every unevaluated lambda uncertain."""
     r = known.double()
     g = grid.double().view(1, -1)
-    evaluated = ~r.isnan()
     below = torch.where(evaluated, r, torch.full_like(r, -math.inf)).cummax(dim=1).values
     above = torch.where(evaluated, r, torch.full_like(r, math.inf)).flip(1).cummin(dim=1).values.flip(1)
+    finite = (torch.isfinite(r) | ~evaluated).all(dim=1, keepdim=True)
     growing = (torch.where(evaluated, r, below) >= below).all(dim=1, keepdim=True)
     ends = torch.stack([g - (fit.a * below + fit.b), g - (fit.a * above + fit.b)])
     low, high = ends.min(dim=0).values, ends.max(dim=0).values
     bound = torch.where((low <= 0) & (high >= 0), torch.zeros_like(low), torch.minimum(low.abs(), high.abs()))
     best = torch.where(evaluated, (g - (fit.a * r + fit.b)).abs(), torch.full_like(r, math.inf)).min(dim=1).values
-    margin = 1e-6  # the rule compares float32 gaps (lambdas about 0.1-1.4); these bounds are float64
-    return ~evaluated & (~growing | (bound <= best.view(-1, 1) + margin))
+    # the rule compares gaps rounded in the residuals' dtype; these bounds are float64: a margin of a few roundings
+    scale = g.abs() + abs(fit.a) * torch.maximum(below.abs(), above.abs()).nan_to_num(0, 0, 0) + abs(fit.b)
+    margin = 4 * torch.finfo(known.dtype).eps * scale
+    return ~evaluated & (~finite | ~growing | (bound <= best.view(-1, 1) + margin))
 
 
 class AdaptiveLambda(nn.Module):

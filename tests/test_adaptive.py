@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,40 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
             assert part.n == 100 and part.low <= whole.lmbda <= part.high, (severity, seed)
             informative += part.high - part.low < max(calib.grid) - min(calib.grid)
     assert informative, "the bounds must be narrower than the grid somewhere"
+
+
+def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkeypatch):
+    """select_per_image against Calibration.select on residual tables made by hand (the CSC layer replaced): rising
+    and falling lines, float32 and float64, a grid out of order, residuals that do not grow, and NaN residuals
+    (which must neither hang the search nor change the answer)."""
+    import robustlab.adaptive as adaptive
+    from robustlab.adaptive import select_per_image
+    model = tiny_model("sdnet18")
+    csc = csc_layer(model)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(adaptive, "layer_input", lambda m, layer, x: x)
+    grid = list(default_grid(0.1, n=9))
+    checked = 0
+    for trial in range(60):
+        dtype = (torch.float32, torch.float64)[trial % 2]
+        n = 40
+        table = torch.from_numpy(np.cumsum(rng.uniform(0, 30, (n, len(grid))), axis=1) + 500).to(dtype)
+        order = list(range(len(grid)))
+        if trial % 5 == 1:
+            rng.shuffle(order)  # a grid out of order
+        if trial % 5 == 2:
+            table[:5] = table[:5].flip(1)  # residuals that fall
+        if trial % 5 == 3:
+            table[0, 4] = table[1, 0] = table[2, -1] = math.nan
+        shuffled = [grid[k] for k in order]
+        table = table[:, order]
+        mid = float(table[:, len(grid) // 2].nan_to_num(600).median())
+        slope = float(rng.choice([-1, 1])) * (0.1 / mid)
+        calib = _calib(shuffled, a=slope, b=0.2 - slope * mid)
+        monkeypatch.setattr(csc, "residuals_at", lambda x, lambdas, t=table: lambda images, index: t[images, index],
+                            raising=False)
+        got, _ = select_per_image(model, torch.zeros(n, 3, 32, 32, dtype=dtype), calib)
+        want = calib.select(table.t().contiguous())
+        assert torch.equal(got, want), trial
+        checked += 1
+    assert checked == 60

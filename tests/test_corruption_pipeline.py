@@ -295,6 +295,11 @@ def test_corrupt_shared_by_ranks_gives_the_same_bytes_and_resumes(tmp_path, monk
             p.name for p in (tmp_path / "one").iterdir()), "the parts are gone once assembled"
         for name in ("gaussian_noise.npy", "glass_blur.npy", "labels.npy"):
             assert (tmp_path / f"of{world}" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    (tmp_path / "of2" / "glass_blur.npy").write_bytes(b"stale")  # --overwrite regenerates a finished file
+    assert main([*args, "--out", str(tmp_path / "of2"), "--overwrite"]) == 0
+    assert (tmp_path / "of2" / "glass_blur.npy").read_bytes() == (tmp_path / "one" / "glass_blur.npy").read_bytes()
 
 
 def test_corrupt_under_torchrun(tmp_path):

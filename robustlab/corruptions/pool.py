@@ -64,9 +64,13 @@ class CorruptionPool:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         pending: deque[Future[np.ndarray]] = deque()
-        for job in jobs:
-            pending.append(self._executor.submit(_run, job, table, seed, reencode))
-            if len(pending) >= 2 * self.workers:
+        try:
+            for job in jobs:
+                pending.append(self._executor.submit(_run, job, table, seed, reencode))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        finally:  # a reader that stops early (a batch limit, an error) leaves no work running for nothing
+            for future in pending:
+                future.cancel()

@@ -70,17 +70,13 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 def _prepare(base: ImageSet, out: Path, *, table: str, seed: int, total: int, reencode: bool | None,
              overwrite: bool, shard: Shard) -> None:
-    """Check --out and the labels, then create --out and record the layout's description (every rank alike)."""
+    """Check --out, then create it and record the layout's description (every rank alike)."""
     description = {**layout_description(base, table=table, seed=seed, total=total),
                    "jpeg": reencode_quality(table, reencode)}
     if overwrite and shard.world > 1:
         raise RobustlabError("--overwrite with several ranks would let them delete each other's work; delete the "
                              "--out directory first, or run without torchrun")
     _check_out(out, description, overwrite)
-    labels = base.label_array(total)
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise RobustlabError(f"{base.name} has labels outside 0..255, which the published uint8 labels.npy cannot "
-                             "hold; write this split with another tool")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -102,8 +98,11 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
     so the bytes do not depend on the number of ranks either, and a killed run keeps the parts it finished."""
     out, pool = Path(out), pool or CorruptionPool(1)
     total = len(base) if n is None else min(n, len(base))
-    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
     labels = base.label_array(total)
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise RobustlabError(f"{base.name} has labels outside 0..255, which the published uint8 labels.npy cannot "
+                             "hold; write this split with another tool")
+    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
     shape = (*base.image_size, 3)
     mine = shard.batch_indices(total, batch_size)
     rows = sum(min(batch_size, total - b * batch_size) for b in mine)
@@ -114,7 +113,7 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
             written.append(final)
             continue
         target = final if shard.world == 1 else _part(out, name, batch_size, shard)
-        if len(mine) and not target.is_file():  # a rank beyond the number of batches has no share
+        if len(mine) and (overwrite or not target.is_file()):  # a rank beyond the number of batches has no share
             target.parent.mkdir(parents=True, exist_ok=True)
             ticks = iter(progress(range(len(mine) * len(SEVERITIES)), total=len(mine) * len(SEVERITIES), desc=name))
             jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
@@ -145,22 +144,23 @@ def _part(out: Path, name: str, batch_size: int, shard: Shard) -> Path:
 def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, shape: tuple[int, ...]) -> bool:
     """Join a corruption's parts into <name>.npy once every rank's part is there; whether the file is complete.
 
-    Every rank calls this after committing its own part, so the last of them finds all parts. An flock (released
-    if its holder dies) lets one rank assemble; the parts are removed afterwards."""
+    Every rank calls this after committing its own part and waits for the lock (an flock, released if its holder
+    dies), so the last of them to finish finds every part; the parts are removed under the lock."""
     final, parts_dir = out / f"{name}.npy", out / PARTS_DIR / name
     if final.is_file():
         return True
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    with open(parts_dir / "assemble.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # another rank is assembling it
+    try:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(parts_dir / "assemble.lock", "a")
+    except FileNotFoundError:  # another rank removed the parts between our check and here: it assembled them
+        return final.is_file()
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.is_file():
             holders = min(world, math.ceil(total / batch_size))  # the ranks that have batches
             paths = [_part(out, name, batch_size, Shard(r, world)) for r in range(holders)]
             if not all(p.is_file() for p in paths):
-                return False  # a rank still works on its share
+                return False  # a rank still works on its share; it assembles when it is done
             parts = [NpyRows(p) for p in paths]
             offsets = [0] * holders
             with NpyWriter(final, (len(SEVERITIES) * total, *shape), np.uint8) as arr:
@@ -169,7 +169,7 @@ def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, 
                         r, k = b % world, min(batch_size, total - b * batch_size)
                         arr.append(parts[r][offsets[r]:offsets[r] + k])
                         offsets[r] += k
-    shutil.rmtree(parts_dir, ignore_errors=True)
+        shutil.rmtree(parts_dir, ignore_errors=True)
     return True
 
 
