@@ -93,7 +93,7 @@ class Fit:
     b: float
     r2: float
 
-    def predict(self, residual: torch.Tensor | float) -> torch.Tensor | float:
+    def predict(self, residual: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray | float:
         return self.a * residual + self.b
 
 
@@ -147,7 +147,7 @@ class Calibration:
     def select(self, residuals: torch.Tensor) -> torch.Tensor:
         """Per column of a (grid, N) residual table: the grid lambda closest to a * r(lambda) + b."""
         grid = torch.tensor(self.grid, dtype=residuals.dtype, device=residuals.device).view(-1, 1)
-        gap = (grid - (self.fit.a * residuals + self.fit.b)).abs()
+        gap = (grid - self.fit.predict(residuals)).abs()
         return grid.view(-1)[gap.argmin(dim=0)]  # argmin takes the first (smallest lambda) on ties
 
 
@@ -235,7 +235,7 @@ def selection_bounds(calib: Calibration, mean: Sequence[float], half: Sequence[f
     lambda's largest possible gap (the residuals at different lambdas vary independently within the box)."""
     grid = np.asarray(calib.grid, dtype=np.float64)
     m, h = np.asarray(mean, dtype=np.float64), np.asarray(half, dtype=np.float64)
-    ends = np.stack([calib.fit.a * (m - h) + calib.fit.b, calib.fit.a * (m + h) + calib.fit.b])
+    ends = np.stack([calib.fit.predict(m - h), calib.fit.predict(m + h)])
     lowest, highest = ends.min(axis=0), ends.max(axis=0)
     min_gap = np.maximum(0.0, np.maximum(lowest - grid, grid - highest))
     max_gap = np.maximum(np.abs(grid - lowest), np.abs(grid - highest))
@@ -307,7 +307,7 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
         if bool(missing.any()):
             known[images[missing], index[missing]] = residuals(images[missing], index[missing])
             evaluated[images[missing], index[missing]] = True
-        return grid[index] - (calib.fit.a * known[images, index] + calib.fit.b)  # as Calibration.select computes
+        return grid[index] - calib.fit.predict(known[images, index])  # as Calibration.select computes
 
     ascending = all(u < v for u, v in zip(calib.grid, calib.grid[1:]))
     if ascending:
@@ -326,7 +326,7 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
         if not len(images):
             break
         gaps(images, index)
-    gap = (grid - (calib.fit.a * known + calib.fit.b)).abs()
+    gap = (grid - calib.fit.predict(known)).abs()
     # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated lambdas cannot win
     choice = torch.where(evaluated, gap, torch.full_like(gap, math.inf)).argmin(dim=1)
     return grid[choice], int(evaluated.sum())
@@ -342,10 +342,10 @@ def _uncertain(known: torch.Tensor, evaluated: torch.Tensor, grid: torch.Tensor,
     above = torch.where(evaluated, r, torch.full_like(r, math.inf)).flip(1).cummin(dim=1).values.flip(1)
     finite = (torch.isfinite(r) | ~evaluated).all(dim=1, keepdim=True)
     growing = (torch.where(evaluated, r, below) >= below).all(dim=1, keepdim=True)
-    ends = torch.stack([g - (fit.a * below + fit.b), g - (fit.a * above + fit.b)])
+    ends = torch.stack([g - fit.predict(below), g - fit.predict(above)])
     low, high = ends.min(dim=0).values, ends.max(dim=0).values
     bound = torch.where((low <= 0) & (high >= 0), torch.zeros_like(low), torch.minimum(low.abs(), high.abs()))
-    best = torch.where(evaluated, (g - (fit.a * r + fit.b)).abs(), torch.full_like(r, math.inf)).min(dim=1).values
+    best = torch.where(evaluated, (g - fit.predict(r)).abs(), torch.full_like(r, math.inf)).min(dim=1).values
     # the rule compares gaps rounded in the residuals' dtype; these bounds are float64: a margin of a few roundings
     scale = g.abs() + abs(fit.a) * torch.maximum(below.abs(), above.abs()).nan_to_num(0, 0, 0) + abs(fit.b)
     margin = 4 * torch.finfo(known.dtype).eps * scale

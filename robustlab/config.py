@@ -87,7 +87,7 @@ class EvalConfig:
     per_image: bool = False
     select_n: int | str | None = None  # None: the default sample; "all": every image
     lambda_sweep: str | None = None
-    workers: int | None = None  # processes generating corruptions (None: the machine's cores)
+    workers: int | None = None  # processes generating corruptions (None: 1 with the model on the CPU, else the cores)
     attacks: tuple[AttackSpec, ...] = ()
     transfer_from: tuple[str, ...] = ()
     diagnostics: bool = True

@@ -72,10 +72,10 @@ def shard_from_env() -> Shard:
 def init_from_env(device: str) -> tuple[Shard, str]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR...): nccl when the
     run is on CUDA, gloo on the CPU. Returns the shard and the device this rank uses (cuda:LOCAL_RANK)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Shard(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    shard = shard_from_env()
+    if shard.world == 1:
+        return shard, device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device != "cpu" and torch.cuda.is_available()
     if device.startswith("cuda") and not cuda:
         raise RobustlabError(f"--device {device}: no CUDA device is available here; use --device cpu")
@@ -89,4 +89,4 @@ def init_from_env(device: str) -> tuple[Shard, str]:
         # left to the interpreter's teardown, gloo's threads sometimes abort the exiting process ("terminate
         # called without an active exception", 1 run in 20 here, after the results were written)
         atexit.register(dist.destroy_process_group)
-    return Shard(rank, world), f"cuda:{local_rank}" if cuda else "cpu"
+    return shard, f"cuda:{local_rank}" if cuda else "cpu"

@@ -237,6 +237,11 @@ class CSCConv2d(nn.Module):
                 self.residual = self._residual(x, A, c)
         return c
 
+    @staticmethod
+    def _thetas(x: torch.Tensor, lambdas: Sequence[float], s: float, scale: float) -> torch.Tensor:
+        """The soft threshold of each grid lambda, rounded as a forward at that lambda rounds it."""
+        return torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)
+
     def _images_per_chunk(self, x: torch.Tensor, codes_per_image: int) -> int:
         """How many images' code maps (codes_per_image each) fit in one chunk's working set (GRID_CHUNK_BYTES)."""
         code_bytes = codes_per_image * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
@@ -249,7 +254,7 @@ class CSCConv2d(nn.Module):
         as one batch of (lambda, image) pairs per chunk of images."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as forward's
+        thetas = self._thetas(x, lambdas, s, scale)
         chunk = self._images_per_chunk(x, len(lambdas))
 
         def pairs(t: torch.Tensor) -> torch.Tensor:  # a copy per lambda, lambda-major
@@ -264,7 +269,6 @@ class CSCConv2d(nn.Module):
             out.append(self._residual(xr, A, code).view(len(lambdas), len(xs)))
         return torch.cat(out, dim=1)
 
-
     @torch.no_grad()
     def residuals_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor],
                                                                                     torch.Tensor]:
@@ -272,7 +276,8 @@ class CSCConv2d(nn.Module):
         residual_grid's entries (Algorithm 1's per-image search). The lambda-free first conv runs once, here."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        thetas = torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)  # as the grid's
+        thetas = self._thetas(x, lambdas, s, scale)
+        # in residual_grid's chunks of images, so that the convolution's bits are residual_grid's
         first = torch.cat([F.conv2d(xs, W, stride=self.stride, padding=self.padding)
                            for xs in x.split(self._images_per_chunk(x, len(lambdas)))])
         chunk = self._images_per_chunk(x, 1)
