@@ -3,8 +3,10 @@ midway recorded, NaN logits under attack, results files validated by every reade
 outputs replaced only on request."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,13 +37,37 @@ def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> 
         time.sleep(0.05)
 
 
+def _is_locked(path: Path) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def _stopped_while_holding_the_lock(cmd: list[str], out: Path) -> subprocess.Popen:
+    """Starts CMD and stops it while it holds OUT's lock; a run that ended before the stop is started again (the lock
+    file keeps its text after release, so seeing the text does not prove the lock is still held)."""
+    for _ in range(5):
+        shutil.rmtree(out, ignore_errors=True)
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for_lock(out / LOCK, first)
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
+        if _is_locked(out / LOCK):
+            return first
+        first.send_signal(signal.SIGCONT)
+        first.communicate(timeout=300)
+    pytest.fail("the first process ended before it could be stopped holding the lock, five times")
+
+
 def test_a_second_writer_is_refused_and_a_killed_one_never_blocks(tmp_path, monkeypatch):
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "robustlab", *EVAL, "--corruptions", "fog", "--severities", "1", "--out", str(out)]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_lock(out / LOCK, first)
-    first.send_signal(signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
+    first = _stopped_while_holding_the_lock(cmd, out)
     try:
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     finally:
