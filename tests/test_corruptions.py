@@ -324,7 +324,7 @@ def test_accelerator_fft_filter_equals_opencv_filter2d(border):
     angles = np.random.default_rng(0).uniform(-45, 45, len(x))
     motion = np.stack([batched.motion_kernel(radius, sigma, a, min(x.shape[-2:])) for a in angles])
     for kernels in (motion, batched.disk_kernel(*parameter("defocus_blur", 3, "imagenet"))[None],
-                    batched.gaussian_kernel(parameter("gaussian_blur", 3, "imagenet"))):
+                    uint8_batch.gaussian_kernel(parameter("gaussian_blur", 3, "imagenet"))):
         np.testing.assert_allclose(batched.filter_fft(x, kernels, border), batched.filter_cv2(x, kernels, border),
                                    atol=1e-5)
 
@@ -536,6 +536,18 @@ def test_compiled_glass_blur_is_byte_identical_with_the_same_random_numbers(tabl
             want = [to_u8(python_glass_blur(img / 255.0, c, make(severity + k))) for k, img in enumerate(x)]
             got = uint8_batch.glass_blur(x, c, [make(severity + k) for k in range(len(x))])
             assert np.array_equal(got, np.stack(want)), (table, h, w, severity)
+
+
+def test_compiled_gaussian_has_the_bits_of_scipy_ndimage():
+    rng = np.random.default_rng(0)
+    for sigma in (0.05, 0.25, 0.4, 0.7, 0.9, 1, 1.1, 1.5, 2.3, 3.7):  # both tables' sigmas, and wider than an image
+        for h, w in ((1, 1), (2, 5), (7, 3), (32, 32), (17, 23), (60, 41)):
+            x = rng.random((h, w, 3)) * rng.choice([1, 255])
+            want = ndimage.gaussian_filter(x, (sigma, sigma, 0), mode="nearest", truncate=4.0)
+            weights = uint8_batch.gaussian_kernel(sigma)
+            rows = x.reshape(h, w * 3).copy()
+            uint8_batch._gaussian_nearest(rows, np.empty_like(rows), np.empty((w + len(weights)) * 3), weights, 3)
+            assert np.array_equal(rows.reshape(h, w, 3), want), (sigma, h, w)
 
 
 def test_imagenet_table_is_reencoded_as_the_published_jpeg_files_unless_switched_off():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from scipy.fft import next_fast_len
 
-from robustlab.corruptions.uint8_batch import box_enlarge_index
+from robustlab.corruptions.uint8_batch import box_enlarge_index, gaussian_kernel
 
 Rngs = Sequence[np.random.Generator]
 
@@ -100,13 +100,6 @@ def filter2d(x: torch.Tensor, kernels: np.ndarray, border: int) -> torch.Tensor:
 
 def defocus_blur(x: torch.Tensor, c: tuple[float, float], rngs: Rngs) -> torch.Tensor:
     return filter2d(x, disk_kernel(*c)[None], cv2.BORDER_REFLECT_101).clamp_(0, 1).mul_(255)
-
-
-def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """scipy.ndimage.gaussian_filter's 1-D kernel (radius truncate * sigma, rounded)."""
-    t = np.arange(-int(truncate * sigma + 0.5), int(truncate * sigma + 0.5) + 1)
-    k = np.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
 
 
 def gaussian_blur(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:

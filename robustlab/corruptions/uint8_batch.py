@@ -1,5 +1,5 @@
 """Corruptions computed on whole uint8 batches by C libraries: the 8-bit resampling and codec of the published
-code (Pillow, libjpeg), byte lookup tables, and glass blur's pixel loop compiled with numba.
+code (Pillow, libjpeg), byte lookup tables, and glass blur compiled with numba.
 
 Each function takes (N, H, W, 3) uint8 images, the severity's parameter and one numpy Generator per image, and
 returns (N, H, W, 3) uint8. They run on the CPU: Pillow, libjpeg and cv2.LUT process an image several times
@@ -15,48 +15,105 @@ import cv2
 import numba
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 Rngs = Sequence[np.random.Generator]
 
 
-def _gaussian_batch(x: np.ndarray, sigma: float) -> np.ndarray:
-    """skimage.filters.gaussian (mode 'nearest', truncate 4) of each (H, W, 3) image of a batch: ndimage filters
-    axis by axis, so sigma 0 on the batch and channel axes gives each image's result exactly."""
-    return ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0), mode="nearest", truncate=4.0)
+def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d's weights (radius truncate * sigma, rounded), computed as scipy computes
+    them, to the last bit."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
 
 
 @numba.njit(cache=True)
-def _shuffle_pixels(images: np.ndarray, offsets: np.ndarray, delta: int, iterations: int) -> None:
-    """The published pixel "swaps" of each image, in place: bottom-right to top-left, offsets (dx, dy) in order."""
+def _gaussian_nearest(src: np.ndarray, tmp: np.ndarray, pad: np.ndarray, weights: np.ndarray,
+                      channels: int) -> None:
+    """scipy.ndimage.gaussian_filter(image, (sigma, sigma, 0), mode='nearest') of one image, in place, given as
+    (H, W * C) float64 (tmp: the same shape, pad: (W + 2r) * C, scratch). Each output is the same arithmetic in
+    the same order as ndimage's correlate1d for a symmetric kernel, x[0] w[0] + (x[-r] + x[r]) w[-r] + ... +
+    (x[-1] + x[1]) w[-1], axis 0 then axis 1, so the bits agree; the loops run along rows so that they vectorize."""
+    h, row = src.shape
+    r = len(weights) // 2
+    for i in range(h):
+        for q in range(row):
+            tmp[i, q] = src[i, q] * weights[r]
+        for k in range(r, 0, -1):
+            above, below = src[max(i - k, 0)], src[min(i + k, h - 1)]
+            for q in range(row):
+                tmp[i, q] += (above[q] + below[q]) * weights[r - k]
+    edge = r * channels
+    for i in range(h):
+        line = tmp[i]
+        pad[edge:edge + row] = line
+        for q in range(edge):  # 'nearest': the first and last pixel repeated r times
+            pad[q] = line[q % channels]
+            pad[edge + row + q] = line[row - channels + q % channels]
+        out = src[i]
+        for q in range(row):
+            out[q] = line[q] * weights[r]
+        for k in range(r, 0, -1):
+            left, right = edge - k * channels, edge + k * channels
+            for q in range(row):
+                out[q] += (pad[left + q] + pad[right + q]) * weights[r - k]
+
+
+@numba.njit(cache=True)
+def _blur_to_uint8(image: np.ndarray, out: np.ndarray, weights: np.ndarray, channels: int, a: np.ndarray,
+                   tmp: np.ndarray, pad: np.ndarray) -> None:
+    """out = uint8(clip(gaussian(image / 255), 0, 1) * 255) of (H, W * C) rows: skimage's gaussian and the
+    published truncation."""
+    h, row = image.shape
+    for i in range(h):
+        for q in range(row):
+            a[i, q] = image[i, q] / 255.0
+    _gaussian_nearest(a, tmp, pad, weights, channels)
+    for i in range(h):
+        for q in range(row):
+            out[i, q] = np.uint8(min(max(a[i, q], 0.0), 1.0) * 255.0)
+
+
+@numba.njit(cache=True)
+def _glass_blur_batch(images: np.ndarray, offsets: np.ndarray, weights: np.ndarray, delta: int,
+                      iterations: int) -> np.ndarray:
+    """Blur, the published pixel "swaps" (bottom-right to top-left, offsets (dx, dy) in order), blur, per image."""
     n, h, w, channels = images.shape
+    rows = images.reshape(n, h, w * channels)
+    out = np.empty_like(rows)
+    x = np.empty((h, w, channels), np.uint8)
+    a, tmp = np.empty((h, w * channels)), np.empty((h, w * channels))
+    pad = np.empty((w + len(weights)) * channels)
     k = 0
     for m in range(n):
+        _blur_to_uint8(rows[m], x.reshape(h, w * channels), weights, channels, a, tmp, pad)
         for _ in range(iterations):
             for i in range(h - delta, delta, -1):
                 for j in range(w - delta, delta, -1):
-                    a, b = i + offsets[k, 1], j + offsets[k, 0]
+                    y, z = i + offsets[k, 1], j + offsets[k, 0]
                     k += 1
                     # the published `x[h, w], x[h', w'] = x[h', w'], x[h, w]` swaps numpy views of RGB pixels,
                     # so it only copies x[h', w'] into x[h, w]; CIFAR-10-C / ImageNet-C were made that way
                     for ch in range(channels):
-                        images[m, i, j, ch] = images[m, a, b, ch]
+                        x[i, j, ch] = x[y, z, ch]
+        _blur_to_uint8(x.reshape(h, w * channels), out[m], weights, channels, a, tmp, pad)
+    return out.reshape(n, h, w, channels)
 
 
 def glass_blur(images: np.ndarray, c: tuple[float, int, int], rngs: Rngs) -> np.ndarray:
     """Gaussian blur, the published local pixel shuffle, Gaussian blur again (Hendrycks & Dietterich)."""
     sigma, delta, iterations = c
     _, h, w, _ = images.shape
-    x = np.uint8(np.clip(_gaussian_batch(images / 255.0, sigma), 0, 1) * 255)
     # The published loop draws `integers(-delta, delta, size=2)` once per pixel. numpy's bounded integers take
     # their 32-bit words from the bit generator's own stream (next_uint32, buffered in the generator's state), so
     # one call per image returns the same numbers in the same order. The loop itself is sequential (a pixel may
-    # copy one already moved): compiled with numba, 40-200x the Python loop's images/s (bench/glass_blur.py).
+    # copy one already moved), so it is compiled with numba, and so are the two blurs around it: scipy's float64
+    # filter reproduced operation for operation (bytes equal), without the whole-batch float temporaries.
     count = iterations * len(range(h - delta, delta, -1)) * len(range(w - delta, delta, -1))
     offsets = np.concatenate([np.asarray(r.integers(-delta, delta, size=(count, 2)), dtype=np.int64)
                               for r in rngs])
-    _shuffle_pixels(x, offsets, delta, iterations)
-    return (np.clip(_gaussian_batch(x / 255.0, sigma), 0, 1) * 255).astype(np.uint8)  # clip, truncate: as published
+    return _glass_blur_batch(np.ascontiguousarray(images), offsets, gaussian_kernel(sigma), delta, iterations)
 
 
 def _box(image: np.ndarray, width: int, height: int) -> np.ndarray:
