@@ -2,6 +2,7 @@
 lambda-residual line, and test-time selection of lambda per test set or per image."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -279,35 +280,55 @@ def select_for_set(model: RobustModel, batches: Iterable[tuple[int, torch.Tensor
     return SetSelection(lmbda, min(low, lmbda), max(high, lmbda), int(count), total)
 
 
-def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> tuple[torch.Tensor, int]:
-    """Each image's grid lambda closest to a * r(lambda) + b, and how many residuals (image, lambda) it evaluated.
+@dataclass
+class PerImageSelection:
+    lambdas: torch.Tensor  # (N,) each image's grid lambda
+    evaluations: int  # residuals (image, lambda) evaluated
+    codes: torch.Tensor | None  # (N, ...) the CSC layer's output at each image's lambda (None: not kept)
 
-    The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A bisection for d's sign change
-    evaluates the CSC layer at about log2(grid) lambdas (plus the two ends) instead of every grid lambda. The result
+
+def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> PerImageSelection:
+    """Each image's grid lambda closest to a * r(lambda) + b, how many residuals it evaluated, and the CSC layer's
+    code at the lambda selected (solved on the way, so that the forward at these lambdas need not solve it again).
+
+    The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A search for d's sign change
+    (the two ends, then the crossing of the line through d at the bracket's ends, kept within its middle half)
+    evaluates the CSC layer at a few lambdas (about log2(grid) at worst) instead of every grid lambda. The result
     is then certified, per image, from the residual growing with lambda: an unevaluated lambda's residual lies
     between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
     exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
     residuals do not grow or are not finite, and every lambda of a grid that is not ascending). So the lambdas are
     always the exhaustive rule's (tested on real images against it); where d is monotone few extra lambdas are
-    needed, where it is not up to the whole grid."""
+    needed, where it is not up to the whole grid. One exception: a residual that is NaN at a lambda never evaluated
+    (and finite at those evaluated) is not seen, where the exhaustive rule's argmin would pick that NaN."""
     if not len(x):
-        return torch.empty(0, device=x.device), 0
+        return PerImageSelection(torch.empty(0, device=x.device), 0, None)
     csc = csc_layer(model, calib.layer)
-    residuals = csc.residuals_at(layer_input(model, csc, x), calib.grid)
+    inputs = layer_input(model, csc, x)
+    solve = csc.solve_at(inputs, calib.grid)
     size, n, device = len(calib.grid), len(x), x.device
     everyone = torch.arange(n, device=device)
-    first_r = residuals(everyone, torch.zeros(n, dtype=torch.long, device=device))
-    known = torch.zeros((n, size), dtype=first_r.dtype, device=device)  # the residuals evaluated so far
+    known = torch.zeros((n, size), dtype=inputs.dtype, device=device)  # the residuals evaluated so far
     evaluated = torch.zeros((n, size), dtype=torch.bool, device=device)
-    known[:, 0], evaluated[:, 0] = first_r, True
     grid = torch.tensor(calib.grid, dtype=known.dtype, device=device)  # as Calibration.select builds it
+    kept = _ChosenCodes(n, device)
+
+    def choice(rows: torch.Tensor) -> torch.Tensor:
+        gap = (grid - calib.fit.predict(known[rows])).abs()  # as Calibration.select computes
+        # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated ones cannot win
+        return torch.where(evaluated[rows], gap, torch.full_like(gap, math.inf)).argmin(dim=1)
 
     def gaps(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         missing = ~evaluated[images, index]
         if bool(missing.any()):
-            known[images[missing], index[missing]] = residuals(images[missing], index[missing])
-            evaluated[images[missing], index[missing]] = True
-        return grid[index] - calib.fit.predict(known[images, index])  # as Calibration.select computes
+            start, todo, at = 0, images[missing], index[missing]
+            for r, code in solve(todo, at):
+                ims, ixs = todo[start:start + len(r)], at[start:start + len(r)]
+                start += len(r)
+                known[ims, ixs], evaluated[ims, ixs] = r, True
+                kept.add(ims, ixs, choice(ims), code)
+            kept.prune()
+        return grid[index] - calib.fit.predict(known[images, index])
 
     ascending = all(u < v for u, v in zip(calib.grid, calib.grid[1:]))
     if ascending:
@@ -317,7 +338,13 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
         hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
         while bool((lo < hi).any()):
             active = (lo < hi).nonzero().view(-1)
-            mid = (lo[active] + hi[active]) // 2
+            low, high = lo[active], hi[active]
+            # where the line through d at the bracket's ends (both evaluated: d < 0 at low - 1, d >= 0 at high)
+            # crosses zero, kept in the middle half of the bracket, so never much slower than a bisection
+            left, right = gaps(active, low - 1).double(), gaps(active, high).double()
+            guess = (low - 1) + (-left / (right - left)).nan_to_num(0.5).clamp(0, 1) * (high - low + 1)
+            inner = (high - low) // 4
+            mid = torch.minimum(torch.maximum(guess.ceil().long(), low + inner), high - 1 - inner)
             up = gaps(active, mid) >= 0
             hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
     while True:
@@ -326,10 +353,51 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
         if not len(images):
             break
         gaps(images, index)
-    gap = (grid - calib.fit.predict(known)).abs()
-    # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated lambdas cannot win
-    choice = torch.where(evaluated, gap, torch.full_like(gap, math.inf)).argmin(dim=1)
-    return grid[choice], int(evaluated.sum())
+    final = choice(everyone)
+    # a choice no evaluation made (a row of infinite gaps takes index 0, evaluated or not) has no code kept
+    return PerImageSelection(grid[final], int(evaluated.sum()), kept.gather() if torch.equal(final, kept.chosen)
+                             else None)
+
+
+class _ChosenCodes:
+    """The CSC code at each image's current choice, kept without a copy per change: a chunk of solve_at's output and
+    a row in it. A lambda evaluated earlier that lost never wins later (its gap does not change), so a change of
+    choice is always to a lambda of the chunk just solved. Chunks no image points to are let go, and the rest are
+    merged into one tensor when they hold more than twice the batch (at most about three batches of codes)."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.n = n
+        self.chosen = torch.full((n,), -1, dtype=torch.long, device=device)  # grid index (-1: none yet)
+        self.in_chunk = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.at_row = torch.zeros((n,), dtype=torch.long, device=device)
+        self.chunks: dict[int, torch.Tensor] = {}
+        self.numbers = itertools.count()
+
+    def add(self, images: torch.Tensor, index: torch.Tensor, choice: torch.Tensor, codes: torch.Tensor) -> None:
+        """A chunk just solved: its (image, grid index) pairs, each pair's image's choice now, and the codes."""
+        won = choice == index  # at most one pair per image
+        key = next(self.numbers)
+        self.chunks[key] = codes
+        self.chosen[images[won]], self.in_chunk[images[won]] = index[won], key
+        self.at_row[images[won]] = won.nonzero().view(-1)
+
+    def prune(self) -> None:
+        for key in set(self.chunks) - set(self.in_chunk.unique().tolist()):
+            del self.chunks[key]
+        if sum(len(c) for c in self.chunks.values()) > 2 * self.n:
+            merged, key = self.gather(), next(self.numbers)
+            self.chunks = {key: merged}
+            self.in_chunk[self.in_chunk >= 0] = key
+            self.at_row = torch.arange(self.n, device=self.at_row.device)
+
+    def gather(self) -> torch.Tensor:
+        """(n, ...) the codes at the current choices, in one tensor."""
+        some = next(iter(self.chunks.values()))
+        out = some.new_empty((self.n, *some.shape[1:]))
+        for key, chunk in self.chunks.items():
+            mine = self.in_chunk == key
+            out[mine] = chunk[self.at_row[mine]]
+        return out
 
 
 def _uncertain(known: torch.Tensor, evaluated: torch.Tensor, grid: torch.Tensor, fit: Fit) -> torch.Tensor:
@@ -368,14 +436,18 @@ class AdaptiveLambda(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
+            codes = None
             if self.per_image:
-                lambdas = select_per_image(self.model, x.detach(), self.calib)[0].to(x.dtype)
+                chosen = select_per_image(self.model, x.detach(), self.calib)
+                lambdas, codes = chosen.lambdas.to(x.dtype), chosen.codes
             else:
                 r = residual_grid(self.model, x.detach(), self.calib.grid, self.calib.layer).mean(dim=1, keepdim=True)
                 lambdas = self.calib.select(r).expand(len(x)).contiguous().to(x.dtype)
         self.last_lambdas = lambdas
         with restored(csc_layer(self.model, self.calib.layer)) as csc:
             csc.lmbda = lambdas
+            if not torch.is_grad_enabled():  # a gradient needs the layer solved in the graph; an evaluation does not
+                csc.given_code = codes
             return self.model(x)
 
 

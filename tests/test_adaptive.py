@@ -28,6 +28,7 @@ from robustlab.data import to_pixels
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import csc_layer
+from robustlab.models.csc import restored
 from tests.conftest import tiny_model
 
 
@@ -288,11 +289,19 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
         for name, fit in fits.items():
             c = dataclasses.replace(calib, fit=fit)
             want = c.select(table)
-            got, evaluations = select_per_image(model, x, c)
-            whole[name, severity] = evaluations / len(x)
-            assert torch.equal(got, want), (severity, name)
+            chosen = select_per_image(model, x, c)
+            whole[name, severity] = chosen.evaluations / len(x)
+            assert torch.equal(chosen.lambdas, want), (severity, name)
+            with restored(csc_layer(model)) as csc:  # the codes kept are the layer's output at those lambdas
+                csc.lmbda = chosen.lambdas
+                out = []
+                handle = csc.register_forward_hook(lambda _m, _i, o: out.append(o))
+                with torch.no_grad():
+                    model(x)
+                handle.remove()
+            torch.testing.assert_close(chosen.codes, out[0], rtol=1e-5, atol=1e-6)
         assert len(set(c.select(table).tolist())) > 1 or severity == 0
-    assert all(whole[name, s] <= 8 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))
+    assert all(whole[name, s] <= 6 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))
     assert max(whole["steep", s] for s in (0, 3, 5)) > 8, "a steep line must need more of the grid"
 
 
@@ -349,7 +358,7 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
 def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkeypatch):
     """select_per_image against Calibration.select on residual tables made by hand (the CSC layer replaced): rising
     and falling lines, float32 and float64, a grid out of order, residuals that do not grow, and NaN residuals
-    (which must neither hang the search nor change the answer)."""
+    (which must neither hang the search nor change the answer where the search sees them)."""
     import robustlab.adaptive as adaptive
     from robustlab.adaptive import select_per_image
     model = tiny_model("sdnet18")
@@ -368,15 +377,17 @@ def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkey
         if trial % 5 == 2:
             table[:5] = table[:5].flip(1)  # residuals that fall
         if trial % 5 == 3:
-            table[0, 4] = table[1, 0] = table[2, -1] = math.nan
+            # NaN pixels give NaN at every lambda; NaN at the ends (always evaluated) tests the rest of the row. A
+            # NaN at a single lambda the search never evaluates cannot be seen (select_per_image says so)
+            table[0] = table[1, 0] = table[2, -1] = math.nan
         shuffled = [grid[k] for k in order]
         table = table[:, order]
         mid = float(table[:, len(grid) // 2].nan_to_num(600).median())
         slope = float(rng.choice([-1, 1])) * (0.1 / mid)
         calib = _calib(shuffled, a=slope, b=0.2 - slope * mid)
-        monkeypatch.setattr(csc, "residuals_at", lambda x, lambdas, t=table: lambda images, index: t[images, index],
-                            raising=False)
-        got, _ = select_per_image(model, torch.zeros(n, 3, 32, 32, dtype=dtype), calib)
+        monkeypatch.setattr(csc, "solve_at", lambda x, lambdas, t=table: lambda images, index: iter(
+            [(t[images, index], torch.zeros(len(images), 1))]))
+        got = select_per_image(model, torch.zeros(n, 3, 32, 32, dtype=dtype), calib).lambdas
         want = calib.select(table.t().contiguous())
         assert torch.equal(got, want), trial
         checked += 1

@@ -138,6 +138,9 @@ class Dictionary(nn.Module):
         return out
 
 
+Solved = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (residuals, codes) of a chunk of images
+
+
 class CSCConv2d(nn.Module):
     """A drop-in replacement for Conv2d whose output is the sparse code of its input (design.md)."""
 
@@ -156,6 +159,7 @@ class CSCConv2d(nn.Module):
         self.non_negative, self.n_dict = non_negative, n_dict
         self.record_residual = False
         self.residual: torch.Tensor | None = None
+        self.given_code: torch.Tensor | None = None  # the next forward's output, solved already (see forward)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -224,18 +228,26 @@ class CSCConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        if isinstance(self.lmbda, torch.Tensor):  # one lambda per image (Algorithm 1, per image)
-            if self.lmbda.shape != (x.shape[0],):
-                raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
-                                     f"{x.shape[0]} images")
-            theta = (self.lmbda.double() * (s * scale)).to(x).view(-1, 1, 1, 1)  # rounded as residual_grid's
+        if self.given_code is not None:  # Algorithm 1 per image solved this layer at each lambda it selected
+            if self.given_code.shape[0] != x.shape[0]:
+                raise RobustlabError(f"the given code has {self.given_code.shape[0]} images but the batch has "
+                                     f"{x.shape[0]}")
+            c = self.given_code
         else:
-            theta = self.lmbda * s * scale
-        c = self._solve(x, A, W, scale, theta)
+            c = self._solve(x, A, W, scale, self._theta(x, s, scale))
         if self.record_residual:
             with torch.no_grad():
                 self.residual = self._residual(x, A, c)
         return c
+
+    def _theta(self, x: torch.Tensor, s: float, scale: float) -> float | torch.Tensor:
+        """The soft threshold of this forward: one number, or (N, 1, 1, 1) for one lambda per image."""
+        if not isinstance(self.lmbda, torch.Tensor):
+            return self.lmbda * s * scale
+        if self.lmbda.shape != (x.shape[0],):  # one lambda per image (Algorithm 1, per image)
+            raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
+                                 f"{x.shape[0]} images")
+        return (self.lmbda.double() * (s * scale)).to(x).view(-1, 1, 1, 1)  # rounded as residual_grid's
 
     @staticmethod
     def _thetas(x: torch.Tensor, lambdas: Sequence[float], s: float, scale: float) -> torch.Tensor:
@@ -270,10 +282,10 @@ class CSCConv2d(nn.Module):
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
-    def residuals_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor],
-                                                                                    torch.Tensor]:
-        """A function (images, index) -> the residuals of those images of x at lambdas[index], one lambda per image:
-        residual_grid's entries (Algorithm 1's per-image search). The lambda-free first conv runs once, here."""
+    def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor], Solved]:
+        """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], one lambda
+        per image, chunk by chunk in order (Algorithm 1's per-image search): residual_grid's entries, and the
+        codes they come from. The lambda-free first conv runs once, here."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = self._thetas(x, lambdas, s, scale)
@@ -282,10 +294,12 @@ class CSCConv2d(nn.Module):
                            for xs in x.split(self._images_per_chunk(x, len(lambdas)))])
         chunk = self._images_per_chunk(x, 1)
 
-        def at(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        @torch.no_grad()
+        def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
             theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
-            return torch.cat([self._residual(xs, A, self._solve(xs, A, W, scale, th, f)) for xs, th, f in
-                              zip(x[images].split(chunk), theta.split(chunk), first[images].split(chunk))])
+            for xs, th, f in zip(x[images].split(chunk), theta.split(chunk), first[images].split(chunk)):
+                code = self._solve(xs, A, W, scale, th, f)
+                yield self._residual(xs, A, code), code
         return at
 
 
@@ -324,12 +338,12 @@ def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None 
 
 @contextmanager
 def restored(layer: CSCConv2d) -> Iterator[CSCConv2d]:
-    """Lambda and residual recording may be changed inside; both are put back on exit."""
-    saved = layer.lmbda, layer.record_residual
+    """Lambda, residual recording and a given code may be changed inside; all are put back on exit."""
+    saved = layer.lmbda, layer.record_residual, layer.given_code
     try:
         yield layer
     finally:
-        layer.lmbda, layer.record_residual = saved
+        layer.lmbda, layer.record_residual, layer.given_code = saved
 
 
 def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
