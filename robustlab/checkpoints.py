@@ -241,6 +241,7 @@ def _default_config(arch: str, sd: dict[str, torch.Tensor]) -> ModelConfig:
     return ModelConfig(arch=arch, num_classes=num_classes, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
 
 
+@torch.inference_mode(False)  # loaded inside inference mode, its weights would be inference tensors: no versions
 def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | torch.device = "cpu",
                official_config: str | os.PathLike | None = None) -> RobustModel:
     """Load a checkpoint (path or zoo name) as a pixel-space [0, 1] -> logits model in eval mode.

@@ -90,6 +90,15 @@ def test_robustlab_format_round_trip(tmp_path):
     assert again.config == model.config
 
 
+def test_a_model_loaded_inside_inference_mode_works():
+    with torch.inference_mode():  # its weights were inference tensors, whose versions the CSC step cache reads
+        model = robustlab.load_model("zoo:sdnet18-digits")
+        x = torch.rand(2, 3, 32, 32)
+        assert torch.equal(model(x), model(x))
+    robustlab.set_lambda(model, 0.2)
+    assert model(x).requires_grad, "and it trains or is attacked outside inference mode as any other"
+
+
 def test_wrong_arch_names_keys_and_the_likely_arch(tmp_path):
     path = _save(official_sdnet18_state_dict(), tmp_path / "m.pt")
     with pytest.raises(RobustlabError) as err:
