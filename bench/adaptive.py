@@ -31,6 +31,7 @@ from robustlab.adaptive import (  # noqa: E402
     residual_grid,
     sample_mask,
     select_for_set,
+    select_per_image,
 )
 from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.counting import checked_batches, count_correct  # noqa: E402
@@ -117,6 +118,9 @@ def main() -> None:
     print(f"{'variant':34s} {'seconds':>8s} {'img/s':>8s} {'vs fixed':>9s}")
     for name, t in med.items():
         print(f"{name:34s} {t:8.3f} {args.n / t:8.1f} {t / med['fixed lambda']:9.3f}")
+    with torch.inference_mode():
+        evaluations = select_per_image(model, first, calib).evaluations / len(first)
+    print(f"per image: {evaluations:.2f} residual evaluations per image (first batch) of the grid's {len(grid)}")
     if "whole network x 14 lambdas" in med:
         for name in (k for k in med if k.startswith("adaptive")):
             print(f"{name}: {med['whole network x 14 lambdas'] / med[name]:.2f}x faster than the whole network per "

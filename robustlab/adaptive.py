@@ -280,6 +280,9 @@ def select_for_set(model: RobustModel, batches: Iterable[tuple[int, torch.Tensor
     return SetSelection(lmbda, min(low, lmbda), max(high, lmbda), int(count), total)
 
 
+INTERPOLATED_STEPS = 3  # of select_per_image's search, before it bisects
+
+
 @dataclass
 class PerImageSelection:
     lambdas: torch.Tensor  # (N,) each image's grid lambda
@@ -292,8 +295,8 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
     code at the lambda selected (solved on the way, so that the forward at these lambdas need not solve it again).
 
     The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A search for d's sign change
-    (the two ends, then the crossing of the line through d at the bracket's ends, kept within its middle half)
-    evaluates the CSC layer at a few lambdas (about log2(grid) at worst) instead of every grid lambda. The result
+    (the two ends, then the grid lambda where the line through d at the bracket's ends crosses zero, at most
+    INTERPOLATED_STEPS times, then bisection) evaluates the CSC layer at a few lambdas instead of every one. The result
     is then certified, per image, from the residual growing with lambda: an unevaluated lambda's residual lies
     between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
     exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
@@ -336,15 +339,21 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
         # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between them
         lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
         hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
-        while bool((lo < hi).any()):
+        lambdas = grid.double()
+        for step in itertools.count():
             active = (lo < hi).nonzero().view(-1)
+            if not len(active):
+                break
             low, high = lo[active], hi[active]
-            # where the line through d at the bracket's ends (both evaluated: d < 0 at low - 1, d >= 0 at high)
-            # crosses zero, kept in the middle half of the bracket, so never much slower than a bisection
-            left, right = gaps(active, low - 1).double(), gaps(active, high).double()
-            guess = (low - 1) + (-left / (right - left)).nan_to_num(0.5).clamp(0, 1) * (high - low + 1)
-            inner = (high - low) // 4
-            mid = torch.minimum(torch.maximum(guess.ceil().long(), low + inner), high - 1 - inner)
+            if step < INTERPOLATED_STEPS:
+                # the grid lambda where the line through d at the bracket's ends (both evaluated: d < 0 at low - 1,
+                # d >= 0 at high) crosses zero; exact when r is linear in lambda
+                left, right = gaps(active, low - 1).double(), gaps(active, high).double()
+                share = (-left / (right - left)).nan_to_num(0.5).clamp(0, 1)
+                crossing = lambdas[low - 1] + share * (lambdas[high] - lambdas[low - 1])
+                mid = torch.searchsorted(lambdas, crossing).clamp(min=low, max=high - 1)
+            else:  # then bisection, so that a d far from a line costs log2(grid) steps more at most
+                mid = (low + high) // 2
             up = gaps(active, mid) >= 0
             hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
     while True:
