@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST evidence in reports/fashion/ as measured on 2026-12-01 (README "Evidence on Fashion-MNIST"):
-# runs/*.csv, calibration*.json, report.md/html and figures/. About 2.5 hours on 2 CPU cores (the 10,000-image
-# corruption sweep of two models is one of them; AutoAttack another half hour).
+# runs/*.csv, calibration*.json, report.md/html and figures/. About 3 hours on 2 CPU cores (the 10,000-image
+# corruption sweep of two models is one of them, the RDSN's half an hour, AutoAttack another half hour).
 #   bash reports/fashion/make_evidence.sh [DATA_DIR]      (DATA_DIR: the full Fashion-MNIST IDX files)
 # The committed CSVs were written by schema 2 (before lambda_low/lambda_high); this script, run now, writes
 # schema 3 rows with the same counts. `--select-n all`: per-set selection on every image, as they were made.
@@ -21,7 +21,7 @@ robustlab eval --ckpt zoo:sdnet18-fashion,zoo:resnet18-fashion "${c[@]}" --n 100
     --out "$runs/pgd"
 robustlab eval --ckpt zoo:rdsn-fashion,zoo:sdnet18-fashion "${c[@]}" --n 1000 --attack pgd-linf --eps 2/255,8/255 \
     --steps 10 --transfer-from zoo:resnet18-fashion --skip-diagnostics --out "$runs/transfer"
-robustlab eval --ckpt zoo:rdsn-fashion "${c[@]}" --n 1000 --corruptions cifar10-c --out "$runs/rdsn"
+robustlab eval --ckpt zoo:rdsn-fashion "${c[@]}" --n 10000 --corruptions cifar10-c --out "$runs/rdsn"
 robustlab eval --ckpt zoo:sdnet18-fashion,zoo:resnet18-fashion "${c[@]}" --n 1000 --attack autoattack --eps 4/255 \
     --skip-diagnostics --out "$runs/autoattack"
 robustlab eval --ckpt zoo:sdnet18-fashion "${c[@]}" --n 500 --attacks fashion-pgd \
