@@ -330,7 +330,6 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
                 start += len(r)
                 known[ims, ixs], evaluated[ims, ixs] = r, True
                 kept.add(ims, ixs, choice(ims), code)
-            kept.prune()
         return grid[index] - calib.fit.predict(known[images, index])
 
     ascending = all(u < v for u, v in zip(calib.grid, calib.grid[1:]))
@@ -385,12 +384,14 @@ class _ChosenCodes:
     def add(self, images: torch.Tensor, index: torch.Tensor, choice: torch.Tensor, codes: torch.Tensor) -> None:
         """A chunk just solved: its (image, grid index) pairs, each pair's image's choice now, and the codes."""
         won = choice == index  # at most one pair per image
-        key = next(self.numbers)
-        self.chunks[key] = codes
-        self.chosen[images[won]], self.in_chunk[images[won]] = index[won], key
-        self.at_row[images[won]] = won.nonzero().view(-1)
+        if bool(won.any()):
+            key = next(self.numbers)
+            self.chunks[key] = codes
+            self.chosen[images[won]], self.in_chunk[images[won]] = index[won], key
+            self.at_row[images[won]] = won.nonzero().view(-1)
+            self._prune()
 
-    def prune(self) -> None:
+    def _prune(self) -> None:
         for key in set(self.chunks) - set(self.in_chunk.unique().tolist()):
             del self.chunks[key]
         if sum(len(c) for c in self.chunks.values()) > 2 * self.n:

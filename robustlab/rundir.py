@@ -98,6 +98,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def busy(directory: Path, holder: str) -> RobustlabError:
+    return RobustlabError(f"{directory} is being written by {holder}; wait for that run to end, or pass another --out")
+
+
 class RunLock:
     """An exclusive flock on DIR/.robustlab.lock, holding who took it (pid, host, start time)."""
 
@@ -107,15 +111,33 @@ class RunLock:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise RobustlabError(f"cannot open the run lock {path} ({e.strerror}); pass another --out") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 512, 0).decode(errors="replace").strip() or "another process"
+        holder = self._holder(self.fd)
+        if holder is not None:
             os.close(self.fd)
-            raise RobustlabError(f"{directory} is being written by {holder}; wait for that run to end, or pass "
-                                 "another --out") from None
+            raise busy(directory, holder)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"robustlab pid {os.getpid()} on {socket.gethostname()}, started {_now()}\n".encode(), 0)
+
+    @staticmethod
+    def _holder(fd: int) -> str | None:
+        """Takes the lock on fd; if another process holds it, who (the lock is not taken then)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+        return None
+
+    @classmethod
+    def held_by(cls, directory: Path) -> str | None:
+        """Who holds DIR's lock now, or None (nobody, or no lock file); takes nothing."""
+        try:
+            fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            return cls._holder(fd)
+        finally:
+            os.close(fd)  # closing releases the lock if it was taken here
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -133,7 +155,13 @@ class RunDir:
                  allow_config_change: bool = False) -> None:
         check_out_text(str(path))
         self.path = Path(path)
-        self._inspect(arguments, allow_config_change)  # refuse before writing anything
+        try:
+            self._inspect(arguments, allow_config_change)  # refuse before writing anything
+        except RobustlabError:
+            holder = RunLock.held_by(self.path)  # a run being written can be mid-way (results.csv, no manifest yet)
+            if holder is not None:
+                raise busy(self.path, holder) from None
+            raise
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

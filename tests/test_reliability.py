@@ -48,6 +48,13 @@ def _is_locked(path: Path) -> bool:
     return False
 
 
+def _wait_until_stopped(proc: subprocess.Popen) -> None:
+    """SIGSTOP is delivered asynchronously: wait until the process is stopped (state T) or gone."""
+    stat = Path(f"/proc/{proc.pid}/stat")
+    while proc.poll() is None and stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        time.sleep(0.01)
+
+
 def _stopped_while_holding_the_lock(cmd: list[str], out: Path) -> subprocess.Popen:
     """Starts CMD and stops it while it holds OUT's lock; a run that ended before the stop is started again (the lock
     file keeps its text after release, so seeing the text does not prove the lock is still held)."""
@@ -56,6 +63,7 @@ def _stopped_while_holding_the_lock(cmd: list[str], out: Path) -> subprocess.Pop
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_lock(out / LOCK, first)
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
+        _wait_until_stopped(first)
         if _is_locked(out / LOCK):
             return first
         first.send_signal(signal.SIGCONT)
@@ -85,6 +93,21 @@ def test_a_second_writer_is_refused_and_a_killed_one_never_blocks(tmp_path, monk
     killed.wait()
     assert subprocess.run([*cmd[:-1], str(killed_out)], capture_output=True, timeout=300).returncode == 0
     assert json.loads((killed_out / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_a_run_caught_between_its_first_files_is_reported_as_being_written(tmp_path, capsys):
+    from robustlab.rundir import RESULTS, RunLock
+    out = tmp_path / "run"
+    out.mkdir()
+    held = RunLock(out)  # as a first writer holds it, after results.csv and before manifest.json
+    try:
+        (out / RESULTS).write_text("model\n")
+        assert cli(*EVAL, "--out", out) == 2
+        assert f"is being written by robustlab pid {os.getpid()}" in capsys.readouterr().err
+    finally:
+        held.release()
+    assert cli(*EVAL, "--out", out) == 2  # nobody writes it now: what it holds is the problem
+    assert "holds results.csv but no readable manifest.json" in capsys.readouterr().err
 
 
 def test_any_failure_midway_is_recorded(tmp_path, monkeypatch):

@@ -159,7 +159,7 @@ class CSCConv2d(nn.Module):
         self.non_negative, self.n_dict = non_negative, n_dict
         self.record_residual = False
         self.residual: torch.Tensor | None = None
-        self.given_code: torch.Tensor | None = None  # the next forward's output, solved already (see forward)
+        self.given_code: torch.Tensor | None = None  # the next forward's output, solved already (used once)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -232,7 +232,7 @@ class CSCConv2d(nn.Module):
             if self.given_code.shape[0] != x.shape[0]:
                 raise RobustlabError(f"the given code has {self.given_code.shape[0]} images but the batch has "
                                      f"{x.shape[0]}")
-            c = self.given_code
+            c, self.given_code = self.given_code, None  # for this forward only
         else:
             c = self._solve(x, A, W, scale, self._theta(x, s, scale))
         if self.record_residual:
