@@ -297,8 +297,9 @@ class CSCConv2d(nn.Module):
         @torch.no_grad()
         def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
             theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
-            for xs, th, f in zip(x[images].split(chunk), theta.split(chunk), first[images].split(chunk)):
-                code = self._solve(xs, A, W, scale, th, f)
+            for some, th in zip(images.split(chunk), theta.split(chunk)):  # gathered per chunk: still in cache
+                xs = x[some]
+                code = self._solve(xs, A, W, scale, th, first[some])
                 yield self._residual(xs, A, code), code
         return at
 
