@@ -79,7 +79,7 @@ def random_line(args: argparse.Namespace, device: torch.device) -> Setup:
     labels = torch.randint(0, 10, (args.n,), generator=gen).numpy()
     data = ArrayImageSet(images, labels, name="cifar10", split="test", num_classes=10)
     grid, middle = list(OFFICIAL_GRID), len(OFFICIAL_GRID) // 2
-    first = to_pixels(images[:args.batch_size], device)
+    first = to_pixels(next(iter(checked_batches(data, args.batch_size, None)))[0], device)
     a = (grid[middle] - 0.1) / float(residual_grid(model, first, grid[middle:middle + 1])[0].median())
     calib = Calibration(checkpoint_sha256="", arch="sdnet18", layer=0, noise="gaussian", grid=grid, levels=[],
                         sweep=[{}], points=[{}], fit=Fit(a, 0.1, 1.0), calibration_split="", n=0, seed=0)
