@@ -3,7 +3,6 @@ midway recorded, NaN logits under attack, results files validated by every reade
 outputs replaced only on request."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import torch
 
 from robustlab.cli import main
 from robustlab.errors import RobustlabError
-from robustlab.rundir import LOCK
+from robustlab.rundir import LOCK, RunLock
 
 EVAL = ["eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "40", "--quiet"]
 
@@ -35,17 +34,6 @@ def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> 
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() - start < timeout, "the first process never took the run's lock"
         time.sleep(0.05)
-
-
-def _is_locked(path: Path) -> bool:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
 
 
 def _wait_until_stopped(proc: subprocess.Popen) -> None:
@@ -64,7 +52,7 @@ def _stopped_while_holding_the_lock(cmd: list[str], out: Path) -> subprocess.Pop
         _wait_for_lock(out / LOCK, first)
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, whatever the machine's speed
         _wait_until_stopped(first)
-        if _is_locked(out / LOCK):
+        if RunLock.held_by(out) is not None:
             return first
         first.send_signal(signal.SIGCONT)
         first.communicate(timeout=300)
@@ -96,7 +84,7 @@ def test_a_second_writer_is_refused_and_a_killed_one_never_blocks(tmp_path, monk
 
 
 def test_a_run_caught_between_its_first_files_is_reported_as_being_written(tmp_path, capsys):
-    from robustlab.rundir import RESULTS, RunLock
+    from robustlab.rundir import RESULTS
     out = tmp_path / "run"
     out.mkdir()
     held = RunLock(out)  # as a first writer holds it, after results.csv and before manifest.json
