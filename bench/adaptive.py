@@ -21,6 +21,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -116,7 +117,8 @@ def main() -> None:
         count_correct(model, batches(), device, top5=True)
 
     def adaptive_set(select_n: int | None = None) -> None:
-        firsts = ((i * args.batch_size, images) for i, (images, _) in enumerate(batches()))
+        def firsts() -> Iterator[tuple[int, torch.Tensor]]:
+            return ((i * args.batch_size, images) for i, (images, _) in enumerate(batches()))
         with torch.inference_mode():
             csc.lmbda = select_for_set(model, firsts, calib, device, total=len(data),
                                        mask=sample_mask(len(data), select_n, 0)).lmbda

@@ -6,9 +6,10 @@ import itertools
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -244,43 +245,178 @@ def selection_bounds(calib: Calibration, mean: Sequence[float], half: Sequence[f
     return float(possible.min()), float(possible.max())
 
 
-def select_for_set(model: RobustModel, batches: Iterable[tuple[int, torch.Tensor]], calib: Calibration,
+def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int, torch.Tensor]]], calib: Calibration,
                    device: torch.device, *, total: int, mask: np.ndarray | None = None,
                    shard: Shard = Shard()) -> SetSelection:
     """The paper's setting: r(lambda) = the set's mean residual at each grid lambda; the consistent grid lambda.
-    `batches` are (index of the first image, images); with a `mask` only its images count, and the bounds carry
-    the sample's standard error (finite-population corrected). Under torchrun `batches` are this rank's, and the
-    sums are added up over the ranks."""
+    `batches()` yields (index of the first image, images), once per pass over the set; with a `mask` only its images
+    count, and the bounds carry the sample's standard error (finite-population corrected). Without one the rule's
+    lambda is searched as per image (a few passes, each at one or a few lambdas, instead of the whole grid). Under
+    torchrun `batches` are this rank's, and the sums are added up over the ranks (every rank searches alike)."""
+    def pixels() -> Iterator[torch.Tensor]:
+        for first, images in batches():
+            if mask is not None:
+                images = images[torch.from_numpy(mask[first:first + len(images)])]
+            if len(images):
+                yield to_pixels(images, device)
+
+    sums = _SetSums(model, pixels, calib, shard)
     size = len(calib.grid)
-    total_sum = torch.zeros(size, dtype=torch.float64, device=device)
-    total_sq = torch.zeros(size, dtype=torch.float64, device=device)
-    count = 0
-    for first, images in batches:
-        if mask is not None:
-            images = images[torch.from_numpy(mask[first:first + len(images)])]
-            if not len(images):
-                continue
-        r = residual_grid(model, to_pixels(images, device), calib.grid, calib.layer).double()
-        total_sum += r.sum(dim=1)
-        total_sq += (r * r).sum(dim=1)
-        count += len(images)
-    *sums, count = shard.sum([*total_sum.tolist(), *total_sq.tolist(), count])
-    if count == 0:
-        raise RobustlabError("no images to select lambda on")
-    mean = np.asarray(sums[:size]) / count
+    if mask is None:
+        lmbda = sums.search()
+        if sums.count >= total:
+            return SetSelection(lmbda, lmbda, lmbda, sums.count, total)
+    sums.mean_at([k for k in range(size) if math.isnan(sums.sum[k])])  # a sample's bounds need the whole grid
+    count, mean = sums.count, sums.sum / sums.count
     lmbda = float(calib.select(torch.tensor(mean, dtype=torch.float64).view(-1, 1))[0])
     if count >= total:
-        return SetSelection(lmbda, lmbda, lmbda, int(count), total)
+        return SetSelection(lmbda, lmbda, lmbda, count, total)
     if count < 2:  # no spread to estimate: anything on the grid
-        return SetSelection(lmbda, min(calib.grid), max(calib.grid), int(count), total)
-    var = np.maximum(0.0, (np.asarray(sums[size:]) - count * mean ** 2) / (count - 1))
+        return SetSelection(lmbda, min(calib.grid), max(calib.grid), count, total)
+    var = np.maximum(0.0, (sums.sq - count * mean ** 2) / (count - 1))
     se = np.sqrt(var / count * (total - count) / (total - 1))
     z = float(scipy.stats.norm.ppf(1 - (1 - SELECTION_CONFIDENCE) / (2 * size)))
     low, high = selection_bounds(calib, mean, z * se)
-    return SetSelection(lmbda, min(low, lmbda), max(high, lmbda), int(count), total)
+    return SetSelection(lmbda, min(low, lmbda), max(high, lmbda), count, total)
 
 
-INTERPOLATED_STEPS = 3  # of select_per_image's search, before it bisects
+class _SetSums:
+    """A set's residual sums (and sums of squares) at grid lambdas, added up over its batches and the ranks: one
+    pass over the batches (pixels) per call of mean_at, solving the CSC layer only at the lambdas asked for."""
+
+    def __init__(self, model: RobustModel, batches: Callable[[], Iterable[torch.Tensor]], calib: Calibration,
+                 shard: Shard = Shard()) -> None:
+        self.model, self.batches, self.calib, self.shard = model, batches, calib, shard
+        self.sum = np.full(len(calib.grid), math.nan)
+        self.sq = np.full(len(calib.grid), math.nan)
+        self.count = 0
+
+    def mean_at(self, index: Sequence[int]) -> np.ndarray:
+        """The set's mean residual at grid lambdas `index` (float64)."""
+        index = list(index)
+        if not index:
+            return np.empty(0)
+        csc = csc_layer(self.model, self.calib.layer)
+        sums, count = torch.zeros(2, len(index), dtype=torch.float64), 0
+        for x in self.batches():
+            solve = csc.solve_at(layer_input(self.model, csc, x), self.calib.grid)
+            n, at = len(x), torch.tensor(index, device=x.device)
+            # every (lambda, image) pair, lambda-major, as residual_grid orders them
+            r = torch.cat([r for r, _ in solve(torch.arange(n, device=x.device).repeat(len(index)),
+                                               at.repeat_interleave(n))]).double().view(len(index), n)
+            sums += torch.stack([r.sum(dim=1), (r * r).sum(dim=1)]).cpu()
+            count += n
+        *added, count = self.shard.sum([*sums.view(-1).tolist(), count])
+        if count == 0:
+            raise RobustlabError("no images to select lambda on")
+        self.count = int(count)
+        self.sum[index], self.sq[index] = added[:len(index)], added[len(index):]
+        return self.sum[index] / self.count
+
+    def search(self) -> float:
+        """The rule's lambda for the set's mean residual, searched (_GridSearch) rather than over the whole grid."""
+        return float(self.calib.grid[_MeanSearch(self.calib, self.mean_at).run()[0]])
+
+
+INTERPOLATED_STEPS = 3  # of the search for the rule's lambda, before it bisects
+
+
+class _GridSearch:
+    """Algorithm 1's rule for n rows (images, or a whole set) whose residuals are evaluated on demand: each row's
+    grid lambda closest to a * r(lambda) + b, evaluating r at a few lambdas instead of the whole grid.
+
+    The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A search for d's sign change
+    (the two ends, then the grid lambda where the line through d at the bracket's ends crosses zero, at most
+    INTERPOLATED_STEPS times, then bisection) is then certified, per row, from the residual growing with lambda: an
+    unevaluated lambda's residual lies between those evaluated on either side of it, which bounds its |d| from
+    below. Lambdas whose bound does not exceed the best |d| found are evaluated too, until none is left (all of a
+    row's lambdas when its evaluated residuals do not grow or are not finite, and every lambda of a grid that is not
+    ascending). So the lambdas are always the exhaustive rule's (tested on real images against it); where d is
+    monotone few extra lambdas are needed, where it is not up to the whole grid. One exception: a residual that is
+    NaN at a lambda never evaluated (and finite at those evaluated) is not seen, where the exhaustive rule's argmin
+    would pick that NaN.
+
+    Subclasses supply `solve`; `solved` sees each chunk once its residuals are recorded."""
+
+    def __init__(self, calib: Calibration, n: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.calib, self.n = calib, n
+        self.known = torch.zeros((n, len(calib.grid)), dtype=dtype, device=device)  # the residuals evaluated so far
+        self.evaluated = torch.zeros_like(self.known, dtype=torch.bool)
+        self.grid = torch.tensor(calib.grid, dtype=dtype, device=device)  # as Calibration.select builds it
+
+    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The residuals of rows at grid[index] (a pair per row), in chunks in order, each with what `solved` gets."""
+        raise NotImplementedError
+
+    def solved(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
+        """Called per chunk of `solve`, after its residuals are recorded."""
+
+    def choice(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rule's grid index per row over the lambdas evaluated so far."""
+        gap = (self.grid - self.calib.fit.predict(self.known[rows])).abs()  # as Calibration.select computes
+        # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated ones cannot win
+        return torch.where(self.evaluated[rows], gap, torch.full_like(gap, math.inf)).argmin(dim=1)
+
+    def _gaps(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        missing = ~self.evaluated[rows, index]
+        if bool(missing.any()):
+            start, todo, at = 0, rows[missing], index[missing]
+            for r, payload in self.solve(todo, at):
+                some, where = todo[start:start + len(r)], at[start:start + len(r)]
+                start += len(r)
+                self.known[some, where], self.evaluated[some, where] = r.to(self.known.dtype), True
+                self.solved(some, where, payload)
+        return self.grid[index] - self.calib.fit.predict(self.known[rows, index])
+
+    def run(self) -> torch.Tensor:
+        """(n,) each row's grid index under the rule."""
+        n, size, device = self.n, len(self.calib.grid), self.known.device
+        everyone = torch.arange(n, device=device)
+        grid = self.calib.grid
+        ascending = all(u < v for u, v in zip(grid, grid[1:]))
+        if ascending:
+            ends = torch.tensor([0, size - 1] if size > 1 else [0], device=device)
+            d = self._gaps(everyone.repeat(len(ends)), ends.repeat_interleave(n))  # both in one call: one pass
+            first, last = d[:n], d[-n:]
+            # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between
+            lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
+            hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
+            lambdas = self.grid.double()
+            for step in itertools.count():
+                active = (lo < hi).nonzero().view(-1)
+                if not len(active):
+                    break
+                low, high = lo[active], hi[active]
+                if step < INTERPOLATED_STEPS:
+                    # the grid lambda where the line through d at the bracket's ends (both evaluated: d < 0 at
+                    # low - 1, d >= 0 at high) crosses zero; exact when r is linear in lambda
+                    left, right = self._gaps(active, low - 1).double(), self._gaps(active, high).double()
+                    share = (-left / (right - left)).nan_to_num(0.5).clamp(0, 1)
+                    crossing = lambdas[low - 1] + share * (lambdas[high] - lambdas[low - 1])
+                    mid = torch.searchsorted(lambdas, crossing).clamp(min=low, max=high - 1)
+                else:  # then bisection, so that a d far from a line costs log2(grid) steps more at most
+                    mid = (low + high) // 2
+                up = self._gaps(active, mid) >= 0
+                hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
+        while True:
+            uncertain = ~self.evaluated if not ascending else _uncertain(self.known, self.evaluated, self.grid,
+                                                                         self.calib.fit)
+            rows, index = uncertain.nonzero(as_tuple=True)
+            if not len(rows):
+                break
+            self._gaps(rows, index)
+        return self.choice(everyone)
+
+
+class _MeanSearch(_GridSearch):
+    """The rule for one row: a set's mean residual, from a function of grid indices."""
+
+    def __init__(self, calib: Calibration, mean_at: Callable[[Sequence[int]], np.ndarray]) -> None:
+        super().__init__(calib, 1, torch.float64, torch.device("cpu"))
+        self.mean_at = mean_at
+
+    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+        yield torch.from_numpy(np.asarray(self.mean_at(index.tolist()), dtype=np.float64)), None
 
 
 @dataclass
@@ -290,81 +426,34 @@ class PerImageSelection:
     codes: torch.Tensor | None  # (N, ...) the CSC layer's output at each image's lambda (None: not kept)
 
 
-def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> PerImageSelection:
-    """Each image's grid lambda closest to a * r(lambda) + b, how many residuals it evaluated, and the CSC layer's
-    code at the lambda selected (solved on the way, so that the forward at these lambdas need not solve it again).
+class _PerImageSearch(_GridSearch):
+    """The rule per image, keeping the CSC code at each image's current choice (see _ChosenCodes)."""
 
-    The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A search for d's sign change
-    (the two ends, then the grid lambda where the line through d at the bracket's ends crosses zero, at most
-    INTERPOLATED_STEPS times, then bisection) evaluates the CSC layer at a few lambdas instead of every one. The result
-    is then certified, per image, from the residual growing with lambda: an unevaluated lambda's residual lies
-    between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
-    exceed the best |d| found are evaluated too, until none is left (all of an image's lambdas when its evaluated
-    residuals do not grow or are not finite, and every lambda of a grid that is not ascending). So the lambdas are
-    always the exhaustive rule's (tested on real images against it); where d is monotone few extra lambdas are
-    needed, where it is not up to the whole grid. One exception: a residual that is NaN at a lambda never evaluated
-    (and finite at those evaluated) is not seen, where the exhaustive rule's argmin would pick that NaN."""
+    def __init__(self, model: RobustModel, x: torch.Tensor, calib: Calibration) -> None:
+        csc = csc_layer(model, calib.layer)
+        inputs = layer_input(model, csc, x)
+        super().__init__(calib, len(x), inputs.dtype, x.device)
+        self._solve = csc.solve_at(inputs, calib.grid)
+        self.kept = _ChosenCodes(len(x), x.device)
+
+    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+        return self._solve(rows, index)
+
+    def solved(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
+        self.kept.add(rows, index, self.choice(rows), payload)
+
+
+def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> PerImageSelection:
+    """Each image's grid lambda closest to a * r(lambda) + b (searched and certified as _GridSearch says), how many
+    residuals it evaluated, and the CSC layer's code at the lambda selected (solved on the way, so that the forward
+    at these lambdas need not solve it again)."""
     if not len(x):
         return PerImageSelection(torch.empty(0, device=x.device), 0, None)
-    csc = csc_layer(model, calib.layer)
-    inputs = layer_input(model, csc, x)
-    solve = csc.solve_at(inputs, calib.grid)
-    size, n, device = len(calib.grid), len(x), x.device
-    everyone = torch.arange(n, device=device)
-    known = torch.zeros((n, size), dtype=inputs.dtype, device=device)  # the residuals evaluated so far
-    evaluated = torch.zeros((n, size), dtype=torch.bool, device=device)
-    grid = torch.tensor(calib.grid, dtype=known.dtype, device=device)  # as Calibration.select builds it
-    kept = _ChosenCodes(n, device)
-
-    def choice(rows: torch.Tensor) -> torch.Tensor:
-        gap = (grid - calib.fit.predict(known[rows])).abs()  # as Calibration.select computes
-        # the rule's argmin over the whole row (ties and NaN as torch.argmin takes them); unevaluated ones cannot win
-        return torch.where(evaluated[rows], gap, torch.full_like(gap, math.inf)).argmin(dim=1)
-
-    def gaps(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        missing = ~evaluated[images, index]
-        if bool(missing.any()):
-            start, todo, at = 0, images[missing], index[missing]
-            for r, code in solve(todo, at):
-                ims, ixs = todo[start:start + len(r)], at[start:start + len(r)]
-                start += len(r)
-                known[ims, ixs], evaluated[ims, ixs] = r, True
-                kept.add(ims, ixs, choice(ims), code)
-        return grid[index] - calib.fit.predict(known[images, index])
-
-    ascending = all(u < v for u, v in zip(calib.grid, calib.grid[1:]))
-    if ascending:
-        first, last = (gaps(everyone, torch.full((n,), end, dtype=torch.long, device=device)) for end in (0, size - 1))
-        # the first grid index where d >= 0 (size: none), were d increasing; the ends are known: search between them
-        lo = torch.where(first >= 0, 0, torch.where(last < 0, size, 1))
-        hi = torch.where(first >= 0, 0, torch.where(last < 0, size, size - 1))
-        lambdas = grid.double()
-        for step in itertools.count():
-            active = (lo < hi).nonzero().view(-1)
-            if not len(active):
-                break
-            low, high = lo[active], hi[active]
-            if step < INTERPOLATED_STEPS:
-                # the grid lambda where the line through d at the bracket's ends (both evaluated: d < 0 at low - 1,
-                # d >= 0 at high) crosses zero; exact when r is linear in lambda
-                left, right = gaps(active, low - 1).double(), gaps(active, high).double()
-                share = (-left / (right - left)).nan_to_num(0.5).clamp(0, 1)
-                crossing = lambdas[low - 1] + share * (lambdas[high] - lambdas[low - 1])
-                mid = torch.searchsorted(lambdas, crossing).clamp(min=low, max=high - 1)
-            else:  # then bisection, so that a d far from a line costs log2(grid) steps more at most
-                mid = (low + high) // 2
-            up = gaps(active, mid) >= 0
-            hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
-    while True:
-        uncertain = ~evaluated if not ascending else _uncertain(known, evaluated, grid, calib.fit)
-        images, index = uncertain.nonzero(as_tuple=True)
-        if not len(images):
-            break
-        gaps(images, index)
-    final = choice(everyone)
+    search = _PerImageSearch(model, x, calib)
+    final = search.run()
     # a choice no evaluation made (a row of infinite gaps takes index 0, evaluated or not) has no code kept
-    return PerImageSelection(grid[final], int(evaluated.sum()), kept.gather() if torch.equal(final, kept.chosen)
-                             else None)
+    codes = search.kept.gather() if torch.equal(final, search.kept.chosen) else None
+    return PerImageSelection(search.grid[final], int(search.evaluated.sum()), codes)
 
 
 class _ChosenCodes:
@@ -451,8 +540,7 @@ class AdaptiveLambda(nn.Module):
                 chosen = select_per_image(self.model, x.detach(), self.calib)
                 lambdas, codes = chosen.lambdas.to(x.dtype), chosen.codes
             else:
-                r = residual_grid(self.model, x.detach(), self.calib.grid, self.calib.layer).mean(dim=1, keepdim=True)
-                lambdas = self.calib.select(r).expand(len(x)).contiguous().to(x.dtype)
+                lambdas = x.new_full((len(x),), _SetSums(self.model, lambda: [x.detach()], self.calib).search())
         self.last_lambdas = lambdas
         with restored(csc_layer(self.model, self.calib.layer)) as csc:
             csc.lmbda = lambdas

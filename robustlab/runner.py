@@ -61,8 +61,10 @@ def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, i
         if setting.mode == LambdaMode.ADAPTIVE_SET:  # each rank sums the residuals of its batches; all get one lambda
             total = len(data) if info.n is None else min(info.n, len(data))
             indices = info.shard.batch_indices(total, info.batch_size)
-            batches = ((i * info.batch_size, images) for i, (images, _) in
-                       zip(indices, checked_batches(data, info.batch_size, total, info.shard)))
+
+            def batches() -> Iterator[tuple[int, torch.Tensor]]:  # a pass over the cell (selection makes a few)
+                return ((i * info.batch_size, images) for i, (images, _) in
+                        zip(indices, checked_batches(data, info.batch_size, total, info.shard)))
             with torch.inference_mode():
                 selection = select_for_set(model, batches, setting.calibration, info.device, total=total,
                                            mask=sample_mask(total, setting.select_n, info.seed), shard=info.shard)

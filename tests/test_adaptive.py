@@ -131,7 +131,7 @@ def test_fast_selection_picks_what_the_whole_network_per_lambda_picks():
     assert len(set(expected.tolist())) > 1, "the images must pick different lambdas for the test to mean much"
     assert torch.equal(per_image.last_lambdas, expected)
     batches = [(0, images[:5]), (5, images[5:])]
-    chosen = select_for_set(model, batches, calib, torch.device("cpu"), total=8)
+    chosen = select_for_set(model, lambda: batches, calib, torch.device("cpu"), total=8)
     assert chosen.low == chosen.lmbda == chosen.high and chosen.n == 8
     assert chosen.lmbda == float(calib.select(reference.double().mean(dim=1, keepdim=True))[0])
 
@@ -248,22 +248,38 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
     grid = list(default_grid(0.1, n=7))
     r = residual_grid(model, to_pixels(images, torch.device("cpu")), grid).double().mean(dim=1)
     calib = _calib(grid, a=grid[3] / float(r[3]), b=0.0)
-    whole = select_for_set(model, batches, calib, torch.device("cpu"), total=10).lmbda
-    partial: dict[int, list[float]] = {}
+    whole = select_for_set(model, lambda: batches, calib, torch.device("cpu"), total=10).lmbda
+    # two ranks in two threads, in lockstep as all_reduce keeps them: each pass's sums are exchanged and added
+    import threading
+    exchange: dict[int, list[float]] = {}
+    counts: dict[int, float] = {}
+    meet = threading.Barrier(2, timeout=60)
 
-    class Recorded(Shard):  # records this rank's sums; returns them added to the other rank's
+    class Paired(Shard):
         def sum(self, values: list[float]) -> list[float]:
-            partial[self.rank] = values
-            return [a + b for a, b in zip(values, partial.get(1 - self.rank, [0.0] * len(values)))]
+            exchange[self.rank], counts[self.rank] = values, values[-1]
+            meet.wait()
+            added = [a + b for a, b in zip(exchange[0], exchange[1])]
+            meet.wait()  # both have read before either writes the next pass's
+            return added
 
-    select_for_set(model, batches[0::2], calib, torch.device("cpu"), total=10, shard=Recorded(0, 2))
-    chosen = select_for_set(model, batches[1::2], calib, torch.device("cpu"), total=10, shard=Recorded(1, 2))
-    assert partial[0][-1] + partial[1][-1] == 10, "the image counts add up"
-    assert chosen.lmbda == whole and chosen.n == 10
-    alone = select_for_set(model, batches[1::2], calib, torch.device("cpu"), total=10)
+    chosen: dict[int, object] = {}
+
+    def rank(k: int) -> None:
+        chosen[k] = select_for_set(model, lambda: batches[k::2], calib, torch.device("cpu"), total=10,
+                                   shard=Paired(k, 2))
+
+    threads = [threading.Thread(target=rank, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counts[0] + counts[1] == 10, "the image counts add up"
+    assert chosen[0] == chosen[1] and chosen[1].lmbda == whole and chosen[1].n == 10
+    alone = select_for_set(model, lambda: batches[1::2], calib, torch.device("cpu"), total=10)
     assert alone.lmbda != whole, "a rank alone would differ"
     with pytest.raises(RobustlabError, match="no images"):
-        select_for_set(model, [], calib, torch.device("cpu"), total=10)
+        select_for_set(model, lambda: [], calib, torch.device("cpu"), total=10)
 
 
 def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
@@ -346,9 +362,9 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
         x = torch.from_numpy(np.ascontiguousarray(corrupt(images, "gaussian_noise", severity, seed=1)))
         x = x.permute(0, 3, 1, 2).contiguous()
         batches = lambda: [(i, x[i:i + 128]) for i in range(0, 450, 128)]  # noqa: E731
-        whole = select_for_set(model, batches(), calib, torch.device("cpu"), total=450)
+        whole = select_for_set(model, batches, calib, torch.device("cpu"), total=450)
         for seed in (0, 1, 2):
-            part = select_for_set(model, batches(), calib, torch.device("cpu"), total=450,
+            part = select_for_set(model, batches, calib, torch.device("cpu"), total=450,
                                   mask=sample_mask(450, 100, seed))
             assert part.n == 100 and part.low <= whole.lmbda <= part.high, (severity, seed)
             informative += part.high - part.low < max(calib.grid) - min(calib.grid)
@@ -392,3 +408,52 @@ def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkey
         assert torch.equal(got, want), trial
         checked += 1
     assert checked == 60
+
+
+def test_per_set_search_selects_the_exhaustive_rules_lambda_in_a_few_passes(monkeypatch):
+    """select_for_set (all images) and AdaptiveLambda per set search the set's mean residual instead of solving the
+    whole grid: on real noisy digits, for falling, flat, rising and calibrated lines and one so steep that d is
+    not monotone, both pick the exhaustive rule's lambda; the first four solve the layer at a few lambdas, in a few
+    passes over the set, the steep one at more."""
+    import dataclasses
+
+    from robustlab.adaptive import Fit
+    from robustlab.corruptions import corrupt
+    from robustlab.data import load_dataset
+    model = robustlab.load_model("zoo:sdnet18-digits")
+    calib = load_calibration(Path(__file__).parents[1] / "reports" / "adaptive-digits-calibration.json")
+    images = load_dataset("digits").images[:96]
+    csc = csc_layer(model)
+    solve_at, solved = csc.solve_at, []
+
+    def counted(x: torch.Tensor, lambdas: list[float]):  # counts the (image, lambda) pairs solved
+        at = solve_at(x, lambdas)
+        return lambda images, index: (solved.append(len(images)) or r for r in at(images, index))
+    monkeypatch.setattr(csc, "solve_at", counted)
+    passes, lambdas = {}, {}
+    for severity in (0, 3, 5):
+        noisy = images if severity == 0 else corrupt(images, "gaussian_noise", severity, seed=1)
+        x = torch.from_numpy(np.ascontiguousarray(noisy)).permute(0, 3, 1, 2).contiguous()
+        pixels = to_pixels(x, torch.device("cpu"))
+        mean = residual_grid(model, pixels, calib.grid).double().mean(dim=1, keepdim=True)
+        mid = float(mean[len(calib.grid) // 2])
+        fits = {"calibrated": calib.fit, "falling": Fit(-2e-3, 0.6, 1.0), "flat": Fit(0.0, 0.2, 1.0),
+                "rising": Fit(0.2 / mid, 0.0, 1.0), "steep": Fit(40.0 / mid, -39.8, 1.0)}
+        for name, fit in fits.items():
+            c = dataclasses.replace(calib, fit=fit)
+            want = float(c.select(mean)[0])
+            calls, solved[:] = [], []
+
+            def batches() -> list[tuple[int, torch.Tensor]]:
+                calls.append(1)
+                return [(i, x[i:i + 40]) for i in range(0, len(x), 40)]
+            chosen = select_for_set(model, batches, c, torch.device("cpu"), total=len(x))
+            assert chosen.lmbda == chosen.low == chosen.high == want and chosen.n == len(x), (severity, name)
+            passes[name, severity], lambdas[name, severity] = len(calls), sum(solved) / len(x)
+            per_set = AdaptiveLambda(model, c, per_image=False)
+            with torch.no_grad():
+                per_set(pixels)
+            assert torch.equal(per_set.last_lambdas, torch.full((len(x),), want)), (severity, name)
+    gentle = [(name, s) for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5)]
+    assert all(lambdas[k] <= 5 and passes[k] <= 4 for k in gentle), (lambdas, passes)
+    assert max(lambdas["steep", s] for s in (0, 3, 5)) > 5, "a steep line must need more of the grid"
