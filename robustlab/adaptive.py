@@ -394,13 +394,23 @@ class _GridSearch:
                     share = (-left / (right - left)).nan_to_num(0.5).clamp(0, 1)
                     crossing = lambdas[low - 1] + share * (lambdas[high] - lambdas[low - 1])
                     mid = torch.searchsorted(lambdas, crossing).clamp(min=low, max=high - 1)
+                    slope = (right - left) / (lambdas[high] - lambdas[low - 1])
                 else:  # then bisection, so that a d far from a line costs log2(grid) steps more at most
                     mid = (low + high) // 2
-                up = self._gaps(active, mid) >= 0
+                d_mid = self._gaps(active, mid)
+                up = d_mid >= 0
                 hi[active[up]], lo[active[~up]] = mid[up], mid[~up] + 1
+                if step < INTERPOLATED_STEPS:
+                    # landed within half a grid step of where the line crosses: certification takes over (the
+                    # lambdas either side are bounded from further out, which spares evaluating them)
+                    step_width = lambdas[(mid + 1).clamp(max=size - 1)] - lambdas[(mid - 1).clamp(min=0)]
+                    close = d_mid.double().abs() <= slope * step_width / 4
+                    lo[active[close]] = hi[active[close]]
         while True:
-            uncertain = ~self.evaluated if not ascending else _uncertain(self.known, self.evaluated, self.grid,
-                                                                         self.calib.fit)
+            uncertain = ~self.evaluated
+            if ascending:
+                uncertain = _outermost(_uncertain(self.known, self.evaluated, self.grid, self.calib.fit),
+                                       self.evaluated, self.choice(everyone))
             rows, index = uncertain.nonzero(as_tuple=True)
             if not len(rows):
                 break
@@ -517,6 +527,23 @@ def _uncertain(known: torch.Tensor, evaluated: torch.Tensor, grid: torch.Tensor,
     scale = g.abs() + abs(fit.a) * torch.maximum(below.abs(), above.abs()).nan_to_num(0, 0, 0) + abs(fit.b)
     margin = 4 * torch.finfo(known.dtype).eps * scale
     return ~evaluated & (~finite | ~growing | (bound <= best.view(-1, 1) + margin))
+
+
+def _outermost(uncertain: torch.Tensor, evaluated: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Of each row's uncertain lambdas, the farthest below and the farthest above its current choice: evaluated,
+    they bound the residuals of those between more tightly, which often certifies them without evaluating them
+    (uncertainty only shrinks as evaluations are added, so this never costs more evaluations than all at once). A
+    row with every unevaluated lambda uncertain (residuals that do not grow) keeps them all: it needs them all."""
+    size = uncertain.shape[1]
+    index = torch.arange(size, device=uncertain.device).view(1, -1)
+    below, above = uncertain & (index < choice.view(-1, 1)), uncertain & (index > choice.view(-1, 1))
+    picked = torch.zeros_like(uncertain)
+    rows = below.any(dim=1).nonzero().view(-1)
+    picked[rows, below[rows].int().argmax(dim=1)] = True  # the first (lowest) uncertain below
+    rows = above.any(dim=1).nonzero().view(-1)
+    picked[rows, size - 1 - above[rows].flip(1).int().argmax(dim=1)] = True  # the last (highest) above
+    whole = (uncertain == ~evaluated).all(dim=1)
+    return torch.where(whole.view(-1, 1), uncertain, picked)
 
 
 class AdaptiveLambda(nn.Module):

@@ -250,6 +250,7 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
     calib = _calib(grid, a=grid[3] / float(r[3]), b=0.0)
     whole = select_for_set(model, lambda: batches, calib, torch.device("cpu"), total=10).lmbda
     # two ranks in two threads, in lockstep as all_reduce keeps them: each pass's sums are exchanged and added
+    import copy
     import threading
     exchange: dict[int, list[float]] = {}
     counts: dict[int, float] = {}
@@ -264,16 +265,24 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
             return added
 
     chosen: dict[int, object] = {}
+    replicas = [copy.deepcopy(model) for _ in range(2)]  # a process each under torchrun: nothing shared
 
     def rank(k: int) -> None:
-        chosen[k] = select_for_set(model, lambda: batches[k::2], calib, torch.device("cpu"), total=10,
-                                   shard=Paired(k, 2))
+        try:
+            chosen[k] = select_for_set(replicas[k], lambda: batches[k::2], calib, torch.device("cpu"), total=10,
+                                       shard=Paired(k, 2))
+        except BaseException as e:  # the other rank then stops at the barrier; the test reports this one
+            chosen[k] = e
+            meet.abort()
 
     threads = [threading.Thread(target=rank, args=(k,)) for k in (0, 1)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for k in (0, 1):
+        if isinstance(chosen[k], BaseException) and not isinstance(chosen[k], threading.BrokenBarrierError):
+            raise chosen[k]
     assert counts[0] + counts[1] == 10, "the image counts add up"
     assert chosen[0] == chosen[1] and chosen[1].lmbda == whole and chosen[1].n == 10
     alone = select_for_set(model, lambda: batches[1::2], calib, torch.device("cpu"), total=10)
