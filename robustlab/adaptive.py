@@ -22,7 +22,7 @@ from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
-from robustlab.models.csc import restored
+from robustlab.models.csc import Solved, restored
 from robustlab.progress import ProgressFactory
 
 CALIBRATION_FORMAT = "robustlab-calibration"
@@ -207,6 +207,8 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
     return rows
 
 
+Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # CSCConv2d.solve_at's: (images, grid index) -> chunks
+
 SELECTION_CONFIDENCE = 0.95  # of the bounds, simultaneous over the grid (Bonferroni)
 
 
@@ -260,7 +262,9 @@ def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int,
             if len(images):
                 yield to_pixels(images, device)
 
-    sums = _SetSums(model, pixels, calib, shard)
+    csc = csc_layer(model, calib.layer)
+    sums = _SetSums(lambda: ((csc.solve_at(layer_input(model, csc, x), calib.grid), len(x)) for x in pixels()),
+                    calib, shard)
     size = len(calib.grid)
     if mask is None:
         lmbda = sums.search()
@@ -282,11 +286,12 @@ def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int,
 
 class _SetSums:
     """A set's residual sums (and sums of squares) at grid lambdas, added up over its batches and the ranks: one
-    pass over the batches (pixels) per call of mean_at, solving the CSC layer only at the lambdas asked for."""
+    pass over the batches per call of mean_at, solving the CSC layer only at the lambdas asked for. `batches()`
+    yields, per batch, the layer's solver on it (CSCConv2d.solve_at) and its number of images."""
 
-    def __init__(self, model: RobustModel, batches: Callable[[], Iterable[torch.Tensor]], calib: Calibration,
+    def __init__(self, batches: Callable[[], Iterable[tuple[Solver, int]]], calib: Calibration,
                  shard: Shard = Shard()) -> None:
-        self.model, self.batches, self.calib, self.shard = model, batches, calib, shard
+        self.batches, self.calib, self.shard = batches, calib, shard
         self.sum = np.full(len(calib.grid), math.nan)
         self.sq = np.full(len(calib.grid), math.nan)
         self.count = 0
@@ -296,14 +301,12 @@ class _SetSums:
         index = list(index)
         if not index:
             return np.empty(0)
-        csc = csc_layer(self.model, self.calib.layer)
         sums, count = torch.zeros(2, len(index), dtype=torch.float64), 0
-        for x in self.batches():
-            solve = csc.solve_at(layer_input(self.model, csc, x), self.calib.grid)
-            n, at = len(x), torch.tensor(index, device=x.device)
+        for solve, n in self.batches():
             # every (lambda, image) pair, lambda-major, as residual_grid orders them
-            r = torch.cat([r for r, _ in solve(torch.arange(n, device=x.device).repeat(len(index)),
-                                               at.repeat_interleave(n))]).double().view(len(index), n)
+            at = torch.tensor(index).repeat_interleave(n)
+            r = torch.cat([r for r, _ in solve(torch.arange(n).repeat(len(index)), at)])
+            r = r.double().view(len(index), n)
             sums += torch.stack([r.sum(dim=1), (r * r).sum(dim=1)]).cpu()
             count += n
         *added, count = self.shard.sum([*sums.view(-1).tolist(), count])
@@ -567,7 +570,9 @@ class AdaptiveLambda(nn.Module):
                 chosen = select_per_image(self.model, x.detach(), self.calib)
                 lambdas, codes = chosen.lambdas.to(x.dtype), chosen.codes
             else:
-                lambdas = x.new_full((len(x),), _SetSums(self.model, lambda: [x.detach()], self.calib).search())
+                csc = csc_layer(self.model, self.calib.layer)
+                solve = csc.solve_at(layer_input(self.model, csc, x.detach()), self.calib.grid)  # once: every pass
+                lambdas = x.new_full((len(x),), _SetSums(lambda: [(solve, len(x))], self.calib).search())
         self.last_lambdas = lambdas
         with restored(csc_layer(self.model, self.calib.layer)) as csc:
             csc.lmbda = lambdas
