@@ -22,7 +22,7 @@ from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
-from robustlab.models.csc import Solved, restored
+from robustlab.models.csc import Given, Solved, restored
 from robustlab.progress import ProgressFactory
 
 CALIBRATION_FORMAT = "robustlab-calibration"
@@ -436,7 +436,7 @@ class _MeanSearch(_GridSearch):
 class PerImageSelection:
     lambdas: torch.Tensor  # (N,) each image's grid lambda
     evaluations: int  # residuals (image, lambda) evaluated
-    codes: torch.Tensor | None  # (N, ...) the CSC layer's output at each image's lambda (None: not kept)
+    given: Given | None  # the CSC layer's output at each image's lambda, and its residual (None: not kept)
 
 
 class _PerImageSearch(_GridSearch):
@@ -458,15 +458,16 @@ class _PerImageSearch(_GridSearch):
 
 def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) -> PerImageSelection:
     """Each image's grid lambda closest to a * r(lambda) + b (searched and certified as _GridSearch says), how many
-    residuals it evaluated, and the CSC layer's code at the lambda selected (solved on the way, so that the forward
-    at these lambdas need not solve it again)."""
+    residuals it evaluated, and the CSC layer's code and residual at the lambda selected (solved on the way, so that
+    the forward at these lambdas need not solve the layer again)."""
     if not len(x):
         return PerImageSelection(torch.empty(0, device=x.device), 0, None)
     search = _PerImageSearch(model, x, calib)
     final = search.run()
     # a choice no evaluation made (a row of infinite gaps takes index 0, evaluated or not) has no code kept
-    codes = search.kept.gather() if torch.equal(final, search.kept.chosen) else None
-    return PerImageSelection(search.grid[final], int(search.evaluated.sum()), codes)
+    kept = torch.equal(final, search.kept.chosen)
+    given = Given(search.kept.gather(), search.known[torch.arange(len(x), device=x.device), final]) if kept else None
+    return PerImageSelection(search.grid[final], int(search.evaluated.sum()), given)
 
 
 class _ChosenCodes:
@@ -565,10 +566,10 @@ class AdaptiveLambda(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            codes = None
+            given = None
             if self.per_image:
                 chosen = select_per_image(self.model, x.detach(), self.calib)
-                lambdas, codes = chosen.lambdas.to(x.dtype), chosen.codes
+                lambdas, given = chosen.lambdas.to(x.dtype), chosen.given
             else:
                 csc = csc_layer(self.model, self.calib.layer)
                 solve = csc.solve_at(layer_input(self.model, csc, x.detach()), self.calib.grid)  # once: every pass
@@ -577,7 +578,7 @@ class AdaptiveLambda(nn.Module):
         with restored(csc_layer(self.model, self.calib.layer)) as csc:
             csc.lmbda = lambdas
             if not torch.is_grad_enabled():  # a gradient needs the layer solved in the graph; an evaluation does not
-                csc.given_code = codes
+                csc.given = given
             return self.model(x)
 
 

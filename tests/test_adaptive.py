@@ -317,14 +317,15 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
             chosen = select_per_image(model, x, c)
             whole[name, severity] = chosen.evaluations / len(x)
             assert torch.equal(chosen.lambdas, want), (severity, name)
-            with restored(csc_layer(model)) as csc:  # the codes kept are the layer's output at those lambdas
+            with restored(csc_layer(model)) as csc:  # what is kept is the layer's output at those lambdas
                 csc.lmbda = chosen.lambdas
                 out = []
                 handle = csc.register_forward_hook(lambda _m, _i, o: out.append(o))
                 with torch.no_grad():
                     model(x)
                 handle.remove()
-            torch.testing.assert_close(chosen.codes, out[0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(chosen.given.code, out[0], rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(chosen.given.residual, csc.residual, rtol=1e-5, atol=0)
         assert len(set(c.select(table).tolist())) > 1 or severity == 0
     assert all(whole[name, s] <= 5 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))
     assert max(whole["steep", s] for s in (0, 3, 5)) > 8, "a steep line must need more of the grid"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -141,6 +141,13 @@ class Dictionary(nn.Module):
 Solved = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (residuals, codes) of a chunk of images
 
 
+class Given(NamedTuple):
+    """A forward's code solved beforehand (Algorithm 1 per image), with its residual: the forward neither solves
+    the layer nor decodes the code again."""
+    code: torch.Tensor
+    residual: torch.Tensor
+
+
 class CSCConv2d(nn.Module):
     """A drop-in replacement for Conv2d whose output is the sparse code of its input (design.md)."""
 
@@ -159,7 +166,7 @@ class CSCConv2d(nn.Module):
         self.non_negative, self.n_dict = non_negative, n_dict
         self.record_residual = False
         self.residual: torch.Tensor | None = None
-        self.given_code: torch.Tensor | None = None  # the next forward's output, solved already (used once)
+        self.given: Given | None = None  # the next forward's output, solved already (used once)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -228,16 +235,17 @@ class CSCConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        if self.given_code is not None:  # Algorithm 1 per image solved this layer at each lambda it selected
-            if self.given_code.shape[0] != x.shape[0]:
-                raise RobustlabError(f"the given code has {self.given_code.shape[0]} images but the batch has "
+        given, self.given = self.given, None  # for this forward only
+        if given is not None:  # Algorithm 1 per image solved this layer at each lambda it selected
+            if given.code.shape[0] != x.shape[0]:
+                raise RobustlabError(f"the given code has {given.code.shape[0]} images but the batch has "
                                      f"{x.shape[0]}")
-            c, self.given_code = self.given_code, None  # for this forward only
+            c = given.code
         else:
             c = self._solve(x, A, W, scale, self._theta(x, s, scale))
         if self.record_residual:
             with torch.no_grad():
-                self.residual = self._residual(x, A, c)
+                self.residual = given.residual if given is not None else self._residual(x, A, c)
         return c
 
     def _theta(self, x: torch.Tensor, s: float, scale: float) -> float | torch.Tensor:
@@ -340,11 +348,11 @@ def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None 
 @contextmanager
 def restored(layer: CSCConv2d) -> Iterator[CSCConv2d]:
     """Lambda, residual recording and a given code may be changed inside; all are put back on exit."""
-    saved = layer.lmbda, layer.record_residual, layer.given_code
+    saved = layer.lmbda, layer.record_residual, layer.given
     try:
         yield layer
     finally:
-        layer.lmbda, layer.record_residual, layer.given_code = saved
+        layer.lmbda, layer.record_residual, layer.given = saved
 
 
 def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
