@@ -83,10 +83,14 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
 
 
 def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
-    """(len(grid), N) residuals of one CSC layer at every grid lambda; only that layer runs per lambda."""
+    """(len(grid), N) residuals of one CSC layer at every grid lambda (only that layer runs per lambda): the table
+    the exhaustive rule reads, which selection itself never builds whole."""
     csc = csc_layer(model, layer)
     with torch.no_grad():
-        return csc.residual_grid(layer_input(model, csc, x), grid)
+        solve = csc.solve_at(layer_input(model, csc, x), grid)
+        n, size = len(x), len(grid)
+        pairs = solve(torch.arange(n).repeat(size), torch.arange(size).repeat_interleave(n))  # lambda-major
+        return torch.cat([r for r, _ in pairs]).view(size, n)
 
 
 @dataclass
@@ -255,22 +259,23 @@ def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int,
     count, and the bounds carry the sample's standard error (finite-population corrected). Without one the rule's
     lambda is searched as per image (a few passes, each at one or a few lambdas, instead of the whole grid). Under
     torchrun `batches` are this rank's, and the sums are added up over the ranks (every rank searches alike)."""
-    def pixels() -> Iterator[torch.Tensor]:
+    csc = csc_layer(model, calib.layer)
+
+    def solvers() -> Iterator[tuple[Solver, int]]:
         for first, images in batches():
             if mask is not None:
                 images = images[torch.from_numpy(mask[first:first + len(images)])]
             if len(images):
-                yield to_pixels(images, device)
+                with torch.no_grad():
+                    yield csc.solve_at(layer_input(model, csc, to_pixels(images, device)), calib.grid), len(images)
 
-    csc = csc_layer(model, calib.layer)
-    sums = _SetSums(lambda: ((csc.solve_at(layer_input(model, csc, x), calib.grid), len(x)) for x in pixels()),
-                    calib, shard)
+    sums = _SetSums(solvers, calib, shard)
     size = len(calib.grid)
     if mask is None:
         lmbda = sums.search()
         if sums.count >= total:
             return SetSelection(lmbda, lmbda, lmbda, sums.count, total)
-    sums.mean_at([k for k in range(size) if math.isnan(sums.sum[k])])  # a sample's bounds need the whole grid
+    sums.mean_at((~sums.evaluated).nonzero()[0].tolist())  # a sample's bounds need the whole grid
     count, mean = sums.count, sums.sum / sums.count
     lmbda = float(calib.select(torch.tensor(mean, dtype=torch.float64).view(-1, 1))[0])
     if count >= total:
@@ -292,8 +297,9 @@ class _SetSums:
     def __init__(self, batches: Callable[[], Iterable[tuple[Solver, int]]], calib: Calibration,
                  shard: Shard = Shard()) -> None:
         self.batches, self.calib, self.shard = batches, calib, shard
-        self.sum = np.full(len(calib.grid), math.nan)
-        self.sq = np.full(len(calib.grid), math.nan)
+        self.sum = np.zeros(len(calib.grid))
+        self.sq = np.zeros(len(calib.grid))
+        self.evaluated = np.zeros(len(calib.grid), dtype=bool)
         self.count = 0
 
     def mean_at(self, index: Sequence[int]) -> np.ndarray:
@@ -312,8 +318,11 @@ class _SetSums:
         *added, count = self.shard.sum([*sums.view(-1).tolist(), count])
         if count == 0:
             raise RobustlabError("no images to select lambda on")
+        if self.count and count != self.count:  # a mean mixing different images would select wrongly, silently
+            raise RobustlabError(f"the set's passes read {self.count} and then {int(count)} images: selection needs "
+                                 "the same batches on every pass")
         self.count = int(count)
-        self.sum[index], self.sq[index] = added[:len(index)], added[len(index):]
+        self.sum[index], self.sq[index], self.evaluated[index] = added[:len(index)], added[len(index):], True
         return self.sum[index] / self.count
 
     def search(self) -> float:
@@ -409,11 +418,12 @@ class _GridSearch:
                     step_width = lambdas[(mid + 1).clamp(max=size - 1)] - lambdas[(mid - 1).clamp(min=0)]
                     close = d_mid.double().abs() <= slope * step_width / 4
                     lo[active[close]] = hi[active[close]]
-        while True:
+        for round_ in itertools.count():
             uncertain = ~self.evaluated
             if ascending:
-                uncertain = _outermost(_uncertain(self.known, self.evaluated, self.grid, self.calib.fit),
-                                       self.evaluated, self.choice(everyone))
+                uncertain = _uncertain(self.known, self.evaluated, self.grid, self.calib.fit)
+                if round_ == 0:  # then everything still uncertain at once: a few rounds (passes over a set) at most
+                    uncertain = _outermost(uncertain, self.choice(everyone))
             rows, index = uncertain.nonzero(as_tuple=True)
             if not len(rows):
                 break
@@ -533,11 +543,10 @@ def _uncertain(known: torch.Tensor, evaluated: torch.Tensor, grid: torch.Tensor,
     return ~evaluated & (~finite | ~growing | (bound <= best.view(-1, 1) + margin))
 
 
-def _outermost(uncertain: torch.Tensor, evaluated: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+def _outermost(uncertain: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     """Of each row's uncertain lambdas, the farthest below and the farthest above its current choice: evaluated,
     they bound the residuals of those between more tightly, which often certifies them without evaluating them
-    (uncertainty only shrinks as evaluations are added, so this never costs more evaluations than all at once). A
-    row with every unevaluated lambda uncertain (residuals that do not grow) keeps them all: it needs them all."""
+    (uncertainty only shrinks as evaluations are added, so this never costs more evaluations than all at once)."""
     size = uncertain.shape[1]
     index = torch.arange(size, device=uncertain.device).view(1, -1)
     below, above = uncertain & (index < choice.view(-1, 1)), uncertain & (index > choice.view(-1, 1))
@@ -546,8 +555,7 @@ def _outermost(uncertain: torch.Tensor, evaluated: torch.Tensor, choice: torch.T
     picked[rows, below[rows].int().argmax(dim=1)] = True  # the first (lowest) uncertain below
     rows = above.any(dim=1).nonzero().view(-1)
     picked[rows, size - 1 - above[rows].flip(1).int().argmax(dim=1)] = True  # the last (highest) above
-    whole = (uncertain == ~evaluated).all(dim=1)
-    return torch.where(whole.view(-1, 1), uncertain, picked)
+    return picked
 
 
 class AdaptiveLambda(nn.Module):

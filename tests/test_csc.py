@@ -47,17 +47,30 @@ def test_layer_matches_dense_reference(kw, grad):
     assert (code > 0).any(), "the test input must give a non-trivial code"
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
-def test_residual_grid_equals_a_forward_per_lambda_bit_for_bit(kw):
+def test_solve_at_equals_a_forward_per_lambda(kw, chunked, monkeypatch):
     layer = make_layer(**kw).float()
+    if chunked:  # two (image, lambda) pairs' code maps per chunk
+        pair_bytes = layer.out_channels * 64 // layer.stride ** 2 * 4
+        monkeypatch.setattr(csc_module, "SOLVE_CHUNK_BYTES", (2 * pair_bytes, 2 * pair_bytes))
     x = torch.rand(5, kw["in_channels"], 8, 8)
     grid = [0.0, 0.05, 0.1, 0.3, 1.0]
-    table = layer.residual_grid(x, grid)
+    n, size = len(x), len(grid)
+    solved = list(layer.solve_at(x, grid)(torch.arange(n).repeat(size), torch.arange(size).repeat_interleave(n)))
+    assert len(solved) == (n * size + 1) // 2 if chunked else len(solved) == 1
+    table = torch.cat([r for r, _ in solved]).view(size, n)
+    codes = torch.cat([c for _, c in solved]).view(size, n, *solved[0][1].shape[1:])
     for k, lam in enumerate(grid):
         layer.lmbda = lam
         with torch.no_grad():  # an attack's forward decodes by conv_transpose2d (see CSCConv2d._decode)
-            layer(x)
-        assert torch.equal(table[k], layer.residual), (lam, (table[k] - layer.residual).abs().max())
+            code = layer(x)
+        if chunked:  # the kernels' blocking depends on the batch: equal to float rounding
+            torch.testing.assert_close(table[k], layer.residual, rtol=1e-6, atol=0)
+            torch.testing.assert_close(codes[k], code, rtol=1e-6, atol=1e-7)
+        else:
+            assert torch.equal(table[k], layer.residual), (lam, (table[k] - layer.residual).abs().max())
+            assert torch.equal(codes[k], code), lam
     assert len(set(table[:, 0].tolist())) == len(grid), "every lambda must give its own residual"
 
 

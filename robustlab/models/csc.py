@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from robustlab.errors import RobustlabError
 
 GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
-# residual_grid's working set per chunk of images: the code maps of all their (lambda, image) pairs. On the
-# 2-core CPU, 8 MiB (2 CIFAR images x 14 lambdas) ran SDNet-18's grid as fast as 1 image per chunk, 1.1x faster
-# than 4, 1.5x than 16 and 2.7x than a whole 128-image batch at once; a GPU wants large launches instead.
-GRID_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
+# solve_at's working set per chunk of (image, lambda) pairs: their code maps. On the 2-core CPU, 8 MiB (32 CIFAR
+# code maps of SDNet-18's stem) ran Algorithm 1's per-image search 1.06x faster than 4 MiB, 1.16x than 16 and 1.26x
+# than 2 (2026-12, one 128-image batch of random images); a GPU wants large launches instead.
+SOLVE_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
 # Decoding into image-like inputs (few channels) without gradients goes through patch space (one matmul plus
 # k * k shifted slices) instead of oneDNN's transposed convolution, which vectorizes over the output channels:
 # 64 -> 3 channels ran 2.2x faster for 128 CIFAR images, 2.4x for the 7x7 stride-2 ImageNet stem. With gradients
@@ -255,52 +255,30 @@ class CSCConv2d(nn.Module):
         if self.lmbda.shape != (x.shape[0],):  # one lambda per image (Algorithm 1, per image)
             raise RobustlabError(f"per-image lambda has shape {tuple(self.lmbda.shape)} but the batch has "
                                  f"{x.shape[0]} images")
-        return (self.lmbda.double() * (s * scale)).to(x).view(-1, 1, 1, 1)  # rounded as residual_grid's
+        return (self.lmbda.double() * (s * scale)).to(x).view(-1, 1, 1, 1)  # rounded as _thetas rounds
 
     @staticmethod
     def _thetas(x: torch.Tensor, lambdas: Sequence[float], s: float, scale: float) -> torch.Tensor:
         """The soft threshold of each grid lambda, rounded as a forward at that lambda rounds it."""
         return torch.tensor([lmbda * s * scale for lmbda in lambdas], dtype=x.dtype, device=x.device)
 
-    def _images_per_chunk(self, x: torch.Tensor, codes_per_image: int) -> int:
-        """How many images' code maps (codes_per_image each) fit in one chunk's working set (GRID_CHUNK_BYTES)."""
-        code_bytes = codes_per_image * self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
-        return max(1, GRID_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
-
-    @torch.no_grad()
-    def residual_grid(self, x: torch.Tensor, lambdas: Sequence[float]) -> torch.Tensor:
-        """(len(lambdas), N) residuals of this layer on its input x at each lambda: bit for bit what a forward
-        without gradients records at that lambda. The lambda-free first conv runs once per image; the grid runs
-        as one batch of (lambda, image) pairs per chunk of images."""
-        x = self._tiled(x)
-        A, W, s, scale = self._operator(x)
-        thetas = self._thetas(x, lambdas, s, scale)
-        chunk = self._images_per_chunk(x, len(lambdas))
-
-        def pairs(t: torch.Tensor) -> torch.Tensor:  # a copy per lambda, lambda-major
-            return t.repeat(len(lambdas), 1, 1, 1)
-
-        out = []
-        for xs in x.split(chunk):
-            first = F.conv2d(xs, W, stride=self.stride, padding=self.padding)
-            theta = thetas.repeat_interleave(len(xs)).view(-1, 1, 1, 1)
-            xr = pairs(xs)
-            code = self._solve(xr, A, W, scale, theta, pairs(first))
-            out.append(self._residual(xr, A, code).view(len(lambdas), len(xs)))
-        return torch.cat(out, dim=1)
+    def _images_per_chunk(self, x: torch.Tensor) -> int:
+        """How many (image, lambda) pairs' code maps fit in one chunk's working set (SOLVE_CHUNK_BYTES)."""
+        code_bytes = self.out_channels * x[0, 0].numel() // self.stride ** 2 * x.element_size()
+        return max(1, SOLVE_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
 
     @torch.no_grad()
     def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor], Solved]:
-        """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], one lambda
-        per image, chunk by chunk in order (Algorithm 1's per-image search): residual_grid's entries, and the
-        codes they come from. The lambda-free first conv runs once, here."""
+        """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], a lambda per
+        (image, index) pair, chunk by chunk in order (Algorithm 1's selection): what a forward without gradients
+        records and outputs at that lambda: bit for bit when a chunk holds the forward's whole batch (tested), else
+        to float rounding (the kernels' blocking depends on the batch). The lambda-free first conv runs once, here,
+        for every call."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = self._thetas(x, lambdas, s, scale)
-        # in residual_grid's chunks of images, so that the convolution's bits are residual_grid's
-        first = torch.cat([F.conv2d(xs, W, stride=self.stride, padding=self.padding)
-                           for xs in x.split(self._images_per_chunk(x, len(lambdas)))])
-        chunk = self._images_per_chunk(x, 1)
+        first = F.conv2d(x, W, stride=self.stride, padding=self.padding)
+        chunk = self._images_per_chunk(x)
 
         @torch.no_grad()
         def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
