@@ -82,15 +82,26 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
     return seen["x"]
 
 
+Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # CSCConv2d.solve_at's: (images, grid index) -> chunks
+
+
+def layer_solver(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> Solver:
+    """One CSC layer's solver at grid lambdas (CSCConv2d.solve_at) on the pixels x: the layers before it run once."""
+    csc = csc_layer(model, layer)
+    with torch.no_grad():
+        return csc.solve_at(layer_input(model, csc, x), grid)
+
+
+def _table(solve: Solver, n: int, index: Sequence[int]) -> torch.Tensor:
+    """(len(index), n) residuals of all n images at the grid lambdas `index`, solved lambda-major."""
+    pairs = solve(torch.arange(n).repeat(len(index)), torch.tensor(index, dtype=torch.long).repeat_interleave(n))
+    return torch.cat([r for r, _ in pairs]).view(len(index), n)
+
+
 def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
     """(len(grid), N) residuals of one CSC layer at every grid lambda (only that layer runs per lambda): the table
     the exhaustive rule reads, which selection itself never builds whole."""
-    csc = csc_layer(model, layer)
-    with torch.no_grad():
-        solve = csc.solve_at(layer_input(model, csc, x), grid)
-        n, size = len(x), len(grid)
-        pairs = solve(torch.arange(n).repeat(size), torch.arange(size).repeat_interleave(n))  # lambda-major
-        return torch.cat([r for r, _ in pairs]).view(size, n)
+    return _table(layer_solver(model, x, grid, layer), len(x), range(len(grid)))
 
 
 @dataclass
@@ -211,8 +222,6 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
     return rows
 
 
-Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # CSCConv2d.solve_at's: (images, grid index) -> chunks
-
 SELECTION_CONFIDENCE = 0.95  # of the bounds, simultaneous over the grid (Bonferroni)
 
 
@@ -259,15 +268,12 @@ def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int,
     count, and the bounds carry the sample's standard error (finite-population corrected). Without one the rule's
     lambda is searched as per image (a few passes, each at one or a few lambdas, instead of the whole grid). Under
     torchrun `batches` are this rank's, and the sums are added up over the ranks (every rank searches alike)."""
-    csc = csc_layer(model, calib.layer)
-
     def solvers() -> Iterator[tuple[Solver, int]]:
         for first, images in batches():
             if mask is not None:
                 images = images[torch.from_numpy(mask[first:first + len(images)])]
             if len(images):
-                with torch.no_grad():
-                    yield csc.solve_at(layer_input(model, csc, to_pixels(images, device)), calib.grid), len(images)
+                yield layer_solver(model, to_pixels(images, device), calib.grid, calib.layer), len(images)
 
     sums = _SetSums(solvers, calib, shard)
     size = len(calib.grid)
@@ -309,10 +315,7 @@ class _SetSums:
             return np.empty(0)
         sums, count = torch.zeros(2, len(index), dtype=torch.float64), 0
         for solve, n in self.batches():
-            # every (lambda, image) pair, lambda-major, as residual_grid orders them
-            at = torch.tensor(index).repeat_interleave(n)
-            r = torch.cat([r for r, _ in solve(torch.arange(n).repeat(len(index)), at)])
-            r = r.double().view(len(index), n)
+            r = _table(solve, n, index).double()
             sums += torch.stack([r.sum(dim=1), (r * r).sum(dim=1)]).cpu()
             count += n
         *added, count = self.shard.sum([*sums.view(-1).tolist(), count])
@@ -339,14 +342,15 @@ class _GridSearch:
 
     The rule picks where d(lambda) = lambda - (a r(lambda) + b) is closest to zero. A search for d's sign change
     (the two ends, then the grid lambda where the line through d at the bracket's ends crosses zero, at most
-    INTERPOLATED_STEPS times, then bisection) is then certified, per row, from the residual growing with lambda: an
-    unevaluated lambda's residual lies between those evaluated on either side of it, which bounds its |d| from
-    below. Lambdas whose bound does not exceed the best |d| found are evaluated too, until none is left (all of a
-    row's lambdas when its evaluated residuals do not grow or are not finite, and every lambda of a grid that is not
-    ascending). So the lambdas are always the exhaustive rule's (tested on real images against it); where d is
-    monotone few extra lambdas are needed, where it is not up to the whole grid. One exception: a residual that is
-    NaN at a lambda never evaluated (and finite at those evaluated) is not seen, where the exhaustive rule's argmin
-    would pick that NaN.
+    INTERPOLATED_STEPS times and ending early when that lambda is within half a grid step of the crossing, then
+    bisection) is then certified, per row, from the residual growing with lambda: an unevaluated lambda's residual
+    lies between those evaluated on either side of it, which bounds its |d| from below. Lambdas whose bound does not
+    exceed the best |d| found are evaluated too (the outermost below and above first, then all still uncertain),
+    until none is left (all of a row's lambdas when its evaluated residuals do not grow or are not finite, and
+    every lambda of a grid that is not ascending). So the lambdas are always the exhaustive rule's (tested on real
+    images against it); where d is monotone few extra lambdas are needed, where it is not up to the whole grid. One
+    exception: a residual that is NaN at a lambda never evaluated (and finite at those evaluated) is not seen, where
+    the exhaustive rule's argmin would pick that NaN.
 
     Subclasses supply `solve`; `solved` sees each chunk once its residuals are recorded."""
 
@@ -579,8 +583,7 @@ class AdaptiveLambda(nn.Module):
                 chosen = select_per_image(self.model, x.detach(), self.calib)
                 lambdas, given = chosen.lambdas.to(x.dtype), chosen.given
             else:
-                csc = csc_layer(self.model, self.calib.layer)
-                solve = csc.solve_at(layer_input(self.model, csc, x.detach()), self.calib.grid)  # once: every pass
+                solve = layer_solver(self.model, x.detach(), self.calib.grid, self.calib.layer)  # for every pass
                 lambdas = x.new_full((len(x),), _SetSums(lambda: [(solve, len(x))], self.calib).search())
         self.last_lambdas = lambdas
         with restored(csc_layer(self.model, self.calib.layer)) as csc:
