@@ -467,3 +467,25 @@ def test_per_set_search_selects_the_exhaustive_rules_lambda_in_a_few_passes(monk
     gentle = [(name, s) for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5)]
     assert all(lambdas[k] <= 5 and passes[k] <= 4 for k in gentle), (lambdas, passes)
     assert max(lambdas["steep", s] for s in (0, 3, 5)) > 5, "a steep line must need more of the grid"
+
+
+def test_a_set_search_takes_few_passes_where_d_hardly_changes():
+    """The set-mean search on hand-made growing residuals: the rule's lambda for 300 random lines, and on a line
+    along which d barely moves (one pass per lambda if certification only ever took the outermost) 3 passes."""
+    from robustlab.adaptive import OFFICIAL_GRID, _MeanSearch
+
+    def search(calib: Calibration, table: np.ndarray) -> tuple[float, int]:
+        passes = []
+        chosen = _MeanSearch(calib, lambda index: passes.append(index) or table[index]).run()
+        return float(calib.grid[chosen[0]]), len(passes)
+
+    flat = np.array([5.231, 6.238, 8.304, 8.718, 9.805, 10.621, 10.943, 11.628, 12.499, 12.525, 13.848, 13.955,
+                     14.659, 15.247])
+    calib = _calib(OFFICIAL_GRID, a=0.11825, b=-0.55039)
+    lmbda, passes = search(calib, flat)
+    assert lmbda == float(calib.select(torch.tensor(flat).view(-1, 1))[0]) and passes <= 3, passes
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        table = np.cumsum(rng.uniform(0, 2, len(OFFICIAL_GRID))) + 5
+        calib = _calib(OFFICIAL_GRID, a=float(rng.uniform(-0.3, 0.3)), b=float(rng.uniform(-1, 1)))
+        assert search(calib, table)[0] == float(calib.select(torch.tensor(table).view(-1, 1))[0])
