@@ -522,8 +522,8 @@ class _ChosenCodes:
         some = next(iter(self.chunks.values()))
         out = some.new_empty((self.n, *some.shape[1:]))
         for key, chunk in self.chunks.items():
-            mine = self.in_chunk == key
-            out[mine] = chunk[self.at_row[mine]]
+            mine = (self.in_chunk == key).nonzero().view(-1)
+            out.index_copy_(0, mine, chunk.index_select(0, self.at_row[mine]))  # row copies (see solve_at)
         return out
 
 

@@ -41,7 +41,10 @@ def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: in
     additions (see PATCH_MAX_CHANNELS)."""
     n, c_out, h, w = code.shape
     c_in, k = weight.shape[1], weight.shape[-1]
-    patches = torch.matmul(weight.reshape(c_out, -1).t(), code.reshape(n, c_out, h * w)).view(n, c_in, k, k, h, w)
+    # the transposed weight made contiguous: MKL's batched matmul ran 1.2-1.3x faster than on the transposed view
+    # (same numbers)
+    patches = torch.matmul(weight.reshape(c_out, -1).t().contiguous(), code.reshape(n, c_out, h * w))
+    patches = patches.view(n, c_in, k, k, h, w)
     H, W = out_hw
     full = code.new_zeros(n, c_in, max((h - 1) * stride + k, H + padding), max((w - 1) * stride + k, W + padding))
     span_h, span_w = (h - 1) * stride + 1, (w - 1) * stride + 1
@@ -202,15 +205,17 @@ class CSCConv2d(nn.Module):
     def _solve(self, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, scale: float, theta: float | torch.Tensor,
                first: torch.Tensor | None = None) -> torch.Tensor:
         """The code after n_steps FISTA steps with threshold theta (a number, or one per image as (N, 1, 1, 1));
-        `first`, when given with a per-image theta, is conv(x, W), which does not depend on lambda (it is
-        overwritten)."""
+        `first`, when given with a per-image theta, is conv(x, W), which does not depend on lambda (read only: it
+        may be a view of a whole batch's)."""
         per_image = isinstance(theta, torch.Tensor)
         # a single non-negative threshold goes into the conv bias, saving a pass over the code maps
         bias = W.new_full((W.shape[0],), -theta) if self.non_negative and not per_image else None
 
         def prox(z: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             if per_image and self.non_negative:
-                z.sub_(theta)  # before the base, as the scalar threshold in the conv bias is: the same numbers
+                # before the base, as the scalar threshold in the conv bias is: the same numbers; the first step's
+                # z may be the caller's `first`, so it is not written
+                z = z.sub_(theta) if base is not None else z - theta
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
             if per_image:
@@ -284,10 +289,20 @@ class CSCConv2d(nn.Module):
         def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
             theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
             for some, th in zip(images.split(chunk), theta.split(chunk)):  # gathered per chunk: still in cache
-                xs = x[some]
-                code = self._solve(xs, A, W, scale, th, first[some])
+                xs, firsts = _rows(x, some), _rows(first, some)
+                code = self._solve(xs, A, W, scale, th, firsts)
                 yield self._residual(xs, A, code), code
         return at
+
+
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t[index] along the first dimension: a view when the rows are consecutive (Algorithm 1's first pass and
+    per-set tables take every image in order), else a copy by index_select (3x faster here than advanced
+    indexing's general kernel)."""
+    start = int(index[0])
+    if bool((index == torch.arange(start, start + len(index), device=index.device)).all()):
+        return t.narrow(0, start, len(index))
+    return t.index_select(0, index)
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
