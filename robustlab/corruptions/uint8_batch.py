@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 Rngs = Sequence[np.random.Generator]
+GLASS_OFFSETS_BYTES = 4 << 20  # glass blur's drawn pixel offsets per call of its compiled loop
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -111,9 +112,16 @@ def glass_blur(images: np.ndarray, c: tuple[float, int, int], rngs: Rngs) -> np.
     # copy one already moved), so it is compiled with numba, and so are the two blurs around it: scipy's float64
     # filter reproduced operation for operation (bytes equal), without the whole-batch float temporaries.
     count = iterations * len(range(h - delta, delta, -1)) * len(range(w - delta, delta, -1))
-    offsets = np.concatenate([np.asarray(r.integers(-delta, delta, size=(count, 2)), dtype=np.int64)
-                              for r in rngs])
-    return _glass_blur_batch(np.ascontiguousarray(images), offsets, gaussian_kernel(sigma), delta, iterations)
+    images, weights = np.ascontiguousarray(images), gaussian_kernel(sigma)
+    # offsets for a few images at a time, so that they are still in cache when the loop reads them: at 224x224
+    # (2.3 MB per image at severity 3) this ran 1.3-1.4x faster than drawing the whole batch's first (32x32: the same)
+    per = max(1, GLASS_OFFSETS_BYTES // (count * 16))
+    n = len(images)
+    return np.concatenate([
+        _glass_blur_batch(images[i:i + per], np.concatenate([
+            np.asarray(rngs[k].integers(-delta, delta, size=(count, 2)), dtype=np.int64)
+            for k in range(i, min(i + per, n))]), weights, delta, iterations)
+        for i in range(0, n, per)])
 
 
 def _box(image: np.ndarray, width: int, height: int) -> np.ndarray:
