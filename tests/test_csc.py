@@ -74,6 +74,13 @@ def test_solve_at_equals_a_forward_per_lambda(kw, chunked, monkeypatch):
     assert len(set(table[:, 0].tolist())) == len(grid), "every lambda must give its own residual"
 
 
+def test_solve_at_asked_for_no_pairs_yields_no_residuals():
+    layer = make_layer(**CASES[0]).float()
+    x = torch.rand(3, CASES[0]["in_channels"], 8, 8)
+    none = torch.empty(0, dtype=torch.long)
+    assert sum(len(r) for r, _ in layer.solve_at(x, [0.1, 0.2])(none, none)) == 0
+
+
 @pytest.mark.parametrize("k,stride,padding,size", [(3, 1, 1, 8), (3, 2, 1, 9), (5, 2, 2, 10), (7, 2, 3, 15),
                                                     (3, 1, 0, 7), (1, 1, 0, 6)])
 @pytest.mark.parametrize("c_in", [1, 3])

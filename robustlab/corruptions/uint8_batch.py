@@ -115,7 +115,7 @@ def glass_blur(images: np.ndarray, c: tuple[float, int, int], rngs: Rngs) -> np.
     images, weights = np.ascontiguousarray(images), gaussian_kernel(sigma)
     # offsets for a few images at a time, so that they are still in cache when the loop reads them: at 224x224
     # (2.3 MB per image at severity 3) this ran 1.3-1.4x faster than drawing the whole batch's first (32x32: the same)
-    per = max(1, GLASS_OFFSETS_BYTES // (count * 16))
+    per = max(1, GLASS_OFFSETS_BYTES // max(1, count * 16))  # count is 0 on images of 2 delta + 1 pixels or less
     n = len(images)
     return np.concatenate([
         _glass_blur_batch(images[i:i + per], np.concatenate([

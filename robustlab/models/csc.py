@@ -213,9 +213,9 @@ class CSCConv2d(nn.Module):
 
         def prox(z: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             if per_image and self.non_negative:
-                # before the base, as the scalar threshold in the conv bias is: the same numbers; the first step's
-                # z may be the caller's `first`, so it is not written
-                z = z.sub_(theta) if base is not None else z - theta
+                # before the base, as the scalar threshold in the conv bias is: the same numbers; the caller's
+                # `first` is not written
+                z = z - theta if z is first else z.sub_(theta)
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
             if per_image:
@@ -287,22 +287,23 @@ class CSCConv2d(nn.Module):
 
         @torch.no_grad()
         def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
-            theta = thetas[index.to(x.device)].view(-1, 1, 1, 1)
+            images, theta = images.to(x.device), thetas[index.to(x.device)].view(-1, 1, 1, 1)
             for some, th in zip(images.split(chunk), theta.split(chunk)):  # gathered per chunk: still in cache
-                xs, firsts = _rows(x, some), _rows(first, some)
-                code = self._solve(xs, A, W, scale, th, firsts)
+                rows = _rows(some)
+                xs = rows(x)
+                code = self._solve(xs, A, W, scale, th, rows(first))
                 yield self._residual(xs, A, code), code
         return at
 
 
-def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t[index] along the first dimension: a view when the rows are consecutive (Algorithm 1's first pass and
-    per-set tables take every image in order), else a copy by index_select (3x faster here than advanced
-    indexing's general kernel)."""
-    start = int(index[0])
-    if bool((index == torch.arange(start, start + len(index), device=index.device)).all()):
-        return t.narrow(0, start, len(index))
-    return t.index_select(0, index)
+def _rows(index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function t -> t[index] along the first dimension: a view when the rows are consecutive (Algorithm 1's
+    first pass and per-set tables take the images in order), else a copy by index_select (3x faster here than
+    advanced indexing's general kernel)."""
+    if len(index) and bool((index.diff() == 1).all()):
+        start = int(index[0])
+        return lambda t: t.narrow(0, start, len(index))
+    return lambda t: t.index_select(0, index)
 
 
 def csc_layers(model: nn.Module) -> list[CSCConv2d]:
