@@ -22,7 +22,7 @@ from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
-from robustlab.models.csc import Given, Solved, restored
+from robustlab.models.csc import Given, Solver, restored
 from robustlab.progress import ProgressFactory
 
 CALIBRATION_FORMAT = "robustlab-calibration"
@@ -80,9 +80,6 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
     finally:
         handle.remove()
     return seen["x"]
-
-
-Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # CSCConv2d.solve_at's: (images, grid index) -> chunks
 
 
 def layer_solver(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> Solver:

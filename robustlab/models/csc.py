@@ -142,6 +142,7 @@ class Dictionary(nn.Module):
 
 
 Solved = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (residuals, codes) of a chunk of images
+Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # solve_at's: (images, lambda index) -> chunks
 
 
 class Given(NamedTuple):
@@ -273,7 +274,7 @@ class CSCConv2d(nn.Module):
         return max(1, SOLVE_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
 
     @torch.no_grad()
-    def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor], Solved]:
+    def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Solver:
         """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], a lambda per
         (image, index) pair, chunk by chunk in order (Algorithm 1's selection): what a forward without gradients
         records and outputs at that lambda: bit for bit when a chunk holds the forward's whole batch (tested), else
