@@ -31,6 +31,8 @@ from robustlab.attacks import (
 from robustlab.errors import RobustlabError
 from tests.conftest import tiny_model
 
+pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
+
 ULP = 2 * torch.finfo(torch.float32).eps
 
 

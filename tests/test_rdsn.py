@@ -17,6 +17,8 @@ from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, knn_precision, topk_accurac
 from robustlab.models import ModelConfig, RobustModel, build_net
 from robustlab.models.rdsn import RDSN
 
+pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
+
 
 def reference_features(net: RDSN, x: torch.Tensor) -> torch.Tensor:
     """Block by block in float64, each unit the sign of a patch's projection on its filter plus the offset."""
@@ -51,7 +53,9 @@ def test_features_do_not_depend_on_the_chunk_size() -> None:
     x = torch.randn(4, 3, 16, 16)
     whole = net.features(x)
     net.chunk = 7
-    assert torch.equal(net.features(x), whole)
+    # a chunk's convolution has other shapes, so other kernels: a pre-activation within rounding of 0 may take the
+    # other sign there, moving one feature (a mean of +-1 over 16 x 16 positions) by 2/256. Allow one such flip.
+    torch.testing.assert_close(net.features(x), whole, rtol=0, atol=2 / 256 + 1e-6)
 
 
 def test_random_tensors_come_from_the_seed_and_are_not_stored() -> None:

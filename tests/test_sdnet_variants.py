@@ -12,6 +12,8 @@ from robustlab.models import csc_layers
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from tests.reference import official_forward, official_sdnet18_state_dict
 
+pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
+
 VARIANTS = [  # (id, state-dict arguments, CSC settings written to the official config)
     ("sdnet18", dict(), dict()),
     ("sdnet34", dict(depth=34), dict()),

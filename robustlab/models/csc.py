@@ -277,9 +277,9 @@ class CSCConv2d(nn.Module):
     def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Solver:
         """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], a lambda per
         (image, index) pair, chunk by chunk in order (Algorithm 1's selection): what a forward without gradients
-        records and outputs at that lambda: bit for bit when a chunk holds the forward's whole batch (tested), else
-        to float rounding (the kernels' blocking depends on the batch). The lambda-free first conv runs once, here,
-        for every call."""
+        records and outputs at that lambda, to float rounding (tested): the kernels PyTorch picks, and so the order
+        of their sums, depend on the CPU, the thread count and the batch, so bit equality with a forward holds on no
+        machine in general. The lambda-free first conv runs once, here, for every call."""
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
         thetas = self._thetas(x, lambdas, s, scale)
