@@ -29,6 +29,14 @@ class BatchOutcome:
     adversarial: torch.Tensor
     perturbation: torch.Tensor  # per-image size of adversarial - x in the spec's norm (float64)
     projected: torch.Tensor  # the attack returned a point slightly outside the ball or [0, 1]: projected back
+    adv_pred: torch.Tensor  # the class predicted for the adversarial image (-1: non-finite logits)
+
+    @classmethod
+    def of(cls, clean_correct: torch.Tensor, adv_pred: torch.Tensor, y: torch.Tensor, adversarial: torch.Tensor,
+           perturbation: torch.Tensor, projected: torch.Tensor) -> BatchOutcome:
+        adv_correct = adv_pred == y
+        return cls(clean_correct, adv_correct, clean_correct & adv_correct, adversarial, perturbation, projected,
+                   adv_pred)
 
     @property
     def max_perturbation(self) -> float:
@@ -188,9 +196,15 @@ def _enforce(adv: torch.Tensor, x: torch.Tensor, spec: AttackSpec) -> tuple[torc
     return adv, size, projected
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Which images the model classifies correctly (non-finite logits are wrong, clean or attacked: the argmax of a
-    NaN row is class 0 and would count), and its number of classes."""
+def predicted(logits: torch.Tensor) -> torch.Tensor:
+    """The class each row of logits predicts, -1 where a logit is not finite (the argmax of a NaN row is class 0,
+    which would count as a prediction)."""
+    return torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
+
+
+def _predicted(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The class the model predicts for each image (-1: non-finite logits, wrong clean or attacked), and its number
+    of classes."""
     with torch.no_grad():
         logits = model(x)
     if logits.dim() != 2 or len(logits) != len(x):
@@ -199,7 +213,7 @@ def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     if not (0 <= int(y.min()) and int(y.max()) < logits.shape[1]):
         raise RobustlabError(f"labels span {int(y.min())}..{int(y.max())} but model {_name(model)} has "
                              f"{logits.shape[1]} classes; evaluate it on the dataset it was trained for")
-    return (logits.argmax(dim=1) == y) & torch.isfinite(logits).all(dim=1), logits.shape[1]
+    return predicted(logits), logits.shape[1]
 
 
 def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int) -> BatchOutcome:
@@ -209,14 +223,14 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Attac
         raise RobustlabError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
     x, y = check_batch(model, x, y)
     with guarded(model, f"attack {spec.name}"):
-        clean_correct, num_classes = _correct(model, x, y)
+        clean_pred, num_classes = _predicted(model, x, y)
         # inference tensors from a caller's inference_mode cannot enter autograd: run on fresh copies
         with _seeded(seed, x.device), torch.inference_mode(False), torch.enable_grad():
             adv = entry.run(_Differentiable(model).eval(), x.clone(), y.clone(), spec, seed=seed,
                             num_classes=num_classes)
         adv, size, projected = _enforce(adv, x, spec)
-        adv_correct, _ = _correct(model, adv, y)
-    return BatchOutcome(clean_correct, adv_correct, clean_correct & adv_correct, adv, size, projected)
+        adv_pred, _ = _predicted(model, adv, y)
+    return BatchOutcome.of(clean_pred == y, adv_pred, y, adv, size, projected)
 
 
 def transfer_batch(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
@@ -230,7 +244,7 @@ def transfer_batch(source: nn.Module, targets: dict[str, nn.Module], x: torch.Te
         x_t, y_t = check_batch(target, x, y)
         adv = crafted.adversarial.to(x_t.device)
         with guarded(target, f"transfer evaluation on {name}"):
-            (clean_correct, _), (adv_correct, _) = _correct(target, x_t, y_t), _correct(target, adv, y_t)
-        outcomes[name] = BatchOutcome(clean_correct, adv_correct, clean_correct & adv_correct, adv,
-                                      crafted.perturbation.to(x_t.device), crafted.projected.to(x_t.device))
+            (clean_pred, _), (adv_pred, _) = _predicted(target, x_t, y_t), _predicted(target, adv, y_t)
+        outcomes[name] = BatchOutcome.of(clean_pred == y_t, adv_pred, y_t, adv, crafted.perturbation.to(x_t.device),
+                                         crafted.projected.to(x_t.device))
     return outcomes
