@@ -3,7 +3,6 @@ lambda-residual line, and test-time selection of lambda per test set or per imag
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,7 +15,7 @@ import scipy.stats
 import torch
 import torch.nn as nn
 
-from robustlab.config import CalibrateConfig
+from robustlab.config import MAX_LAMBDA, CalibrateConfig, check_levels
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.distributed import Shard
@@ -24,6 +23,7 @@ from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
 from robustlab.models.csc import Given, Solver, restored
 from robustlab.progress import ProgressFactory
+from robustlab.schema import read_json_object
 
 CALIBRATION_FORMAT = "robustlab-calibration"
 CALIBRATION_VERSION = 1
@@ -55,8 +55,9 @@ def parse_grid(text: str, train_lambda: float) -> tuple[float, ...]:
     except ValueError:
         raise RobustlabError(f"bad lambda grid {text!r}; write 0.1:1.4:14, geom:0.1:0.3:14, 0.1,0.2 or official") \
             from None
-    if len(values) == 0 or not np.all(np.isfinite(values)) or (values < 0).any():
-        raise RobustlabError(f"lambda grid {text!r} must hold finite values >= 0")
+    if len(values) == 0 or not np.all(np.isfinite(values)) or (values < 0).any() or (values > MAX_LAMBDA).any():
+        raise RobustlabError(f"lambda grid {text!r} must hold finite values in 0..{MAX_LAMBDA:g}; pass a grid such "
+                             "as 0.1:1.4:14 or default")
     return tuple(float(round(v, 10)) for v in values)
 
 
@@ -159,7 +160,9 @@ class Calibration:
         write_json(path, self.to_json())
 
     def select(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Per column of a (grid, N) residual table: the grid lambda closest to a * r(lambda) + b."""
+        """Per column of a (grid, N) residual table: the grid lambda closest to a * r(lambda) + b. At a near-tie
+        (two lambdas' gaps equal to within the residuals' float rounding) the winner depends on the last bits of
+        the residuals, which differ between CPUs and code paths: either tied lambda is then the rule's."""
         grid = torch.tensor(self.grid, dtype=residuals.dtype, device=residuals.device).view(-1, 1)
         gap = (grid - self.fit.predict(residuals)).abs()
         return grid.view(-1)[gap.argmin(dim=0)]  # argmin takes the first (smallest lambda) on ties
@@ -168,12 +171,10 @@ class Calibration:
 def load_calibration(path: str | Path, *, sha256: str | None = None) -> Calibration:
     """Read and validate a calibration file (format, non-empty sweep, and the checkpoint it belongs to)."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = read_json_object(Path(path), "recalibrate with robustlab calibrate")
     except FileNotFoundError:
         raise RobustlabError(f"calibration file {path} does not exist; make one with robustlab calibrate") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RobustlabError(f"{path} is not a calibration file (invalid JSON: {e})") from None
-    if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+    if data.get("format") != CALIBRATION_FORMAT:
         raise RobustlabError(f"{path} is not a robustlab calibration file (no format '{CALIBRATION_FORMAT}')")
     try:
         calib = Calibration(**{**data, "fit": Fit(**data["fit"])})
@@ -181,6 +182,15 @@ def load_calibration(path: str | Path, *, sha256: str | None = None) -> Calibrat
         raise RobustlabError(f"{path} is a malformed calibration file ({e}); recalibrate") from None
     if not calib.sweep or not calib.grid or not calib.points:
         raise RobustlabError(f"{path} holds an empty sweep; recalibrate with robustlab calibrate")
+    for part, keys in (("sweep", ("level", "lambda", "accuracy", "residual_mean")),
+                       ("points", ("level", "lambda", "residual", "accuracy"))):
+        rows = getattr(calib, part)
+        for i, row in enumerate(rows if isinstance(rows, list) else [rows], start=1):
+            values = row if isinstance(row, dict) else {}
+            missing = [k for k in keys if type(values.get(k)) not in (int, float)]  # bool is no number here
+            if missing:
+                raise RobustlabError(f"{path}: {part} row {i} lacks {', '.join(missing)} (numbers); recalibrate "
+                                     "with robustlab calibrate")
     grid = calib.grid if isinstance(calib.grid, list) else [calib.grid]
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in grid):
         bad = next(v for v in grid if not (isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -598,11 +608,12 @@ def calibration_levels(noise: str, suite: str = CALIBRATION_SUITE) -> list[float
     """The levels a suite (a name or a file) lists for a noise family."""
     from robustlab.corruptions.suites import load_corruption_suite
     loaded = load_corruption_suite(suite)
-    levels = [float(c.param) for c in loaded.cells if c.corruption == NOISES[noise] and c.param is not None]
+    levels = [c.param for c in loaded.cells if c.corruption == NOISES[noise] and c.param is not None]
+    check_levels(noise, tuple(levels), what=f"suite {suite}: {NOISES[noise]} level")
     if not levels:
         raise RobustlabError(f"suite {suite} lists no levels for {NOISES[noise]}; give a suite with a [levels] "
                              f"entry for it, or numbers (--levels 0.02,0.1)")
-    return levels
+    return [float(v) for v in levels]
 
 
 def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, levels: Sequence[float] | str | None,
@@ -627,6 +638,7 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> tuple[Calibration, list[Path]]
     from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
     from robustlab.data import load_dataset
     from robustlab.device import resolve_device
+    from robustlab.files import check_output
     from robustlab.progress import progress_bars
     from robustlab.reports.figures import lambda_residual_figure
 
@@ -634,11 +646,13 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> tuple[Calibration, list[Path]]
     if not str(cfg.out).strip() or out.is_dir():
         raise RobustlabError(f"--out {str(cfg.out)!r} must name a calibration JSON file, not a directory")
     figure = Path(cfg.figure) if cfg.figure else out.with_suffix("")
+    outputs = (out, figure.with_suffix(".png"), figure.with_suffix(".svg"))
     if not cfg.overwrite:
-        existing = [p for p in (out, figure.with_suffix(".png"), figure.with_suffix(".svg"))
-                    if p.exists() or p.is_symlink()]
+        existing = [p for p in outputs if p.exists() or p.is_symlink()]
         if existing:
             raise RobustlabError(f"{existing[0]} exists; pass --overwrite to replace it, or another --out")
+    for p in outputs:  # all three, before the sweep: a refusal after it would lose it, or replace the JSON alone
+        check_output(p, root=p.parent, what="--out")
     dev = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, arch=cfg.arch, device=dev, official_config=cfg.official_config)
     for line in (nonfinite_warning(model, "the sweep's accuracies and residuals, and so the fit, mean nothing"),

@@ -86,7 +86,7 @@ def make_record(model: RobustModel, sha: str, data: ImageSet, cell: Cell, settin
         top5_correct=math.nan if counts.top5_correct is None else counts.top5_correct,
         top5_accuracy=math.nan if counts.top5_correct is None else counts.top5_correct / counts.n,
         residual_mean=counts.residual_mean, flags=";".join(flags), flags_model=flags_model, seconds=counts.seconds,
-        robustlab_version=__version__)
+        robustlab_version=__version__, image_set=info.image_set)
 
 
 def fixed_lambda(model: RobustModel, setting: LambdaSetting) -> float:

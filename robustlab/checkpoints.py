@@ -47,6 +47,12 @@ def resolve_path(ckpt: str | os.PathLike) -> Path:
         what = "is a directory, not a checkpoint file" if path.is_dir() else "does not exist"
         raise RobustlabError(f"checkpoint {text} {what}; give a checkpoint file or a zoo name "
                              f"({', '.join(ZOO_PREFIX + n for n in zoo_names())})")
+    try:
+        text.encode("utf-8")  # the model is named after the file, and results.csv is UTF-8
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise RobustlabError(f"checkpoint {shown}: the file name is not valid UTF-8; copy the file to a UTF-8 name "
+                             "and pass that") from None
     return path
 
 

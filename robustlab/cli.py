@@ -527,7 +527,7 @@ the standardization and a linear SVM on the k features are fitted on the train s
   robustlab regress reports/baseline.csv runs/ci/results.csv
   robustlab regress base.csv new.csv --max-drop 2 --alpha 0.01
 exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (two-proportion z-test);
-exit 1: some did (listed); exit 2: a baseline cell is missing or the files' schemas differ""",
+exit 1: some did (listed); exit 2: a baseline cell is missing (or has n = 0) or the files' schemas differ""",
             arguments=_regress_arguments, run=cmd_regress),
     Command("list", help="list models, datasets, corruptions, suites or shipped checkpoints",
             epilog="example: robustlab list models",
@@ -552,6 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     try:
+        if getattr(args, "out", None):  # eval, calibrate, corrupt, ...: the system's limit, before any work
+            from robustlab.files import check_path_length
+            check_path_length(args.out, "--out")
         return args.func(args)
     except RobustlabError as e:
         print(f"robustlab: error: {e}", file=sys.stderr)

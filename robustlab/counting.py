@@ -2,6 +2,7 @@
 limit that halves on CUDA out-of-memory; the labelled batches a cell reads."""
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -12,12 +13,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustlab.attacks import AttackSpec, BatchOutcome, attack_batch, transfer_batch
+from robustlab.attacks import AttackSpec, BatchOutcome, attack_batch, predicted, transfer_batch
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.base import check_labels
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
+from robustlab.files import write_below
 from robustlab.models import csc_layers
+from robustlab.outcomes import Outcomes
 
 T = TypeVar("T")
 
@@ -33,6 +36,7 @@ class Counts:
     lambda_count: int = 0  # lambdas chosen per batch by an adaptive model, their sum and sum of squares
     lambda_sum: float = 0.0
     lambda_sumsq: float = 0.0
+    outcomes: Outcomes | None = None  # per image, in image order
 
     @property
     def residual_mean(self) -> float:
@@ -55,9 +59,10 @@ class Counts:
         n, correct, top5, residual, count, total, sumsq = shard.sum(
             [self.n, self.correct, self.top5_correct or 0, self.residual_sum or 0.0, self.lambda_count,
              self.lambda_sum, self.lambda_sumsq])
+        outcomes = None if self.outcomes is None else Outcomes.joined(shard.gather(self.outcomes))
         return Counts(n=int(n), correct=int(correct), top5_correct=None if self.top5_correct is None else int(top5),
                       residual_sum=None if self.residual_sum is None else residual, seconds=shard.max(self.seconds),
-                      lambda_count=int(count), lambda_sum=total, lambda_sumsq=sumsq)
+                      lambda_count=int(count), lambda_sum=total, lambda_sumsq=sumsq, outcomes=outcomes)
 
 
 def lambda_sums(chosen: torch.Tensor | None) -> tuple[int, float, float]:
@@ -106,11 +111,13 @@ class RunInfo:
     diagnostics: bool = True
     save_adv: Path | None = None
     shard: Shard = Shard()
+    image_set: str = ""  # the fingerprint of the images evaluated (schema.Record.image_set)
     limit: BatchLimit = field(default_factory=BatchLimit, compare=False)
 
 
 class Tally:
-    """The running sums of a cell (images, correct, top-5, first-CSC residual, chosen lambdas) and its timer."""
+    """The running sums of a cell (images, correct, top-5, first-CSC residual, chosen lambdas), its per-image
+    outcomes and its timer."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model, self.device = model, device
@@ -121,17 +128,26 @@ class Tally:
         self.top5 = torch.zeros((), dtype=torch.int64, device=device)
         self.residual = torch.zeros((), dtype=torch.float64, device=device)
         self.lambdas = [0, 0.0, 0.0]
+        self.pieces: list[Outcomes] = []
 
-    def add(self, n: int, correct: torch.Tensor, top5: torch.Tensor | None = None) -> None:
-        """One piece of a batch, right after the model's forward on it (its residual and lambdas are read now)."""
-        self.n += n
-        self.correct += correct.to(self.device)
+    def add(self, first: int, ok: torch.Tensor, pred: torch.Tensor, top5: torch.Tensor | None = None) -> None:
+        """One piece of a batch, its first image's index in the dataset, which images are correct (or robust) and
+        the classes predicted, right after the model's forward on it (its residual and lambdas are read now)."""
+        self.n += len(ok)
+        self.correct += ok.sum().to(self.device)
         if top5 is not None:
             self.top5 += top5
         csc = self.first_csc
         if csc is not None and csc.residual is not None:
             self.residual += csc.residual.detach().double().sum().to(self.device)
-        self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(getattr(self.model, "last_lambdas", None)))]
+        chosen = getattr(self.model, "last_lambdas", None)
+        self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(chosen))]
+        per_image = None
+        if chosen is not None:
+            per_image = chosen.detach().float().reshape(-1).cpu().numpy()
+            per_image = np.broadcast_to(per_image, (len(ok),)).copy() if per_image.size == 1 else per_image
+        self.pieces.append(Outcomes(index=np.arange(first, first + len(ok)), ok=ok.cpu().numpy().astype(bool),
+                                    pred=pred.cpu().numpy().astype(np.int64), lambdas=per_image))
 
     def counts(self, *, top5: bool) -> Counts:
         if self.device.type == "cuda":
@@ -139,56 +155,71 @@ class Tally:
         return Counts(n=self.n, correct=int(self.correct), top5_correct=int(self.top5) if top5 else None,
                       residual_sum=float(self.residual) if self.first_csc is not None else None,
                       seconds=time.perf_counter() - self.start, lambda_count=int(self.lambdas[0]),
-                      lambda_sum=self.lambdas[1], lambda_sumsq=self.lambdas[2])
+                      lambda_sum=self.lambdas[1], lambda_sumsq=self.lambdas[2], outcomes=Outcomes.joined(self.pieces))
 
 
-def count_correct(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                  *, top5: bool, limit: BatchLimit | None = None) -> Counts:
-    """Top-1 (and top-5) hits over batches; images with non-finite logits count as wrong."""
+def numbered(batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[tuple[int, tuple[torch.Tensor,
+                                                                                       torch.Tensor]]]:
+    """Batches read in order from the first image, each with the index of its first image."""
+    first = 0
+    for images, labels in batches:
+        yield first, (images, labels)
+        first += len(labels)
+
+
+def count_correct(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]],
+                  device: torch.device, *, top5: bool, limit: BatchLimit | None = None) -> Counts:
+    """Top-1 (and top-5) hits over batches, each with the index of its first image (`numbered`); images with
+    non-finite logits count as wrong."""
     tally = Tally(model, device)
     limit = limit or BatchLimit()
 
-    def hits(images: torch.Tensor, labels: torch.Tensor, _offset: int) -> None:
+    def hits(images: torch.Tensor, labels: torch.Tensor, first: int) -> None:
         labels = labels.to(device, non_blocking=True)
         logits = model(to_pixels(images, device))
-        finite = torch.isfinite(logits).all(dim=1)
-        top1 = ((logits.argmax(dim=1) == labels) & finite).sum()
-        top5_hits = ((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1) & finite).sum() if top5 else None
-        tally.add(len(labels), top1, top5_hits)
+        pred = predicted(logits)
+        top5_hits = None
+        if top5:
+            finite = pred >= 0
+            top5_hits = ((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1) & finite).sum()
+        tally.add(first, pred == labels, pred, top5_hits)
 
     with torch.inference_mode():
-        for images, labels in batches:
-            limit.map(hits, images, labels)
+        for first, (images, labels) in batches:
+            limit.map(lambda im, lb, offset: hits(im, lb, first + offset), images, labels)
     return tally.counts(top5=top5)
 
 
 def count_robust(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]],
                  spec: AttackSpec, info: RunInfo, *, source: nn.Module | None = None,
-                 save: Path | None = None) -> Counts:
+                 save: str | None = None) -> Counts:
     """Images still correctly classified (clean and adversarial) under an attack crafted on `source` (transfer)
-    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics. `batches` are
-    numbered: an attack's seed is the run seed plus the index of the batch's first image, whatever the shard."""
+    or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics. Each batch comes
+    with the index of its first image: an attack's seed is the run seed plus that index, whatever the shard.
+    `save` names the npz file in `info.save_adv` that the adversarial examples go to."""
     tally = Tally(model, info.device)
     saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
-    def attacked(images: torch.Tensor, labels: torch.Tensor, seed: int) -> None:
+    def attacked(images: torch.Tensor, labels: torch.Tensor, first: int) -> None:
         x, y = to_pixels(images, info.device), labels.to(info.device)
+        seed = info.seed + first
         if source is None:
             out: BatchOutcome = attack_batch(model, x, y, spec, seed=seed)
         else:
             out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed)["target"]
-        tally.add(len(labels), out.robust.sum())
+        tally.add(first, out.robust, out.adv_pred)
         if save is not None:
             saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
 
-    for index, (images, labels) in batches:
-        first = info.seed + index * info.batch_size
+    for first, (images, labels) in batches:
         info.limit.map(lambda im, lb, offset: attacked(im, lb, first + offset), images, labels)
-    if save is not None and saved:
-        save.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(save, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
+    if save is not None and info.save_adv is not None and saved:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, adversarial=np.concatenate([a for a, _, _ in saved]).astype(np.float32),
                             labels=np.concatenate([b for _, b, _ in saved]),
                             robust=np.concatenate([c for _, _, c in saved]), eps=spec.eps, norm=spec.norm)
+        # save_adv is RUN/adversarial: no link below the run directory is followed
+        write_below(info.save_adv.parent, info.save_adv / save, buffer.getvalue())
     return tally.counts(top5=False)
 
 

@@ -44,6 +44,14 @@ class Shard:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t)
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank (per-image outcomes of a cell's shards)."""
+        if self.world == 1:
+            return [obj]
+        box: list[Any] = [None] * self.world
+        dist.all_gather_object(box, obj)
+        return box
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
         if self.world == 1:

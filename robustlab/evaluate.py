@@ -19,7 +19,7 @@ from robustlab.corruptions.pool import CorruptionPool, default_workers
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.counting import BatchLimit, RunInfo
 from robustlab.data import DATASETS, ImageSet, load_dataset
-from robustlab.data.corrupted import GeneratedImageSet, load_cifar_c, load_imagenet_c
+from robustlab.data.corrupted import GeneratedImageSet, content_digest, load_cifar_c, load_imagenet_c
 from robustlab.device import resolve_device
 from robustlab.distributed import init_from_env
 from robustlab.errors import RobustlabError, write_error
@@ -32,8 +32,8 @@ from robustlab.suites import suite_names
 
 
 def default_cache_dir() -> Path:
-    """Where generated corruptions are cached: $ROBUSTLAB_CACHE, else ~/.cache/robustlab."""
-    return Path(os.environ.get("ROBUSTLAB_CACHE", Path.home() / ".cache" / "robustlab")) / "corruptions"
+    """Where generated corruptions are cached: $ROBUSTLAB_CACHE, else (unset or empty) ~/.cache/robustlab."""
+    return Path(os.environ.get("ROBUSTLAB_CACHE") or Path.home() / ".cache" / "robustlab") / "corruptions"
 
 
 def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | None) -> CorruptionSuite:
@@ -50,9 +50,11 @@ def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | Non
 
 def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: str | None, cache_dir: Path | None,
                 device: Any, log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
-                pool: CorruptionPool | None = None) -> Callable[[Cell], ImageSet]:
-    """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones."""
-    digests: dict[int, str] = {}  # the clean split's content digest, shared by every generated cell
+                pool: CorruptionPool | None = None,
+                digests: dict[int, str] | None = None) -> Callable[[Cell], ImageSet]:
+    """Images of a cell: the clean split, the published corrupted files (c_dir), or generated ones. `digests`:
+    the clean split's content digest per image count, shared by every generated cell (hashed once per run)."""
+    digests = {} if digests is None else digests
 
     def images(cell: Cell) -> ImageSet:
         if cell.corruption == "none":
@@ -69,6 +71,14 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
         # CIFAR-10/100-C, and the same layout that `robustlab corrupt` writes for any other dataset
         return load_cifar_c(c_dir, cell.corruption, cell.severity, name=dataset, num_classes=base.num_classes)
     return images
+
+
+def image_set_fingerprint(data: ImageSet, n: int, digests: dict[int, str]) -> str:
+    """The clean images and labels a run evaluates (the first n, in order): their content digest, so that two runs
+    are paired only when they saw the same images (hashed once per run, shared with the generated cells' cache)."""
+    if n not in digests:
+        digests[n] = content_digest(data, n)
+    return f"{data.name}/{data.split}/first-{n}/{digests[n][:16]}"
 
 
 def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive: str | None,
@@ -160,9 +170,10 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
     # a model on the CPU keeps its cores busy: generating beside it only competes (measured: 2 workers slower than
     # none on 2 cores); on a GPU the cores are free for it
     pool = stack.enter_context(CorruptionPool(cfg.workers or (default_workers() if dev.type == "cuda" else 1)))
+    digests: dict[int, str] = {}
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
                          cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None,
-                         pool=pool)
+                         pool=pool, digests=digests)
     plans = lambda_plans(models, lmbda=cfg.lmbda, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:
@@ -178,8 +189,10 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
         if shard.main else None
     for note in notes:
         log(note)
+    total = len(data) if cfg.n is None else min(cfg.n, len(data))
     info = RunInfo(seed=cfg.seed, batch_size=cfg.batch_size, device=dev, n=cfg.n, diagnostics=cfg.diagnostics,
-                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log))
+                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log),
+                   image_set=image_set_fingerprint(data, total, digests))
     if run is None:
         return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
     try:

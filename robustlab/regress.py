@@ -90,6 +90,10 @@ def _number(v: object) -> str:
     return "" if math.isnan(f) else f"{f:.10g}"
 
 
+def _count(v: object) -> int:
+    return 0 if pd.isna(v) else int(v)
+
+
 def cell_keys(df: pd.DataFrame) -> pd.Series:
     """A hashable key per row; lambda is part of it for fixed-lambda rows only (adaptive rows choose it)."""
     cols = {c: df[c].map(_number if c in NUMBERS else _text) for c in KEY}
@@ -143,7 +147,7 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, *, max_drop: float = 
     A cell is a regression when baseline minus current accuracy exceeds `max_drop` percentage points and the
     one-sided pooled two-proportion z-test (see the module docstring) gives p < alpha. Accuracies are recomputed
     from correct / n. Raises RobustlabError on a schema mismatch (other columns or schema_version), on a
-    baseline cell missing from the current results, or on repeated cells."""
+    baseline cell missing from the current results or evaluated there on no images (n = 0), or on repeated cells."""
     if not (0 < alpha < 1):
         raise RobustlabError(f"alpha must be between 0 and 1, got {alpha}")
     if not (max_drop >= 0):
@@ -159,10 +163,15 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, *, max_drop: float = 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise RobustlabError(f"cell missing from the current results: {_describe(missing[0])}{more}; evaluate the "
                              "same cells as the baseline, or update the baseline")
+    empty = [k for k in b if _count(c[k]["n"]) == 0]  # tests nothing: a run that evaluated nothing must not pass
+    if empty:
+        raise RobustlabError(f"the current results evaluated no images (n = 0) in {len(empty)} of the {len(b)} "
+                             f"baseline cells, e.g. {_describe(empty[0])}; fix the current run so that it evaluates "
+                             "images, or remove those cells from the baseline")
     rows = []
     for key, brow in b.items():
         crow = c[key]
-        bn, bc, cn, cc = (0 if pd.isna(v) else int(v) for v in (brow["n"], brow["correct"], crow["n"], crow["correct"]))
+        bn, bc, cn, cc = (_count(v) for v in (brow["n"], brow["correct"], crow["n"], crow["correct"]))
         bacc, cacc = (bc / bn if bn else math.nan), (cc / cn if cn else math.nan)
         drop = 100 * (bacc - cacc)
         z, p = drop_test(bc, bn, cc, cn)

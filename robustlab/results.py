@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -9,20 +10,24 @@ from typing import Any, Protocol
 
 from robustlab.errors import RobustlabError
 from robustlab.files import append_synced
-from robustlab.schema import COLUMNS, Record, cell_key, format_value
+from robustlab.outcomes import Outcomes, read_outcomes, write_outcomes
+from robustlab.schema import COLUMNS, Record, cell_key, format_value, results_frame
 
 
 class Store(Protocol):
-    """Where the runner puts records: the cells it already holds, and one append per finished cell."""
+    """Where the runner puts records: the cells it already holds, and one append per finished cell with its
+    per-image outcomes."""
     done: set[tuple[str, ...]]
 
-    def append(self, record: Record) -> None: ...
+    def append(self, record: Record, outcomes: Outcomes | None = None) -> None: ...
 
 
 class ResultStore:
     """results.csv in a run directory. Every record is appended as one line in one write and synced to disk as
     soon as it exists, so a killed run loses at most the line being written; reopening drops such a torn line and
-    knows which cells are done (`done`). `create` starts a new file (never over an existing one)."""
+    knows which cells are done (`done`). A record's per-image outcomes are written and synced (outcomes/, one file
+    per cell) before its line, so a line never exists without them; a file without a line (a kill between the two)
+    is simply written again. `create` starts a new file (never over an existing one)."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
         self.path = Path(path)
@@ -35,20 +40,31 @@ class ResultStore:
 
     @staticmethod
     def inspect(path: Path) -> set[tuple[str, ...]]:
-        """The cells an existing results file holds, or a refusal (a link, another schema); reads only."""
+        """The cells an existing results file holds, or a refusal (a link, another schema, a line that a reader of
+        the file would refuse, an outcome file that is missing or not the row's); reads only."""
         if path.is_symlink() or not path.is_file():
             raise RobustlabError(f"{path} is not a regular file robustlab wrote (a link or something else); pass "
                                  "another --out")
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != COLUMNS:
-                raise RobustlabError(f"{path} has another column layout (schema); pass a new --out")
-            rows = list(reader)
         data = path.read_bytes()
-        if data and not data.endswith(b"\n") and rows:
-            rows = rows[:-1]  # a torn last line: the cell it was writing is not done
-        return {cell_key(dict(zip(COLUMNS, values))) for values in rows if len(values) == len(COLUMNS)}
+        whole = data[:data.rfind(b"\n") + 1]  # less a torn last line: the cell it was writing is not done
+        try:
+            lines = list(csv.reader(io.StringIO(whole.decode("utf-8"), newline="")))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise RobustlabError(f"{path} is not a readable results.csv ({str(e).splitlines()[0]}); repair it or "
+                                 "pass another --out") from None
+        if not lines or lines[0] != COLUMNS:
+            raise RobustlabError(f"{path} has another column layout (schema); pass a new --out")
+        rows = lines[1:]
+        if rows:
+            results_frame(path, COLUMNS, rows)
+        done = set()
+        for values in rows:
+            row = dict(zip(COLUMNS, values))
+            if row["outcomes"]:
+                read_outcomes(path.parent, row["outcomes"], key=cell_key(row), image_set=row["image_set"],
+                              n=int(float(row["n"])), correct=int(float(row["correct"])))
+            done.add(cell_key(row))
+        return done
 
     def _drop_torn_line(self) -> None:
         data = self.path.read_bytes()
@@ -71,9 +87,17 @@ class ResultStore:
             raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
                 from None
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record, outcomes: Outcomes | None = None) -> None:
+        key = cell_key(record.row())
+        if outcomes is not None:
+            try:
+                name = write_outcomes(self.path.parent, key, record.image_set, outcomes)
+            except OSError as e:
+                raise RobustlabError(f"cannot write the outcomes of a cell in {self.path.parent} ({e.strerror}); free "
+                                     "space or pick another --out") from None
+            record = dataclasses.replace(record, outcomes=name)
         row = record.row()
         self._write_line([format_value(row[c]) for c in COLUMNS])
-        self.done.add(cell_key(row))
+        self.done.add(key)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import json
 import os
 import platform
 import socket
+import stat
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from robustlab.allocator import allocator_in_use
 from robustlab.errors import RobustlabError
 from robustlab.files import write_json
 from robustlab.results import ResultStore
-from robustlab.schema import SCHEMA_VERSION
+from robustlab.schema import SCHEMA_VERSION, read_json_object
 
 MANIFEST, RESULTS, LOCK = "manifest.json", "results.csv", ".robustlab.lock"
 TOOL = "robustlab"  # the manifest's mark of a directory robustlab made
@@ -82,24 +82,38 @@ def _now() -> str:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A run's manifest.json as a dict; a symlink, unreadable JSON or a JSON value that is not an object is one
-    line naming the file."""
+    """A run's manifest.json as a dict; a symlink, unreadable or too deeply nested JSON, a JSON value that is not an
+    object, or arguments that are not one is one line naming the file."""
     if path.is_symlink():
         raise RobustlabError(f"{path} is a symbolic link; robustlab reads only the manifest it wrote: pass another "
                              "--out")
+    fix = "its run cannot be resumed: pass another --out"
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise RobustlabError(f"{path} is not readable JSON, so its run cannot be resumed; pass another --out") \
-            from None
-    if not isinstance(manifest, dict) or "status" not in manifest:
+        manifest = read_json_object(path, fix)
+    except OSError as e:
+        raise RobustlabError(f"{path} cannot be read ({e.strerror}); {fix}") from None
+    if "status" not in manifest:
         raise RobustlabError(f"{path} is not a robustlab manifest (a JSON object with a status); its directory "
                              "holds something else: pass another --out")
+    if not isinstance(manifest.get("arguments", {}), dict):
+        shown = repr(manifest["arguments"])
+        raise RobustlabError(f"{path}: arguments is {shown[:200] + '...' if len(shown) > 200 else shown}, not a JSON "
+                             f"object of the run's arguments; {fix}")
     return manifest
 
 
 def busy(directory: Path, holder: str) -> RobustlabError:
     return RobustlabError(f"{directory} is being written by {holder}; wait for that run to end, or pass another --out")
+
+
+def _open_lock(path: Path, flags: int) -> int | None:
+    """The lock file opened with `flags`, or None when it is not a regular file. Never through a link, and never
+    waiting: opening a FIFO for reading would wait for a writer forever."""
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 class RunLock:
@@ -108,9 +122,12 @@ class RunLock:
     def __init__(self, directory: Path) -> None:
         path = directory / LOCK
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = _open_lock(path, os.O_RDWR | os.O_CREAT)
         except OSError as e:
             raise RobustlabError(f"cannot open the run lock {path} ({e.strerror}); pass another --out") from None
+        if fd is None:
+            raise RobustlabError(f"the run lock {path} is not a regular file; remove it, then run again")
+        self.fd = fd
         holder = self._holder(self.fd)
         if holder is not None:
             os.close(self.fd)
@@ -131,8 +148,10 @@ class RunLock:
     def held_by(cls, directory: Path) -> str | None:
         """Who holds DIR's lock now, or None (nobody, or no lock file); takes nothing."""
         try:
-            fd = os.open(directory / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = _open_lock(directory / LOCK, os.O_RDONLY)
         except OSError:
+            return None
+        if fd is None:
             return None
         try:
             return cls._holder(fd)

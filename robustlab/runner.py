@@ -106,8 +106,9 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                          f"{cell.attack.name} {cell.attack.eps:.4g}" if cell.attack else "",
                          str(setting.mode) if setting.mode != LambdaMode.FIXED else "")
                 shard_batches = shard.batch_indices(total, info.batch_size)
-                batches = zip(shard_batches, progress(checked_batches(data, info.batch_size, info.n, shard),
-                                                      total=len(shard_batches), desc=" ".join(p for p in parts if p)))
+                batches = zip((i * info.batch_size for i in shard_batches),
+                              progress(checked_batches(data, info.batch_size, info.n, shard), total=len(shard_batches),
+                                       desc=" ".join(p for p in parts if p)))
                 flags: list[str] = []
                 flags_model = ""
                 attacked = cell.attack is not None
@@ -116,8 +117,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                     if cell.attack is None:
                         if selection is not None and selection.n < selection.total:
                             flags = [SAMPLED_FLAG.format(n=selection.n)]
-                        counts = count_correct(module, (b for _, b in batches), info.device,
-                                               top5=data.num_classes > 5, limit=info.limit)
+                        counts = count_correct(module, batches, info.device, top5=data.num_classes > 5,
+                                               limit=info.limit)
                     else:
                         # the gradients come from the model the attack is crafted on: a transfer's source (with its
                         # own lambda), else the model itself under this setting (selection included)
@@ -129,8 +130,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                             diagnosed[key] = diagnose(crafted_on, data, info, log) if run_checks else []
                         selects = not cell.source and setting.mode.adaptive
                         flags = diagnosed[key] + (["bpda_selection"] if selects else [])
-                        save = None if info.save_adv is None else info.save_adv / adv_file_name(plan.model, cell,
-                                                                                                 setting)
+                        save = None if info.save_adv is None else adv_file_name(plan.model, cell, setting)
                         counts = count_robust(module, batches, cell.attack, info, save=save,
                                               source=sources[cell.source] if cell.source else None)
                         if info.limit.size is not None and info.limit.size < info.batch_size:
@@ -140,7 +140,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                      counts.lambda_mean if applied.lmbda is None else applied.lmbda, flags,
                                      flags_model, selection)
                 if store is not None:
-                    store.append(record)
+                    store.append(record, counts.outcomes)
                 records.append(record)
     return records
 

@@ -1,9 +1,11 @@
 """The results schema: the columns of a row, a cell's identity, the flag vocabulary, lambda modes, and the one
-reader of results files (every reader — report, metrics, regress — goes through read_results)."""
+reader of results files (every reader — report, metrics, regress — goes through read_results), and of the JSON files
+beside them (read_json_object)."""
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -16,7 +18,8 @@ from robustlab.errors import RobustlabError
 
 # 2: queries, alpha, attack_config, batch_size and flags_model; steps only counts iterations
 # 3: lambda_low and lambda_high (per-set selection's bounds); per-set selection samples (lambda_from_sample_N)
-SCHEMA_VERSION = 3
+# 4: image_set (the fingerprint of the images a cell saw) and outcomes (its per-image outcome file)
+SCHEMA_VERSION = 4
 Z95 = 1.959963984540054
 NONE = "none"  # the corruption and attack of a clean cell, and the norm of an unattacked one
 
@@ -86,7 +89,9 @@ class Record:
     size (NaN where the attack sets its own); `attack_config` every other setting robustlab fixes for it;
     `batch_size` the batch it was run in (each batch is seeded from its first image). flags lists warnings
     (gradient masking, ...) separated by ';'; `flags_model` names the model the gradient-masking flags are about
-    (a transfer attack's source, whose gradients made it)."""
+    (a transfer attack's source, whose gradients made it). `image_set` fingerprints the clean images and labels at
+    the indices the cell used (rows are paired only on equal fingerprints); `outcomes` names the cell's per-image
+    outcome file in the run directory (robustlab/outcomes.py), empty where none was kept."""
     model: str
     arch: str
     checkpoint_sha256: str
@@ -122,6 +127,8 @@ class Record:
     seconds: float
     seed: int
     robustlab_version: str
+    image_set: str = ""
+    outcomes: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def row(self) -> dict[str, Any]:
@@ -138,7 +145,8 @@ IDENTITY = ("model", "checkpoint_sha256", "dataset", "split", "corruption", "sev
             "lambda", "n", "seed")
 IDENTITY_NUMBERS = ("severity", "eps", "steps", "queries", "alpha", "restarts", "batch_size", "lambda", "n", "seed")
 TEXT_COLUMNS = ("model", "arch", "checkpoint_sha256", "dataset", "split", "corruption", "attack", "attack_source",
-                "norm", "attack_config", "lambda_mode", "flags", "flags_model", "robustlab_version")
+                "norm", "attack_config", "lambda_mode", "flags", "flags_model", "robustlab_version", "image_set",
+                "outcomes")
 COUNT_COLUMNS = ("n", "correct")
 # what every reader needs; the other columns are filled with "not applicable" when a file lacks them
 REQUIRED = ("model", "dataset", "split", "corruption", "severity", "attack", "norm", "eps", "lambda_mode", "lambda",
@@ -158,6 +166,19 @@ def format_value(value: Any) -> Any:
     return value
 
 
+def read_json_object(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON file holding an object, as a dict. Text that is not UTF-8, invalid JSON, JSON nested deeper than the
+    parser recurses and any value other than an object are a RobustlabError naming the file, ending in `fix`;
+    a file that cannot be read is the OSError."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise RobustlabError(f"{path} holds JSON nested too deeply to read; {fix}") from None
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError
+        raise RobustlabError(f"{path} holds invalid JSON ({str(e).splitlines()[0][:200]}); {fix}") from None
+    if not isinstance(value, dict):
+        raise RobustlabError(f"{path} holds a JSON {type(value).__name__}, not an object; {fix}")
+    return value
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -183,6 +204,14 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise RobustlabError(f"{p} lacks the result columns {', '.join(missing)}; is it a robustlab results.csv?")
     if not rows:
         raise RobustlabError(f"{p} holds a header but no result rows; evaluate something first")
+    df = results_frame(p, header, rows)
+    df.attrs.update(path=p, columns=header)
+    return df
+
+
+def results_frame(p: Path, header: list[str], rows: list[list[str]]) -> pd.DataFrame:
+    """The rows (lines 2, 3, ... of results file p) under their header, validated and typed as read_results
+    describes; a resume checks the rows it keeps with it, so that every reader takes the file it leaves."""
     for i, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise RobustlabError(f"{p} line {i} has {len(row)} fields, the header {len(header)}; remove or repair "
@@ -198,8 +227,8 @@ def read_results(path: str | Path) -> pd.DataFrame:
         bad = numbers.isna() & (df[c] != "")
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise RobustlabError(f"{p} line {i + 2}: {c} is {df[c].iloc[i]!r}, not a number; repair or remove that "
-                                 "line")
+            raise RobustlabError(f"{p} line {i + 2}: {c} is {df[c].iloc[i][:200]!r}, not a number; repair or remove "
+                                 "that line")
         df[c] = numbers.astype(float)
     _check_counts(df, p)
     keys = pd.Series([cell_key(r) for r in df.to_dict("records")], index=df.index)
@@ -207,15 +236,14 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if repeated.any():
         lines_ = [str(i + 2) for i in repeated.to_numpy().nonzero()[0][:3]]
         raise RobustlabError(f"{p} holds {int(repeated.sum())} rows for repeated cells (lines {', '.join(lines_)}, "
-                             "...): two runs wrote into one file; keep one row per cell")
-    df.attrs.update(path=p, columns=header)
+                             "...): two runs wrote into one file; remove all but one row per cell")
     return df
 
 
 def _check_counts(df: pd.DataFrame, p: Path) -> None:
     for c in COUNT_COLUMNS:
         values = df[c]
-        bad = values.isna() | (values < 0) | (values != values.round())
+        bad = values.isna() | (values.abs() == math.inf) | (values < 0) | (values != values.round())
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
             shown = "empty" if pd.isna(values.iloc[i]) else f"{values.iloc[i]:g}"

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustlab.counting import checked_batches, count_correct
+from robustlab.counting import checked_batches, count_correct, numbered
 from robustlab.data import ImageSet, load_dataset, to_pixels
 from robustlab.models import ARCHS, ModelConfig, RobustModel, build_net
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
@@ -92,7 +92,7 @@ def train(cfg: TrainConfig, *, data_dir: str | None, device: torch.device, progr
             seen += len(labels)
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {total_loss / seen:.4f}")
     model.eval()
-    counts = count_correct(model, checked_batches(test_set, 256, None), device, top5=False)
+    counts = count_correct(model, numbered(checked_batches(test_set, 256, None)), device, top5=False)
     return model, counts.correct / counts.n
 
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 from robustlab.attacks import make_spec
 from robustlab.checkpoints import save_checkpoint
 from robustlab.cli import main
-from robustlab.counting import BatchLimit, RunInfo, count_correct, count_robust
+from robustlab.counting import BatchLimit, RunInfo, count_correct, count_robust, numbered
 from robustlab.data import ArrayImageSet
 from robustlab.data.corrupted import load_cifar_c
 from robustlab.data.npy import NpyRows, NpyWriter
@@ -88,10 +88,10 @@ def digits_like() -> ArrayImageSet:
 
 def test_out_of_memory_halves_the_batch_and_counts_the_same(digits_like):
     model, cpu = tiny_model("resnet18"), torch.device("cpu")
-    expected = count_correct(model, digits_like.batches(4), cpu, top5=True)
+    expected = count_correct(model, numbered(digits_like.batches(4)), cpu, top5=True)
     said = []
     limit = BatchLimit(said.append)
-    got = count_correct(_SmallDevice(model, fits=1), digits_like.batches(4), cpu, top5=True, limit=limit)
+    got = count_correct(_SmallDevice(model, fits=1), numbered(digits_like.batches(4)), cpu, top5=True, limit=limit)
     assert (got.n, got.correct, got.top5_correct) == (expected.n, expected.correct, expected.top5_correct)
     assert said == ["CUDA out of memory at batch size 4; retrying at 2",
                     "CUDA out of memory at batch size 2; retrying at 1"], "once per halving, not per batch"
@@ -101,19 +101,19 @@ def test_out_of_memory_halves_the_batch_and_counts_the_same(digits_like):
 def test_out_of_memory_under_attack_equals_a_run_at_the_smaller_batch(digits_like):
     model, spec = tiny_model("resnet18"), make_spec("pgd-linf", eps="2/255", steps=1)
     info = RunInfo(seed=0, batch_size=2, device=torch.device("cpu"), diagnostics=False)
-    at_two = count_robust(model, enumerate(digits_like.batches(2, 4)), spec, info)
+    at_two = count_robust(model, numbered(digits_like.batches(2, 4)), spec, info)
     said = []
     halved = RunInfo(seed=0, batch_size=4, device=torch.device("cpu"), diagnostics=False,
                      limit=BatchLimit(said.append))
-    got = count_robust(_SmallDevice(model, fits=2).eval(), enumerate(digits_like.batches(4, 4)), spec, halved)
+    got = count_robust(_SmallDevice(model, fits=2).eval(), numbered(digits_like.batches(4, 4)), spec, halved)
     assert (got.n, got.correct) == (at_two.n, at_two.correct)  # random starts are seeded by image index
     assert said == ["CUDA out of memory at batch size 4; retrying at 2"]
 
 
 def test_out_of_memory_at_one_image_is_an_error(digits_like):
     with pytest.raises(RobustlabError, match="CUDA out of memory at batch size 1; free GPU memory"):
-        count_correct(_SmallDevice(tiny_model("resnet18"), fits=0), digits_like.batches(4), torch.device("cpu"),
-                      top5=False)
+        count_correct(_SmallDevice(tiny_model("resnet18"), fits=0), numbered(digits_like.batches(4)),
+                      torch.device("cpu"), top5=False)
 
 
 def test_eval_says_it_halved_the_batch(tmp_path, capsys, monkeypatch):

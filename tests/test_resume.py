@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robustlab.checkpoints import save_checkpoint
 from robustlab.cli import main
+from robustlab.outcomes import read_outcomes
 from robustlab.results import ResultStore
 from robustlab.schema import COLUMNS, cell_key
 from tests.conftest import tiny_model, write_cifar
@@ -132,7 +134,7 @@ def test_reopening_drops_a_torn_last_line(tmp_path: Path) -> None:
     store = ResultStore(path, create=True)
     header = path.read_bytes()
     row = dict.fromkeys(COLUMNS, "")
-    row.update(model="m", lambda_mode="n.a.", n="5", seed="0")
+    row.update(model="m", lambda_mode="n.a.", n="5", correct="5", seed="0")
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, COLUMNS).writerow(row)
     complete = path.read_bytes()
@@ -165,5 +167,10 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path: Path) -> None:
     assert sharded.stdout.count("results: ") == 1  # rank 0 alone reports
     assert len(rows(tmp_path / "sharded")) == 3
     assert measured(tmp_path / "sharded") == measured(tmp_path / "single")
+    for row in rows(tmp_path / "single"):  # rank 0 wrote every image's outcome, gathered from both shards
+        args = dict(key=cell_key(row), image_set=row["image_set"], n=int(row["n"]), correct=int(row["correct"]))
+        one, two = (read_outcomes(tmp_path / d, row["outcomes"], **args) for d in ("single", "sharded"))
+        assert np.array_equal(one.index, np.arange(40)) and np.array_equal(two.index, one.index)
+        assert np.array_equal(two.ok, one.ok) and np.array_equal(two.pred, one.pred)
     assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["ranks"] == 2
     assert not list((tmp_path / "cache-sharded").glob("**/*.npy"))

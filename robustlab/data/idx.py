@@ -6,8 +6,11 @@ architectures and the CIFAR corruption table apply unchanged.
 from __future__ import annotations
 
 import gzip
+import math
+import zlib
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -16,6 +19,9 @@ from robustlab.errors import RobustlabError
 
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
 PAD = 2  # 28x28 -> 32x32
+# MNIST's training images take 47 MB; a header announcing more than this is damage or a decompression bomb
+MAX_IDX_BYTES = 1 << 30
+READ_PIECE = 1 << 24
 PREFIX = {"train": "train", "test": "t10k"}
 # where torchvision keeps them (`<root>/FashionMNIST/raw/`), besides the folder itself (Debian's layout)
 SUBFOLDERS = {"fashion-mnist": ("", "raw", "FashionMNIST/raw"), "mnist": ("", "raw", "MNIST/raw")}
@@ -25,22 +31,41 @@ SUBSET_NOTICE = ("dataset fashion-mnist: the built-in subset ({n} {split} images
 
 
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """One IDX file (optionally gzip-compressed) as a uint8 array, checking its magic number and size."""
+    """One IDX file (optionally gzip-compressed) as a uint8 array, checking its magic number and size. The header
+    is read first, then exactly the bytes it announces (a compressed file is never decompressed further)."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+            return _read_idx(f, path, magic)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         raise RobustlabError(f"{path} cannot be read ({e}); copy the file again") from None
-    if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
-        found = f"0x{int.from_bytes(raw[:4], 'big'):08x}" if len(raw) >= 4 else "nothing"
+
+
+def _read_idx(f: BinaryIO, path: Path, magic: int) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4 or int.from_bytes(head, "big") != magic:
+        found = f"0x{int.from_bytes(head, 'big'):08x}" if len(head) == 4 else "nothing"
         raise RobustlabError(f"{path} is not an IDX {'image' if magic == IMAGES_MAGIC else 'label'} file (magic "
                              f"{found}, expected 0x{magic:08x}); point --data-dir at the MNIST-format files")
-    dims = raw[3]
-    header = 4 + 4 * dims
-    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
-    if len(raw) != header + int(np.prod(shape)):
-        raise RobustlabError(f"{path} is truncated or padded: its header says {'x'.join(map(str, shape))} bytes of "
-                             f"data, the file holds {len(raw) - header}; copy the file again")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    dims = head[3]
+    sizes = f.read(4 * dims)
+    if len(sizes) < 4 * dims:
+        raise RobustlabError(f"{path} ends inside its header; copy the file again")
+    shape = tuple(int.from_bytes(sizes[4 * i:4 * i + 4], "big") for i in range(dims))
+    size = math.prod(shape)  # a Python int: an int64 product of 2^22 x 2^21 x 2^21 wraps to 0
+    announced = f"its header announces {'x'.join(map(str, shape))} = {size} bytes"
+    if size > MAX_IDX_BYTES:
+        raise RobustlabError(f"{path}: {announced}, more than an MNIST-family file holds (at most "
+                             f"{MAX_IDX_BYTES}); copy the file again")
+    data = bytearray()
+    while len(data) < size:  # in pieces: memory grows with the bytes there are, not with those announced
+        piece = f.read(min(size - len(data), READ_PIECE))
+        if not piece:
+            raise RobustlabError(f"{path} is truncated: {announced}, it holds only {len(data)}; copy the file "
+                                 "again")
+        data += piece
+    if f.read(1):
+        raise RobustlabError(f"{path} is padded: {announced}, it holds more than that; copy the file again")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find(folder: Path, stem: str) -> Path | None:

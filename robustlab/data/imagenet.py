@@ -14,6 +14,9 @@ from robustlab.errors import RobustlabError
 
 EXTENSIONS = {".jpeg", ".jpg", ".png"}
 RESIZE, CROP = 256, 224
+# longer side / shorter side: far beyond photographs, while a 6000x1 image would be resized to 1,536,000x256 (1.2 GB)
+# for a 224x224 crop
+MAX_ASPECT = 50
 
 
 def list_class_folders(root: Path) -> list[tuple[Path, int]]:
@@ -34,17 +37,21 @@ class _Decoded(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
-        """The image, its label, and '' (or why it could not be decoded, with a blank image: an exception raised
-        in a DataLoader worker reaches the main process wrapped in the worker's traceback)."""
+        """The image, its label, and '' (or why it is refused or cannot be decoded, with a blank image: an exception
+        raised in a DataLoader worker reaches the main process wrapped in the worker's traceback)."""
         from PIL import Image, UnidentifiedImageError
         from torchvision.transforms.v2 import functional as TF
         path, label = self.files[i]
+        blank = torch.zeros(3, CROP, CROP, dtype=torch.uint8)
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only: the size is known before decoding
+                if max(img.size) > MAX_ASPECT * min(img.size):
+                    return blank, label, (f"{path} is {img.size[0]}x{img.size[1]} pixels, an aspect ratio over "
+                                          f"{MAX_ASPECT}:1 that resizing its shorter side to {RESIZE} would blow up; "
+                                          "remove or replace the file")
                 img = img.convert("RGB")
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:  # a bomb is not an OSError
-            problem = f"cannot decode {path} ({str(e).splitlines()[0]}); remove or replace the file"
-            return torch.zeros(3, CROP, CROP, dtype=torch.uint8), label, problem
+            return blank, label, f"cannot decode {path} ({str(e).splitlines()[0]}); remove or replace the file"
         # the standard ImageNet evaluation transform: shorter side to 256 (bilinear), center 224 crop
         img = TF.resize(img, RESIZE) if self.resize else img
         return TF.pil_to_tensor(TF.center_crop(img, [CROP, CROP])), label, ""

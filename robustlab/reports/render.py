@@ -48,8 +48,14 @@ class Page:
 NO_FIGURE = "No figure: the runs hold no corruption, attack, sweep or calibration data."
 
 
+def _md(text: Any) -> str:
+    """Text from the runs (model names, paths, ...) as Markdown text: Markdown viewers render raw HTML, so `<`, `>`
+    and `&` are escaped as in HTML."""
+    return html.escape(str(text), quote=False)
+
+
 def _md_cell(v: Any) -> str:
-    return str(v).replace("|", "\\|").replace("\n", " ")
+    return _md(v).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(d: pd.DataFrame) -> str:
@@ -87,19 +93,20 @@ ul.warn li { color: #8a4b00; }
 
 
 def markdown(page: Page) -> str:
-    md = [f"# {page.title}", "", page.intro, ""]
+    md = [f"# {_md(page.title)}", "", _md(page.intro), ""]
     if page.notes:
-        md += ["**Notes:**", *[f"- {w}" for w in page.notes], ""]
+        md += ["**Notes:**", *[f"- {_md(w)}" for w in page.notes], ""]
     for s in page.sections:
-        md += [f"## {s.heading}", ""]
+        md += [f"## {_md(s.heading)}", ""]
         if s.note:
-            md += [s.note, ""]
-        md += [markdown_table(s.table) if not s.table.empty else f"*{s.empty}*", ""]
+            md += [_md(s.note), ""]
+        md += [markdown_table(s.table) if not s.table.empty else f"*{_md(s.empty)}*", ""]
         if s.legend:
-            md += [f"- `{term}`: {meaning}" for term, meaning in s.legend] + [""]
+            md += [f"- `{term}`: {_md(meaning)}" for term, meaning in s.legend] + [""]
     md += ["## Figures", ""]
     for f in page.figures:
-        md += [f"### {f.title}", "", f"![{f.title}](figures/{f.png.name})", "", f.caption,
+        title = _md(f.title)
+        md += [f"### {title}", "", f"![{title}](figures/{f.png.name})", "", _md(f.caption),
                f"([SVG](figures/{f.png.with_suffix('.svg').name}))", ""]
     if not page.figures:
         md += [f"*{NO_FIGURE}*", ""]

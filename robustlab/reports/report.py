@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from robustlab.errors import RobustlabError
-from robustlab.files import write_atomic
+from robustlab.files import check_output, check_output_folder, write_atomic
 from robustlab.reports.figures import (
     lambda_residual_figure,
     lambda_sweep_figure,
@@ -113,11 +113,15 @@ def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None
     """Read the run directories (results.csv, manifest.json, calibration.json when present) and write into `out`
     report.md, report.html (self-contained) and figures/*.png|svg. `baseline` names the variant (a label of
     `robustlab.reports.metrics.variants`, or a model name with a single variant) that mCE is normalized by."""
+    out = Path(out)
+    fig_dir = out / "figures"
+    md_path, html_path = out / "report.md", out / "report.html"
+    for path in (md_path, html_path):  # every output, before anything is written
+        check_output(path, root=out, what="--out")
+    check_output_folder(fig_dir, root=out, what="--out", suffixes=(".png", ".svg"))
     df, runs, warnings = load_runs(run_dirs)
     order = list(dict.fromkeys(df["variant"]))
     baseline = resolve_baseline_variant(baseline, df, order)
-    out = Path(out)
-    fig_dir = out / "figures"
     try:
         fig_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -134,7 +138,6 @@ def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None
     intro = (f"Runs: {', '.join(r.name for r in runs)}. Variants: {', '.join(order)}."
              + (f" mCE baseline: {baseline}." if baseline else ""))
     page = Page("robustlab report", intro, warnings, sections, figures)
-    md_path, html_path = out / "report.md", out / "report.html"
     write_atomic(md_path, markdown(page).encode())
     write_atomic(html_path, html_page(page).encode())
     return ReportFiles(md_path, html_path, [p for f in figures for p in f.paths], tables, warnings)

@@ -2,7 +2,6 @@
 calibration when present."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,7 +10,7 @@ import pandas as pd
 
 from robustlab.errors import RobustlabError
 from robustlab.reports.metrics import variants
-from robustlab.schema import read_results
+from robustlab.schema import read_json_object, read_results
 
 # a report shows accuracies with their intervals, beyond what every reader needs
 REPORT_COLUMNS = ("accuracy", "ci_low", "ci_high")
@@ -30,12 +29,9 @@ def _manifest(root: Path, name: str, warnings: list[str]) -> dict[str, Any] | No
     if not (root / "manifest.json").is_file():
         return None
     try:
-        manifest = json.loads((root / "manifest.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        warnings.append(f"{root / 'manifest.json'} is not valid JSON ({e}); run details omitted")
-        return None
-    if not isinstance(manifest, dict):
-        warnings.append(f"{root / 'manifest.json'} is not a JSON object; run details omitted")
+        manifest = read_json_object(root / "manifest.json", "run details omitted")
+    except RobustlabError as e:
+        warnings.append(str(e))
         return None
     if manifest.get("status") not in (None, "finished"):
         warnings.append(f"run {name} has status '{manifest.get('status')}' (not finished): its results may be "
