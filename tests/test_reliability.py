@@ -232,3 +232,227 @@ def test_the_source_images_are_hashed_once_per_run_not_once_per_cell(tmp_path, m
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     assert cli(*EVAL, "--corruptions", "fog,contrast", "--severities", "1,2", "--out", tmp_path / "run") == 0
     assert calls == [40]
+
+
+# Issue #27: corruption workers that die with their parent (or alone), a resume that verifies what it keeps and
+# removes what a killed run left, a read-only install, an empty ROBUSTLAB_CACHE.
+
+def _process_children(pid: int) -> list[int]:
+    """The processes whose parent is PID, from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):  # a process that ended while we looked
+            continue
+    return children
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def _corrupt_with_two_workers(out: Path, stderr: Path) -> tuple[subprocess.Popen, list[int]]:
+    """`robustlab corrupt` with 2 workers in a process of its own, once its workers have returned a first batch;
+    and its child processes then (the workers and multiprocessing's resource tracker). Its stderr goes to a file:
+    the children hold it too, so a pipe would not end with the parent."""
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "robustlab", "corrupt", "--dataset", "digits", "--corruptions",
+                                 "glass_blur", "--batch-size", "8", "--workers", "2", "--out", str(out), "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=err)
+    start = time.monotonic()
+    while True:
+        children = _process_children(proc.pid)
+        try:
+            written = max((p.stat().st_size for p in out.glob(".glass_blur.npy.*.tmp")), default=0)
+        except OSError:
+            written = 0
+        if len(children) >= 3 and written > 1024:  # the header is 128 bytes, a batch 6 KiB
+            return proc, children
+        assert proc.poll() is None, stderr.read_text()
+        assert time.monotonic() - start < 120, "the workers never returned a batch"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_corruption_workers_and_the_resource_tracker_end_with_a_killed_parent(tmp_path):
+    proc, children = _corrupt_with_two_workers(tmp_path / "c", tmp_path / "stderr")
+    try:
+        proc.kill()  # SIGKILL: no cleanup runs in the parent
+        proc.wait()
+        start = time.monotonic()
+        while any(_process_alive(p) for p in children) and time.monotonic() - start < 10:
+            time.sleep(0.1)
+        assert not [p for p in children if _process_alive(p)], "children outlived their killed parent by 10 s"
+    finally:
+        for pid in children:
+            if _process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads processes from /proc")
+def test_a_killed_worker_ends_corrupt_with_one_line(tmp_path):
+    out = tmp_path / "c"
+    proc, children = _corrupt_with_two_workers(out, tmp_path / "stderr")
+    try:
+        worker = next(p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes())
+        os.kill(worker, signal.SIGKILL)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in children:
+            if _process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    err = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 2, err
+    assert err.startswith("robustlab: error: a corruption worker process died (") and err.count("\n") == 1, err
+    assert "run the same command again" in err
+    assert sorted(p.name for p in out.iterdir()) == ["robustlab-corrupt.json"], "no partial file"
+
+
+def _kill_this_process(*args, **kwargs) -> None:
+    """Stands in for the pool's worker function (pickled by name into the spawned workers)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_ends_eval_with_one_line_and_a_failed_status(tmp_path, monkeypatch, capsys):
+    import robustlab.corruptions.pool as pool
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pool, "_run", _kill_this_process)
+    assert cli(*EVAL, "--corruptions", "fog", "--severities", "1", "--workers", "2", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustlab: error: a corruption worker process died (") and err.count("\n") == 1, err
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == f"failed: {err.strip().removeprefix('robustlab: error: ')}"
+    assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1, "the clean row finished before"
+
+
+def _corrupt_fog(out: Path) -> int:
+    return cli("corrupt", "--dataset", "digits", "--n", "12", "--corruptions", "fog,contrast", "--workers", "1",
+               "--out", out, "--quiet")
+
+
+@pytest.mark.parametrize("spoil,words", [
+    ("truncated", "is truncated"), ("longer", "is longer than its array"), ("dtype", "int16"),
+    ("shape", "shape (12, 16, 16, 3), not of uint8"), ("not npy", "is not a .npy array"),
+    ("symlink", "is a symbolic link")])
+def test_corrupt_resume_generates_again_a_file_it_did_not_write(tmp_path, capsys, spoil, words):
+    good, out = tmp_path / "good", tmp_path / "out"
+    assert _corrupt_fog(good) == 0
+    shutil.copytree(good, out)
+    fog, elsewhere = out / "fog.npy", tmp_path / "elsewhere.npy"
+    if spoil == "truncated":
+        fog.write_bytes(fog.read_bytes()[:-100])
+    elif spoil == "longer":
+        fog.write_bytes(fog.read_bytes() + bytes(768))
+    elif spoil == "shape":
+        np.save(fog, np.zeros((12, 16, 16, 3), np.uint8))
+    elif spoil == "dtype":
+        np.save(fog, np.load(fog).astype(np.int16))
+    elif spoil == "not npy":
+        fog.write_bytes(b"x" * fog.stat().st_size)
+    else:  # a link to a file of the right shape elsewhere
+        np.save(elsewhere, np.zeros((60, 16, 16, 3), np.uint8))
+        fog.unlink()
+        fog.symlink_to(elsewhere)
+    before = elsewhere.read_bytes() if spoil == "symlink" else b""
+    contrast = (out / "contrast.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _corrupt_fog(out) == 0
+    printed = capsys.readouterr()
+    assert "2 of 2 corruptions complete" in printed.out
+    lines = [line for line in printed.err.splitlines() if "fog.npy" in line]
+    assert len(lines) == 1 and words in lines[0] and "generated again" in lines[0], printed.err
+    assert not fog.is_symlink() and fog.read_bytes() == (good / "fog.npy").read_bytes()
+    assert (out / "contrast.npy").stat().st_mtime_ns == contrast, "a good file is kept"
+    if spoil == "symlink":
+        assert elsewhere.read_bytes() == before, "the link's target is never written"
+
+
+@pytest.mark.parametrize("name", ["fog.npy", "labels.npy"])
+def test_corrupt_refuses_a_directory_in_place_of_a_file(tmp_path, capsys, name):
+    out = tmp_path / "out"
+    assert _corrupt_fog(out) == 0
+    (out / name).unlink()
+    (out / name).mkdir()
+    (out / name / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert _corrupt_fog(out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"robustlab: error: {out / name} is a directory") and err.count("\n") == 1, err
+    assert "remove it" in err
+    assert (out / name / "keep.txt").read_text() == "mine"
+
+
+def test_corrupt_resume_removes_what_a_killed_run_left(tmp_path, monkeypatch):
+    import fcntl
+
+    import robustlab.corruptions.pool as pool
+    out = tmp_path / "out"
+    assert _corrupt_fog(out) == 0
+    (out / "fog.npy").unlink()
+    stale = [out / ".fog.npy.k3x_9abc.tmp", out / ".labels.npy.0123abcd.tmp",
+             out / ".robustlab-corrupt.json.a1b2c3d4.tmp"]
+    for path in stale:
+        path.write_bytes(b"\x93NUMPY")
+    # while another process writes into --out (a rank beside this one), its temporary files are not stale
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        assert _corrupt_fog(out) == 0
+    finally:
+        os.close(fd)
+    assert all(p.exists() for p in stale)
+    monkeypatch.setattr(pool, "corrupt", lambda *a, **k: pytest.fail("a finished file was corrupted again"))
+    assert _corrupt_fog(out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["contrast.npy", "fog.npy", "labels.npy", "robustlab-corrupt.json"]
+
+
+def test_corruptions_compile_on_a_read_only_install(tmp_path):
+    """A read-only package directory and home: numba finds no place for its cache; the kernels compile without one
+    instead of every import failing."""
+    import tempfile
+
+    import robustlab
+    command = []
+    if os.getuid() == 0:  # root writes through any mode bits: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to run without root's permission override")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+    root = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(Path(robustlab.__file__).parent, root / "robustlab",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        (root / "home").mkdir()
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XDG_"))}
+        env.update(HOME=str(root / "home"), PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+        code = ("import numpy as np, robustlab.corruptions.uint8_batch as u; "
+                f"assert u.__file__.startswith({str(root)!r}), u.__file__; "
+                "print(u.glass_blur(np.zeros((2, 8, 8, 3), np.uint8), (0.7, 1, 2), "
+                "[np.random.default_rng(i) for i in range(2)]).shape)")
+        run = subprocess.run([*command, sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.strip() == "(2, 8, 8, 3)"
+        assert not list(root.rglob("*.nbi")), "nothing cached in the read-only tree"
+    finally:
+        for path in [root, *root.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
+        shutil.rmtree(root)
+
+
+def test_an_empty_robustlab_cache_means_the_default(tmp_path, monkeypatch):
+    from robustlab.evaluate import default_cache_dir
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ROBUSTLAB_CACHE", "")
+    assert default_cache_dir() == tmp_path / ".cache" / "robustlab" / "corruptions"
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c" / "corruptions"

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Iterable, Iterator, NamedTuple
 
@@ -14,6 +17,9 @@ import numpy as np
 import torch
 
 from robustlab.corruptions.engine import corrupt
+from robustlab.errors import RobustlabError
+
+PARENT_POLL_SECONDS = 0.5
 
 
 class Job(NamedTuple):
@@ -34,6 +40,18 @@ def default_workers() -> int:
 def _run(job: Job, table: str, seed: int, reencode: bool | None, device: torch.device | str = "cpu") -> np.ndarray:
     return corrupt(job.images, job.corruption, job.severity, table=table, seed=seed, start=job.start,
                    param=job.param, reencode=reencode, device=device)
+
+
+def _end_with(parent: int) -> None:
+    """A worker's initializer: the worker ends once `parent` is gone. A parent killed by SIGKILL stops nothing, and
+    its workers would wait on the pool's queue forever, keeping their memory and (through the pipe they hold)
+    multiprocessing's resource tracker. Polled rather than prctl(PR_SET_PDEATHSIG), which is Linux's only and fires
+    when the thread that started the worker ends, not the process."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+    threading.Thread(target=watch, name="robustlab-parent-watch", daemon=True).start()
 
 
 class CorruptionPool:
@@ -62,7 +80,8 @@ class CorruptionPool:
                 yield _run(job, table, seed, reencode, device)
             return
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_end_with, initargs=(os.getpid(),))
         pending: deque[Future[np.ndarray]] = deque()
         try:
             for job in jobs:
@@ -71,6 +90,10 @@ class CorruptionPool:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise RobustlabError("a corruption worker process died (killed, perhaps by the kernel for lack of "
+                                 "memory); run the same command again to resume, with fewer --workers if memory is "
+                                 "short") from None
         finally:  # a reader that stops early (a batch limit, an error) leaves no work running for nothing
             for future in pending:
                 future.cancel()

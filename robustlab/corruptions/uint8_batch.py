@@ -9,7 +9,8 @@ on the CPU); JPEG stays here, since a GPU codec (nvJPEG) would not give libjpeg'
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import cv2
 import numba
@@ -18,6 +19,16 @@ from PIL import Image
 
 Rngs = Sequence[np.random.Generator]
 GLASS_OFFSETS_BYTES = 4 << 20  # glass blur's drawn pixel offsets per call of its compiled loop
+
+
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """numba.njit, its machine code cached on disk where numba finds a writable folder (beside this file, under
+    $NUMBA_CACHE_DIR or the user's cache); on a read-only install and home it finds none, and the functions are
+    compiled in every process instead of failing at import."""
+    try:
+        return numba.njit(cache=True)(function)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(function)
 
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -29,7 +40,7 @@ def gaussian_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return phi / phi.sum()
 
 
-@numba.njit(cache=True)
+@_compiled
 def _gaussian_nearest(src: np.ndarray, tmp: np.ndarray, pad: np.ndarray, weights: np.ndarray,
                       channels: int) -> None:
     """scipy.ndimage.gaussian_filter(image, (sigma, sigma, 0), mode='nearest') of one image, in place, given as
@@ -61,7 +72,7 @@ def _gaussian_nearest(src: np.ndarray, tmp: np.ndarray, pad: np.ndarray, weights
                 out[q] += (pad[left + q] + pad[right + q]) * weights[r - k]
 
 
-@numba.njit(cache=True)
+@_compiled
 def _blur_to_uint8(image: np.ndarray, out: np.ndarray, weights: np.ndarray, channels: int, a: np.ndarray,
                    tmp: np.ndarray, pad: np.ndarray) -> None:
     """out = uint8(clip(gaussian(image / 255), 0, 1) * 255) of (H, W * C) rows: skimage's gaussian and the
@@ -76,7 +87,7 @@ def _blur_to_uint8(image: np.ndarray, out: np.ndarray, weights: np.ndarray, chan
             out[i, q] = np.uint8(min(max(a[i, q], 0.0), 1.0) * 255.0)
 
 
-@numba.njit(cache=True)
+@_compiled
 def _glass_blur_batch(images: np.ndarray, offsets: np.ndarray, weights: np.ndarray, delta: int,
                       iterations: int) -> np.ndarray:
     """Blur, the published pixel "swaps" (bottom-right to top-left, offsets (dx, dy) in order), blur, per image."""

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import json
 import math
 import os
+import re
 import shutil
+import stat
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +32,8 @@ from robustlab.progress import ProgressFactory
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with which settings
+# a killed write's leftover in --out (files.new_temporary's names: .<file>.<random>.tmp)
+TEMPORARY = re.compile(rf"\.(.+\.npy|{re.escape(LAYOUT_FILE)})\.[a-z0-9_]+\.tmp")
 
 
 def layout_corruptions(suite: CorruptionSuite) -> list[str]:
@@ -68,20 +74,89 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
                          f"{' ...' if len(entries) > 3 else ''}); pass --overwrite to replace them, or another --out")
 
 
-def _prepare(base: ImageSet, out: Path, *, table: str, seed: int, total: int, reencode: bool | None,
-             overwrite: bool, shard: Shard) -> None:
-    """Check --out, then create it and record the layout's description (every rank alike)."""
+@contextlib.contextmanager
+def _prepared(base: ImageSet, out: Path, *, table: str, seed: int, total: int, reencode: bool | None,
+              overwrite: bool, shard: Shard, files: Sequence[str] = ()) -> Iterator[None]:
+    """Check --out (and that no directory stands where `files` go), then create it, hold its lock (`_writing`) and
+    record the layout's description (every rank alike)."""
     description = {**layout_description(base, table=table, seed=seed, total=total),
                    "jpeg": reencode_quality(table, reencode)}
     if overwrite and shard.world > 1:
         raise RobustlabError("--overwrite with several ranks would let them delete each other's work; delete the "
                              "--out directory first, or run without torchrun")
     _check_out(out, description, overwrite)
+    for name in (LAYOUT_FILE, *files):
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise RobustlabError(f"{out / name} is a directory, where robustlab writes a file; remove it or pass "
+                                 "another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RobustlabError(f"cannot create {out} ({e.strerror}); pass a writable --out") from None
-    write_json(out / LAYOUT_FILE, description)  # every rank writes the same bytes
+    with _writing(out, shard):
+        write_json(out / LAYOUT_FILE, description)  # every rank writes the same bytes
+        yield
+
+
+@contextlib.contextmanager
+def _writing(out: Path, shard: Shard) -> Iterator[None]:
+    """A shared flock on --out while this process writes into it. A lone process (no torchrun) that can take it
+    exclusively finds nobody writing there, so the temporary files there are a killed run's: it removes them first.
+    Ranks remove none: a rank on another machine may be writing, and a directory's flock reaches this machine only."""
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # a lock file would be one more file in --out
+    try:
+        if shard.world == 1:
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                for path in out.iterdir():
+                    if TEMPORARY.fullmatch(path.name) and not path.is_dir():
+                        path.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _finished(path: Path, shape: tuple[int, ...], warn: bool = False) -> bool:
+    """Whether `path` is a corruption file as NpyWriter writes it for this layout: written whole or not at all, it
+    is finished. Anything else there (a link, a truncated or foreign array) is to be generated again; `warn` says
+    so on stderr."""
+    try:
+        problem = _problem(path, shape)
+    except FileNotFoundError:
+        return False
+    if problem is not None and warn:
+        print(f"robustlab: warning: {path} is {problem}; it is generated again", file=sys.stderr)
+    return problem is None
+
+
+def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """What makes `path` other than a regular file (not a link) holding a C-order uint8 array of `shape` and
+    exactly its bytes; None if nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO does not block
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link"
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            try:
+                np.lib.format.read_magic(f)
+                found, fortran, dtype = np.lib.format.read_array_header_1_0(f)  # the version NpyWriter writes
+            except ValueError:
+                return "not a .npy array"
+            need = f.tell() + math.prod(shape)
+    finally:
+        os.close(fd)
+    if fortran or dtype != np.uint8 or tuple(found) != shape:
+        return f"an array of {dtype}{', Fortran order' if fortran else ''}, shape {found}, not of uint8, shape {shape}"
+    if info.st_size != need:
+        return f"{'truncated' if info.st_size < need else 'longer than its array'} ({info.st_size} bytes, not {need})"
+    return None
 
 
 def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
@@ -102,34 +177,38 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise RobustlabError(f"{base.name} has labels outside 0..255, which the published uint8 labels.npy cannot "
                              "hold; write this split with another tool")
-    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
-    shape = (*base.image_size, 3)
-    mine = shard.batch_indices(total, batch_size)
-    rows = sum(min(batch_size, total - b * batch_size) for b in mine)
-    written = []
-    for name in corruptions:
-        final = out / f"{name}.npy"
-        if final.is_file() and not overwrite:  # written whole or not at all (NpyWriter), so it is finished
-            written.append(final)
-            continue
-        target = final if shard.world == 1 else _part(out, name, batch_size, shard)
-        if len(mine) and (overwrite or not target.is_file()):  # a rank beyond the number of batches has no share
-            target.parent.mkdir(parents=True, exist_ok=True)
-            ticks = iter(progress(range(len(mine) * len(SEVERITIES)), total=len(mine) * len(SEVERITIES), desc=name))
-            jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size)
-                    for s in SEVERITIES for b, (images, _) in zip(mine, base.batches(batch_size, total, shard=shard)))
-            with NpyWriter(target, (len(SEVERITIES) * rows, *shape), np.uint8) as arr:  # appears only when complete
-                for batch in pool.corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode):
-                    arr.append(batch)
-                    next(ticks, None)
-        if shard.world == 1 or _assemble(out, name, total=total, batch_size=batch_size, world=shard.world,
-                                         shape=shape):
-            written.append(final)
-    buffer = io.BytesIO()
-    np.save(buffer, np.tile(labels.astype(np.uint8), len(SEVERITIES)))
-    write_atomic(out / "labels.npy", buffer.getvalue())  # every rank writes the same bytes
-    with contextlib.suppress(OSError):
-        (out / PARTS_DIR).rmdir()  # once every corruption is assembled
+    files = [*(f"{name}.npy" for name in corruptions), "labels.npy"]
+    with _prepared(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
+                   shard=shard, files=files):
+        shape = (*base.image_size, 3)
+        mine = shard.batch_indices(total, batch_size)
+        rows = sum(min(batch_size, total - b * batch_size) for b in mine)
+        written = []
+        for name in corruptions:
+            final = out / f"{name}.npy"
+            if not overwrite and _finished(final, (len(SEVERITIES) * total, *shape), warn=True):
+                written.append(final)
+                continue
+            target = final if shard.world == 1 else _part(out, name, batch_size, shard)
+            # a rank beyond the number of batches has no share; a rank's finished part is kept
+            if len(mine) and (overwrite or target == final or not target.is_file()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                steps = len(mine) * len(SEVERITIES)
+                ticks = iter(progress(range(steps), total=steps, desc=name))
+                jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size) for s in SEVERITIES
+                        for b, (images, _) in zip(mine, base.batches(batch_size, total, shard=shard)))
+                with NpyWriter(target, (len(SEVERITIES) * rows, *shape), np.uint8) as arr:  # named when complete
+                    for batch in pool.corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode):
+                        arr.append(batch)
+                        next(ticks, None)
+            if shard.world == 1 or _assemble(out, name, total=total, batch_size=batch_size, world=shard.world,
+                                             shape=shape):
+                written.append(final)
+        buffer = io.BytesIO()
+        np.save(buffer, np.tile(labels.astype(np.uint8), len(SEVERITIES)))
+        write_atomic(out / "labels.npy", buffer.getvalue())  # every rank writes the same bytes
+        with contextlib.suppress(OSError):
+            (out / PARTS_DIR).rmdir()  # once every corruption is assembled
     return written
 
 
@@ -147,16 +226,17 @@ def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, 
     Every rank calls this after committing its own part and waits for the lock (an flock, released if its holder
     dies), so the last of them to finish finds every part; the parts are removed under the lock."""
     final, parts_dir = out / f"{name}.npy", out / PARTS_DIR / name
-    if final.is_file():
+    whole = (len(SEVERITIES) * total, *shape)
+    if _finished(final, whole):
         return True
     try:
         parts_dir.mkdir(parents=True, exist_ok=True)
         lock = open(parts_dir / "assemble.lock", "a")
     except FileNotFoundError:  # another rank removed the parts between our check and here: it assembled them
-        return final.is_file()
+        return _finished(final, whole)
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not final.is_file():
+        if not _finished(final, whole):
             holders = min(world, math.ceil(total / batch_size))  # the ranks that have batches
             paths = [_part(out, name, batch_size, Shard(r, world)) for r in range(holders)]
             if not all(p.is_file() for p in paths):
@@ -183,33 +263,35 @@ def write_folder_layout(base: FolderImageSet, out: str | os.PathLike, corruption
     assembled; a restarted run skips every batch whose files are all there. Returns the complete corruptions."""
     out, pool = Path(out), pool or CorruptionPool(1)
     total = len(base) if n is None else min(n, len(base))
-    _prepare(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite, shard=shard)
-    quality = reencode_quality(table, reencode)
-    mine = list(shard.batch_indices(total, batch_size))
-    complete = []
-    for name in corruptions:
-        for severity in SEVERITIES:
-            def target(i: int, severity: int = severity) -> Path:
-                file = base.files[i][0]
-                path = out / name / str(severity) / file.parent.name / file.name
-                return path if quality is not None else path.with_suffix(".png")
+    with _prepared(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
+                   shard=shard):
+        quality = reencode_quality(table, reencode)
+        mine = list(shard.batch_indices(total, batch_size))
+        complete = []
+        for name in corruptions:
+            for severity in SEVERITIES:
+                def target(i: int, severity: int = severity) -> Path:
+                    file = base.files[i][0]
+                    path = out / name / str(severity) / file.parent.name / file.name
+                    return path if quality is not None else path.with_suffix(".png")
 
-            def finished(b: int) -> bool:
-                return not overwrite and all(target(i).is_file()
-                                             for i in range(b * batch_size, min(total, (b + 1) * batch_size)))
-            pending = [b for b in mine if not finished(b)]
-            if pending:
-                order = np.concatenate([np.arange(b * batch_size, min(total, (b + 1) * batch_size)) for b in pending])
-                jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, severity, b * batch_size)
-                        for b, (images, _) in zip(pending, base.batches(batch_size, order=order)))
-                ticks = iter(progress(range(len(pending)), total=len(pending), desc=f"{name} {severity}"))
-                for b, batch in zip(pending, pool.corrupted(jobs, table=table, seed=seed, device=device,
-                                                            reencode=False)):
-                    for i, image in zip(range(b * batch_size, total), batch):
-                        _save_image(target(i), image, quality)
-                    next(ticks, None)
-        if shard.world == 1 or all(target(i, s).is_file() for s in SEVERITIES for i in range(total)):
-            complete.append(out / name)  # the other ranks' files too
+                def finished(b: int) -> bool:
+                    return not overwrite and all(target(i).is_file()
+                                                 for i in range(b * batch_size, min(total, (b + 1) * batch_size)))
+                pending = [b for b in mine if not finished(b)]
+                if pending:
+                    order = np.concatenate([np.arange(b * batch_size, min(total, (b + 1) * batch_size))
+                                            for b in pending])
+                    jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, severity, b * batch_size)
+                            for b, (images, _) in zip(pending, base.batches(batch_size, order=order)))
+                    ticks = iter(progress(range(len(pending)), total=len(pending), desc=f"{name} {severity}"))
+                    for b, batch in zip(pending, pool.corrupted(jobs, table=table, seed=seed, device=device,
+                                                                reencode=False)):
+                        for i, image in zip(range(b * batch_size, total), batch):
+                            _save_image(target(i), image, quality)
+                        next(ticks, None)
+            if shard.world == 1 or all(target(i, s).is_file() for s in SEVERITIES for i in range(total)):
+                complete.append(out / name)  # the other ranks' files too
     return complete
 
 
