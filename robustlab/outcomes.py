@@ -84,7 +84,15 @@ def outcomes_name(key: Sequence[str]) -> str:
 
 
 def _joined(key: Sequence[str]) -> str:
-    return "\x1f".join(key)
+    """A cell's identity as one text, numbers spelled one way (a row as written says 0, read back 0.0)."""
+    return "\x1f".join(_canonical(str(v)) for v in key)
+
+
+def _canonical(text: str) -> str:
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
 
 
 def write_outcomes(run_dir: Path, key: Sequence[str], image_set: str, outcomes: Outcomes) -> str:

@@ -174,14 +174,23 @@ def mean_corruption_figure(summary: pd.DataFrame, colors: dict[str, Any], stem: 
     return save(fig, stem)
 
 
-def robust_figure(df: pd.DataFrame, colors: dict[str, Any], stem: Path, title: str = "") -> list[Path]:
+WORST = "worst case"  # the panel of robust accuracy under every attack
+
+
+def robust_figure(df: pd.DataFrame, colors: dict[str, Any], stem: Path, title: str = "",
+                  worst: pd.DataFrame | None = None) -> list[Path]:
     """Robust accuracy versus eps, a panel per (attack, norm) on clean images, a line per variant (dashed:
-    transfer from another model), eps 0 = the clean accuracy, Wilson CIs."""
+    transfer from another model), eps 0 = the clean accuracy, Wilson CIs; with `worst` (reports.paired.worst_case)
+    a 'worst case' panel per norm: the images that survive every attack."""
     att = df[(df["attack"] != "none") & (df["corruption"] == "none") & df["eps"].notna()]
     if att.empty:
         return []
     clean = df[(df["attack"] == "none") & (df["corruption"] == "none")]
+    worst = worst[worst["accuracy"].notna()] if worst is not None else pd.DataFrame(columns=["norm"])
+    if not worst.empty:
+        att = pd.concat([att, worst.assign(attack=WORST, attack_source="")], ignore_index=True)
     panels = list(att.groupby(["attack", "norm"], sort=True).groups)
+    panels = [p for p in panels if p[0] != WORST] + [p for p in panels if p[0] == WORST]
     nrows, ncols = _grid(len(panels), 3)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.3 * nrows + 1.0), squeeze=False,
                              layout="constrained")

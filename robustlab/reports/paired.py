@@ -16,12 +16,14 @@ import scipy.stats
 
 from robustlab.corruptions.tables import BENCHMARK
 from robustlab.outcomes import Outcomes
+from robustlab.reports.style import format_eps
 from robustlab.schema import NONE, wilson_interval
 
 NEEDS_OUTCOMES = "needs outcomes (a run of robustlab before schema 4)"
 OTHER_IMAGES = "not paired: evaluated on different image sets"
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
+BOOTSTRAP_BATCH = 100  # resamples drawn at a time: 2,000 x 10,000 image indices at once would take 160 MB
 
 Loader = Callable[[pd.Series], "Outcomes | None"]  # a row's outcomes, None where its run stored none
 
@@ -36,30 +38,49 @@ def _same_images(outcomes: Sequence[Outcomes], rows: pd.DataFrame) -> bool:
     return len(sets) == 1 and "" not in sets and all(np.array_equal(o.index, outcomes[0].index) for o in outcomes)
 
 
+def worst_case_images(group: pd.DataFrame, load: Loader) -> tuple[np.ndarray, str] | str:
+    """Per image of an attacked group (one variant, dataset, norm and eps): robust under every attack of the group
+    (clean-correct and never fooled), with the image set; or why it cannot be told."""
+    outcomes = [load(r) for _, r in group.iterrows()]
+    if any(o is None for o in outcomes):
+        return NEEDS_OUTCOMES
+    if not _same_images(outcomes, group):
+        return OTHER_IMAGES
+    return np.logical_and.reduce([o.ok for o in outcomes]), str(group["image_set"].iloc[0])
+
+
 def worst_case(df: pd.DataFrame, load: Loader) -> pd.DataFrame:
     """Per variant, dataset and threat model (norm, eps): the fraction of images that are clean-correct and
     survive every attack run on them, its Wilson interval and the attacks it covers; `status` says why a figure
-    is missing (no outcomes, or attacks on different images)."""
-    attacked = df[(df["attack"] != NONE) & (df["corruption"] == NONE)]
+    is missing (no outcomes, or attacks on different images). A variant is the same checkpoint under the same
+    lambda setting in every run given (`base_variant`, `checkpoint_sha256` where load_runs added them), so the
+    attacks of several runs on one model combine; its row takes the first of its labels."""
+    attacked = _attacked(df)
+    model = ["base_variant", "checkpoint_sha256"] if "base_variant" in attacked else ["variant"]
+    labels = attacked.groupby(model, sort=False)["variant"].first()
     rows = []
-    for (variant, dataset, norm, eps), group in attacked.groupby(["variant", "dataset", "norm", "eps"], sort=True):
+    for (*key, dataset, norm, eps), group in attacked.groupby([*model, "dataset", "norm", "eps"], sort=False):
+        variant = str(labels[tuple(key) if len(key) > 1 else key[0]])
         attacks = sorted(attack_label(r) for _, r in group.iterrows())
         row = {"variant": variant, "dataset": dataset, "norm": norm, "eps": eps, "attacks": ", ".join(attacks),
                "n": math.nan, "robust": math.nan, "accuracy": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                "best_single": float(group["accuracy"].min()), "status": ""}
-        outcomes = [load(r) for _, r in group.iterrows()]
-        if any(o is None for o in outcomes):
-            row["status"] = NEEDS_OUTCOMES
-        elif not _same_images(outcomes, group):
-            row["status"] = OTHER_IMAGES
+        found = worst_case_images(group, load)
+        if isinstance(found, str):
+            row["status"] = found
         else:
-            robust = np.logical_and.reduce([o.ok for o in outcomes])
+            robust = found[0]
             n, k = len(robust), int(robust.sum())
             lo, hi = wilson_interval(k, n)
             row.update(n=n, robust=k, accuracy=k / n if n else math.nan, ci_low=lo, ci_high=hi)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["variant", "dataset", "norm", "eps", "attacks", "n", "robust", "accuracy",
-                                       "ci_low", "ci_high", "best_single", "status"])
+    columns = ["variant", "dataset", "norm", "eps", "attacks", "n", "robust", "accuracy", "ci_low", "ci_high",
+               "best_single", "status"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["variant", "dataset", "norm", "eps"], kind="stable")
+
+
+def _attacked(df: pd.DataFrame) -> pd.DataFrame:
+    return df[(df["attack"] != NONE) & (df["corruption"] == NONE)]
 
 
 def mcnemar_p(a_only: int, b_only: int) -> float:
@@ -96,23 +117,80 @@ def bootstrap_mean(outcomes: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES
     if len(per_image) < 2 or np.ptp(per_image) == 0:
         return Interval(estimate, estimate, estimate)
     result = scipy.stats.bootstrap((per_image,), np.mean, n_resamples=resamples, confidence_level=0.95,
-                                   method="percentile", random_state=np.random.default_rng(seed), vectorized=True)
+                                   method="percentile", random_state=np.random.default_rng(seed), vectorized=True,
+                                   batch=BOOTSTRAP_BATCH)
     return Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
-def corruption_outcomes(df: pd.DataFrame, variant: str, load: Loader) -> tuple[np.ndarray, str] | str:
-    """The images x cells matrix of a variant's benchmark corruption cells (ordered by corruption and severity)
-    and the image set they share, or why there is none."""
-    rows = df[(df["variant"] == variant) & (df["attack"] == NONE) & df["corruption"].isin(BENCHMARK)]
-    rows = rows.sort_values(["corruption", "severity"])
-    if rows.empty:
+def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> Interval:
+    """statistic(image indices) on all n images and its 95% percentile bootstrap interval over images (scipy's
+    bootstrap resamples the indices; the statistic reads every cell at the same resampled images)."""
+    estimate = float(statistic(np.arange(n)))
+    if n < 2:
+        return Interval(estimate, estimate, estimate)
+    result = scipy.stats.bootstrap((np.arange(n),), statistic, n_resamples=resamples, confidence_level=0.95,
+                                   method="percentile", random_state=np.random.default_rng(seed), vectorized=False,
+                                   batch=BOOTSTRAP_BATCH)
+    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return Interval(estimate, low if math.isfinite(low) else estimate, high if math.isfinite(high) else estimate)
+
+
+@dataclass(frozen=True)
+class CellOutcomes:
+    """A variant's per-image outcomes on its clean cell and its benchmark corruption cells, on one image set."""
+    clean: np.ndarray | None  # (images,) or None without a clean row
+    cells: dict[tuple[str, int], np.ndarray]  # (corruption, severity) -> (images,)
+    image_set: str
+
+
+def corruption_outcomes(df: pd.DataFrame, variant: str, load: Loader) -> CellOutcomes | str:
+    """The variant's clean and benchmark-corruption outcomes on one image set, or why there are none."""
+    rows = df[(df["variant"] == variant) & (df["attack"] == NONE)
+              & (df["corruption"].isin(BENCHMARK) | (df["corruption"] == NONE))]
+    if not rows["corruption"].isin(BENCHMARK).any():
         return "no corruption cells"
     outcomes = [load(r) for _, r in rows.iterrows()]
     if any(o is None for o in outcomes):
         return NEEDS_OUTCOMES
     if not _same_images(outcomes, rows):
         return OTHER_IMAGES
-    return np.stack([o.ok for o in outcomes], axis=1), str(rows["image_set"].iloc[0])
+    clean, cells = None, {}
+    for (_, r), o in zip(rows.iterrows(), outcomes):
+        if r["corruption"] == NONE:
+            clean = o.ok
+        else:
+            cells[r["corruption"], int(r["severity"])] = o.ok
+    return CellOutcomes(clean, cells, str(rows["image_set"].iloc[0]))
+
+
+def mean_accuracy_interval(c: CellOutcomes) -> Interval:
+    """Mean corruption accuracy (the unweighted mean over cells) with its bootstrap interval over images."""
+    return bootstrap_mean(np.stack(list(c.cells.values()), axis=1))
+
+
+def mce_intervals(c: CellOutcomes, base: CellOutcomes) -> tuple[Interval, Interval] | str:
+    """mCE and relative mCE against a baseline on the same images (over the cells both have), each with its
+    bootstrap interval over images (images resampled jointly for both variants and every cell)."""
+    if c.image_set != base.image_set:
+        return OTHER_IMAGES
+    common = sorted(set(c.cells) & set(base.cells))
+    if not common or c.clean is None or base.clean is None:
+        return "no common cells"
+    mine = np.stack([c.cells[k] for k in common], axis=1)
+    theirs = np.stack([base.cells[k] for k in common], axis=1)
+    groups = [[i for i, k in enumerate(common) if k[0] == name] for name in dict.fromkeys(k[0] for k in common)]
+
+    def ratios(idx: np.ndarray, relative: bool) -> float:
+        err, base_err = 1 - mine[idx].mean(axis=0), 1 - theirs[idx].mean(axis=0)
+        if relative:
+            err, base_err = err - (1 - c.clean[idx].mean()), base_err - (1 - base.clean[idx].mean())
+        values = [err[g].sum() / base_err[g].sum() for g in groups if base_err[g].sum() != 0]
+        return float(np.mean(values)) if values else math.nan
+
+    n = len(mine)
+    return (bootstrap_statistic(n, lambda idx: ratios(idx, False)),
+            bootstrap_statistic(n, lambda idx: ratios(idx, True)))
 
 
 @dataclass(frozen=True)
@@ -154,7 +232,7 @@ def paired_cells(df: pd.DataFrame, a: str, b: str, load: Loader) -> list[Differe
 
 def _cell_name(row: pd.Series) -> str:
     if row["attack"] != NONE:
-        return f"{attack_label(row)} {row['norm']} eps {row['eps']:.4g}"
+        return f"{attack_label(row)} {row['norm']} eps {format_eps(row['eps'], row['norm'])}"
     return "clean" if row["corruption"] == NONE else f"{row['corruption']} {int(row['severity'])}"
 
 
@@ -164,3 +242,89 @@ def verdict(d: Difference, *, alpha: float = 0.05) -> str:
     decided = (d.p_holm < alpha) if not math.isnan(d.p_holm) else (ci.low > 0 or ci.high < 0)
     return (f"{d.a} vs {d.b}: {100 * ci.estimate:+.2f} points (95% CI {100 * ci.low:+.2f}..{100 * ci.high:+.2f}), "
             f"{'significant' if decided else 'not significant'}")
+
+
+def default_pairs(df: pd.DataFrame, baseline: str | None) -> list[tuple[str, str]]:
+    """The comparisons a report makes: each adaptive mode against the same model's reference fixed lambda (the
+    fixed lambda evaluated on most cells; ties: the smallest), and every other variant against the baseline (the
+    first variant when none is named)."""
+    pairs = []
+    for model, sub in df.groupby("model", sort=False):
+        fixed = sub[sub["lambda_mode"] == "fixed"]
+        if fixed.empty:
+            continue
+        counts = fixed.groupby("lambda").size()
+        reference = float(min(counts[counts == counts.max()].index))
+        ref_variant = str(fixed[fixed["lambda"] == reference]["variant"].iloc[0])
+        for variant in dict.fromkeys(sub.loc[sub["lambda_mode"].str.startswith("adaptive"), "variant"]):
+            pairs.append((str(variant), ref_variant))
+    order = list(dict.fromkeys(df["variant"]))
+    reference = baseline if baseline is not None else order[0] if order else None
+    pairs += [(str(v), str(reference)) for v in order if v != reference]
+    return list(dict.fromkeys(pairs))
+
+
+def aggregate_differences(df: pd.DataFrame, a: str, b: str, load: Loader) -> list[tuple[str, int, Interval] | str]:
+    """a - b on the aggregates: mean corruption accuracy over the cells both ran, and worst-case robust accuracy
+    per threat model both were attacked under; each with a paired bootstrap interval over images (or why not)."""
+    out: list[tuple[str, int, Interval] | str] = []
+    ca, cb = corruption_outcomes(df, a, load), corruption_outcomes(df, b, load)
+    if isinstance(ca, CellOutcomes) and isinstance(cb, CellOutcomes):
+        common = sorted(set(ca.cells) & set(cb.cells))
+        if ca.image_set != cb.image_set:
+            out.append(f"mean corruption accuracy: {OTHER_IMAGES}")
+        elif common:
+            diff = np.stack([ca.cells[k].astype(float) - cb.cells[k] for k in common], axis=1)
+            out.append((f"mean corruption accuracy ({len(common)} cells)", len(diff), bootstrap_mean(diff)))
+    elif "no corruption cells" not in (ca, cb):
+        out.append(f"mean corruption accuracy: {ca if isinstance(ca, str) else cb}")
+    attacked = _attacked(df)
+    threats = attacked[attacked["variant"] == a].groupby(["dataset", "norm", "eps"], sort=True)
+    for (dataset, norm, eps), group_a in threats:
+        group_b = attacked[(attacked["variant"] == b) & (attacked["dataset"] == dataset) & (attacked["norm"] == norm)
+                           & (attacked["eps"] == eps)]
+        if group_b.empty:
+            continue
+        what = f"worst case {norm} eps {format_eps(eps, norm)}"
+        wa, wb = worst_case_images(group_a, load), worst_case_images(group_b, load)
+        if isinstance(wa, str) or isinstance(wb, str):
+            out.append(f"{what}: {wa if isinstance(wa, str) else wb}")
+        elif wa[1] != wb[1]:
+            out.append(f"{what}: {OTHER_IMAGES}")
+        else:
+            out.append((what, len(wa[0]), bootstrap_mean(wa[0].astype(float) - wb[0])))
+    return out
+
+
+def differences_table(df: pd.DataFrame, pairs: Sequence[tuple[str, str]], load: Loader) -> pd.DataFrame:
+    """One row per comparison and aggregate: a - b in accuracy with its paired 95% interval and plain words."""
+    rows = []
+    for a, b in pairs:
+        for found in aggregate_differences(df, a, b, load):
+            if isinstance(found, str):
+                what, status = found.split(": ", 1)
+                rows.append({"a": a, "b": b, "what": what, "n": math.nan, "difference": math.nan, "ci_low": math.nan,
+                             "ci_high": math.nan, "verdict": status})
+                continue
+            what, n, ci = found
+            d = Difference(what, a, b, n, ci, math.nan, math.nan)
+            rows.append({"a": a, "b": b, "what": what, "n": n, "difference": ci.estimate, "ci_low": ci.low,
+                         "ci_high": ci.high, "verdict": verdict(d)})
+    return pd.DataFrame(rows, columns=["a", "b", "what", "n", "difference", "ci_low", "ci_high", "verdict"])
+
+
+def cell_differences_table(df: pd.DataFrame, pairs: Sequence[tuple[str, str]], load: Loader) -> pd.DataFrame:
+    """One row per comparison and cell both variants ran on the same images: a - b, its paired interval, the exact
+    McNemar p and its Holm adjustment over the comparison's cells."""
+    rows = []
+    for a, b in pairs:
+        found = paired_cells(df, a, b, load)
+        if isinstance(found, str):
+            rows.append({"a": a, "b": b, "cell": "all", "n": math.nan, "difference": math.nan, "ci_low": math.nan,
+                         "ci_high": math.nan, "p": math.nan, "p_holm": math.nan, "status": found})
+            continue
+        rows += [{"a": a, "b": b, "cell": d.what, "n": d.n, "difference": d.difference.estimate,
+                  "ci_low": d.difference.low, "ci_high": d.difference.high, "p": d.p_value, "p_holm": d.p_holm,
+                  "status": "significant" if d.p_holm < 0.05 else "not significant"} for d in found]
+    return pd.DataFrame(rows, columns=["a", "b", "cell", "n", "difference", "ci_low", "ci_high", "p", "p_holm",
+                                       "status"])

@@ -23,7 +23,7 @@ from robustlab.reports.figures import (
     severity_figure,
 )
 from robustlab.reports.render import Page, ReportFigure, Section, html_page, markdown
-from robustlab.reports.runs import Run, load_runs
+from robustlab.reports.runs import Run, load_runs, outcome_loader
 from robustlab.reports.style import format_eps, variant_colors
 from robustlab.reports.tables import REPORT_TABLES, ReportData
 from robustlab.schema import flag_meaning
@@ -58,7 +58,8 @@ def resolve_baseline_variant(baseline: str | None, df: pd.DataFrame, order: list
     return matches[0]
 
 
-def dataset_figures(df: pd.DataFrame, summary: pd.DataFrame, colors: dict, fig_dir: Path) -> list[ReportFigure]:
+def dataset_figures(df: pd.DataFrame, summary: pd.DataFrame, worst: pd.DataFrame, colors: dict,
+                    fig_dir: Path) -> list[ReportFigure]:
     """Per dataset: accuracy versus severity, mean corruption accuracy, robust accuracy versus eps."""
     figures = []
     datasets = list(dict.fromkeys(df["dataset"]))
@@ -74,17 +75,19 @@ def dataset_figures(df: pd.DataFrame, summary: pd.DataFrame, colors: dict, fig_d
                             title=f"Accuracy versus corruption severity{on}")))
         figures.append(ReportFigure(
             f"mean-corruption{sfx}", f"Mean corruption accuracy{on}",
-            "Bars: mean accuracy over the benchmark corruption cells (pooled 95% Wilson interval); diamonds: clean "
-            "accuracy.",
+            "Bars: mean accuracy over the benchmark corruption cells with the 95% interval of the table above "
+            "(bootstrap over images, or pooled where a run kept no outcomes); diamonds: clean accuracy.",
             mean_corruption_figure(summary[summary["dataset"] == ds] if len(summary) else summary, colors,
                                    fig_dir / f"mean-corruption-accuracy{sfx}",
                                    title=f"Mean corruption accuracy per variant{on}")))
         figures.append(ReportFigure(
             f"robust{sfx}", f"Robust accuracy versus eps{on}",
-            "A panel per attack, a line per variant (dashed: transferred from the named model); eps 0 is the clean "
-            "accuracy; bars are 95% Wilson intervals.",
+            "A panel per attack, a line per variant (dashed: transferred from the named model), and a 'worst case' "
+            "panel per norm: the images that survive every attack; eps 0 is the clean accuracy; bars are 95% "
+            "Wilson intervals.",
             robust_figure(sub, colors, fig_dir / f"robust-accuracy-vs-eps{sfx}",
-                          title=f"Robust accuracy versus eps{on}")))
+                          title=f"Robust accuracy versus eps{on}",
+                          worst=worst[worst["dataset"] == ds] if len(worst) else None)))
     return figures
 
 
@@ -126,10 +129,11 @@ def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None
         fig_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RobustlabError(f"cannot create report directory {out} ({e.strerror}); pass a writable --out") from None
-    data = ReportData(df, runs, order, baseline)
+    data = ReportData(df, runs, order, baseline, outcome_loader())
     tables = {t.id: t.build(data) for t in REPORT_TABLES}
     colors = variant_colors(order)
-    figures = dataset_figures(df, tables["corruption-summary"], colors, fig_dir) + lambda_figures(df, runs, fig_dir)
+    figures = dataset_figures(df, tables["corruption-summary"], tables["worst-case"], colors, fig_dir) \
+        + lambda_figures(df, runs, fig_dir)
     figures = [f for f in figures if f.paths]
     flag_names = sorted({f for s in df["flags"] for f in s.split(";") if f.strip()})
     legend = {"warnings": [(f, flag_meaning(f)) for f in flag_names]}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from robustlab.errors import RobustlabError
+from robustlab.outcomes import Outcomes, read_outcomes
 from robustlab.reports.metrics import variants
-from robustlab.schema import read_json_object, read_results
+from robustlab.schema import cell_key, read_json_object, read_results
 
 # a report shows accuracies with their intervals, beyond what every reader needs
 REPORT_COLUMNS = ("accuracy", "ci_low", "ci_high")
@@ -68,11 +69,30 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Run], 
         if name in {r.name for r in runs}:
             name = f"{name}#{i + 1}"
         runs.append(Run(root, name, _manifest(root, name, warnings), _calibration(root, name, warnings), len(df)))
-        frames.append(df.assign(run=name))
+        # the identity as written (the model is renamed below) and the directory: where a row's outcomes are
+        frames.append(df.assign(run=name, run_dir=str(root), cell=[cell_key(r) for r in df.to_dict("records")]))
     df = pd.concat(frames, ignore_index=True)
+    df["base_variant"] = variants(df)  # before the renaming below: one model's variant in every run
     runs_per_model = df.groupby("model")["run"].nunique()
     shared = set(runs_per_model[runs_per_model > 1].index)
     if shared:
         df["model"] = [f"{m} ({r})" if m in shared else m for m, r in zip(df["model"], df["run"])]
     df["variant"] = variants(df)
     return df, runs, warnings
+
+
+def outcome_loader() -> Callable[[pd.Series], Outcomes | None]:
+    """A function from a row of load_runs' frame to its per-image outcomes (read and checked once per file), None
+    for a row whose run kept none (before schema 4); a damaged file is a one-line error naming it."""
+    cache: dict[tuple[str, str], Outcomes] = {}
+
+    def load(row: pd.Series) -> Outcomes | None:
+        name = row.get("outcomes", "")
+        if not name:
+            return None
+        key = (row["run_dir"], name)
+        if key not in cache:
+            cache[key] = read_outcomes(Path(row["run_dir"]), name, key=row["cell"], image_set=row["image_set"],
+                                       n=int(row["n"]), correct=int(row["correct"]))
+        return cache[key]
+    return load

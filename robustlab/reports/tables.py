@@ -11,6 +11,18 @@ import pandas as pd
 
 from robustlab.corruptions.tables import BENCHMARK
 from robustlab.reports.metrics import corruption_summary
+from robustlab.reports.paired import (
+    BOOTSTRAP_RESAMPLES,
+    CellOutcomes,
+    Loader,
+    cell_differences_table,
+    corruption_outcomes,
+    default_pairs,
+    differences_table,
+    mce_intervals,
+    mean_accuracy_interval,
+    worst_case,
+)
 from robustlab.reports.runs import Run
 from robustlab.reports.style import ci, corruption_order, format_eps, in_order, lambda_text, num, pct
 from robustlab.schema import Record, wilson_interval
@@ -41,11 +53,13 @@ def records_table(records: Sequence[Record]) -> str:
 
 @dataclass(frozen=True)
 class ReportData:
-    """What every report table is built from: all rows, the runs, the variant order and the mCE baseline."""
+    """What every report table is built from: all rows, the runs, the variant order, the mCE baseline and the
+    rows' per-image outcomes."""
     df: pd.DataFrame
     runs: list[Run]
     order: list[str]
     baseline: str | None
+    outcomes: Loader
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
@@ -74,8 +88,9 @@ def pooled_wilson(rows: pd.DataFrame) -> tuple[float, float]:
     return wilson_interval(int(rows["correct"].sum()), int(rows["n"].sum()))
 
 
-def summary_table(df: pd.DataFrame, order: list[str], baseline: str | None) -> pd.DataFrame:
-    """corruption_summary per dataset (variants with benchmark-corruption cells only), with a pooled CI."""
+def summary_table(df: pd.DataFrame, order: list[str], baseline: str | None, load: Loader) -> pd.DataFrame:
+    """corruption_summary per dataset (variants with benchmark-corruption cells only), with bootstrap intervals
+    over images where the rows carry outcomes (`ci_method` says which; else the pooled Wilson interval)."""
     frames = []
     for dataset, sub in df.groupby("dataset", sort=False):
         base = baseline if baseline is not None and baseline in set(sub["variant"]) else None
@@ -83,19 +98,45 @@ def summary_table(df: pd.DataFrame, order: list[str], baseline: str | None) -> p
         s = s[s["corruption_cells"] > 0].rename(columns={"model": "variant"})
         if s.empty:
             continue
-        cis = []
-        for v in s["variant"]:
-            rows = sub[(sub["variant"] == v) & (sub["attack"] == "none") & sub["corruption"].isin(BENCHMARK)]
-            cis.append(pooled_wilson(rows))
+        base_cells = corruption_outcomes(sub, base, load) if base is not None else None
+        intervals = [_summary_intervals(sub, v, base_cells, load) for v in s["variant"]]
         s.insert(1, "dataset", dataset)
-        s["ci_low"], s["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+        for column in intervals[0]:
+            s[column] = [i[column] for i in intervals]
         if base is None:
             s["mCE"], s["relative_mCE"] = math.nan, math.nan
             s["mCE_corruptions"], s["relative_mCE_corruptions"] = 0, 0
         frames.append(in_order(s, order))
-    cols = ["variant", "dataset", "clean_accuracy", "mean_corruption_accuracy", "ci_low", "ci_high",
-            "corruption_cells", "mCE", "mCE_corruptions", "relative_mCE", "relative_mCE_corruptions"]
+    cols = ["variant", "dataset", "clean_accuracy", "mean_corruption_accuracy", "ci_low", "ci_high", "ci_method",
+            "corruption_cells", "mCE", "mCE_low", "mCE_high", "mCE_corruptions", "relative_mCE", "relative_mCE_low",
+            "relative_mCE_high", "relative_mCE_corruptions"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def _summary_intervals(sub: pd.DataFrame, variant: str, base: CellOutcomes | str | None,
+                       load: Loader) -> dict[str, float | str]:
+    """A variant's intervals: mean corruption accuracy (bootstrap over images, else pooled), mCE and relative mCE
+    (bootstrap over images where the variant and the baseline carry outcomes of the same images)."""
+    out: dict[str, float | str] = {"mCE_low": math.nan, "mCE_high": math.nan, "relative_mCE_low": math.nan,
+                                   "relative_mCE_high": math.nan}
+    cells = corruption_outcomes(sub, variant, load)
+    if isinstance(cells, CellOutcomes):
+        mean = mean_accuracy_interval(cells)
+        out.update(ci_low=mean.low, ci_high=mean.high, ci_method="bootstrap")
+        if isinstance(base, CellOutcomes):
+            found = mce_intervals(cells, base)
+            if not isinstance(found, str):
+                out.update(mCE_low=found[0].low, mCE_high=found[0].high, relative_mCE_low=found[1].low,
+                           relative_mCE_high=found[1].high)
+    else:
+        rows = sub[(sub["variant"] == variant) & (sub["attack"] == "none") & sub["corruption"].isin(BENCHMARK)]
+        lo, hi = pooled_wilson(rows)
+        out.update(ci_low=lo, ci_high=hi, ci_method=f"pooled: {cells}")
+    return out
+
+
+def worst_case_table(df: pd.DataFrame, order: list[str], load: Loader) -> pd.DataFrame:
+    return in_order(worst_case(df, load), order).reset_index(drop=True)
 
 
 def per_corruption_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -188,10 +229,11 @@ def show_clean(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
 def show_summary(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     d = pd.DataFrame({"Variant": t["variant"], "Dataset": t["dataset"], "Clean (%)": t["clean_accuracy"].map(pct),
                       "Mean corruption acc. (%)": t["mean_corruption_accuracy"].map(pct),
-                      "95% CI (%, pooled)": [ci(a, b) for a, b in zip(t["ci_low"], t["ci_high"])],
-                      "Cells": t["corruption_cells"].map(num)})
+                      "95% CI (%)": [ci(a, b) for a, b in zip(t["ci_low"], t["ci_high"])],
+                      "CI method": t["ci_method"], "Cells": t["corruption_cells"].map(num)})
     if baseline is not None:
         d[f"mCE vs {baseline} (%)"] = t["mCE"].map(lambda v: pct(v, 1))
+        d["mCE 95% CI (%)"] = [ci(a, b) for a, b in zip(t["mCE_low"], t["mCE_high"])]
         d["mCE over (corruptions)"] = t["mCE_corruptions"].map(num)
         d["Relative mCE (%)"] = t["relative_mCE"].map(lambda v: pct(v, 1))
         d["Relative mCE over (corruptions)"] = t["relative_mCE_corruptions"].map(num)
@@ -219,6 +261,36 @@ def show_robust(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
     d["95% CI (%)"] = [ci(a, b) for a, b in zip(t["ci_low"], t["ci_high"])]
     d["Clean (%)"] = t["clean_accuracy"].map(pct)
     return d
+
+
+def show_worst_case(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    return pd.DataFrame({"Variant": t["variant"], "Dataset": t["dataset"], "Norm": t["norm"],
+                         "eps": [format_eps(e, nm) for e, nm in zip(t["eps"], t["norm"])], "Attacks": t["attacks"],
+                         "n": t["n"].map(num), "Worst case (%)": t["accuracy"].map(pct),
+                         "95% CI (%)": [ci(a, b) for a, b in zip(t["ci_low"], t["ci_high"])],
+                         "Best single attack (%)": t["best_single"].map(pct), "Note": t["status"]})
+
+
+def _points(v: float) -> str:
+    return "–" if pd.isna(v) else f"{100 * v:+.2f}"
+
+
+def show_differences(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    return pd.DataFrame({"Variant": t["a"], "Against": t["b"], "Measure": t["what"], "n": t["n"].map(num),
+                         "Difference (points)": t["difference"].map(_points),
+                         "95% CI (points)": [f"{_points(a)}..{_points(b)}" if pd.notna(a) else "–"
+                                             for a, b in zip(t["ci_low"], t["ci_high"])],
+                         "In words": t["verdict"]})
+
+
+def show_cells(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
+    return pd.DataFrame({"Variant": t["a"], "Against": t["b"], "Cell": t["cell"], "n": t["n"].map(num),
+                         "Difference (points)": t["difference"].map(_points),
+                         "95% CI (points)": [f"{_points(a)}..{_points(b)}" if pd.notna(a) else "–"
+                                             for a, b in zip(t["ci_low"], t["ci_high"])],
+                         "McNemar p": t["p"].map(lambda v: "–" if pd.isna(v) else f"{v:.3g}"),
+                         "Holm p": t["p_holm"].map(lambda v: "–" if pd.isna(v) else f"{v:.3g}"),
+                         "Verdict": t["status"]})
 
 
 def show_lambda(t: pd.DataFrame, baseline: str | None) -> pd.DataFrame:
@@ -267,17 +339,36 @@ REPORT_TABLES: Sequence[Table] = (
     Table("clean", "Clean accuracy", "Top-1 accuracy on the clean test images with its 95% Wilson interval.",
           "No clean rows in these runs.", lambda d: clean_table(d.df, d.order), show_clean),
     Table("corruption-summary", "Mean corruption accuracy and mCE",
-          "Unweighted mean over the benchmark corruptions' (corruption, severity) cells; the interval pools the "
-          "cells' counts (they share images, so it is indicative). mCE: Hendrycks & Dietterich's corruption error "
-          "normalized by the baseline's, in %, over the corruptions where it is defined (counted).",
-          "No benchmark-corruption rows in these runs.", lambda d: summary_table(d.df, d.order, d.baseline),
-          show_summary),
+          "Unweighted mean over the benchmark corruptions' (corruption, severity) cells. Intervals: 95% percentile "
+          f"bootstrap over images ({BOOTSTRAP_RESAMPLES:,} resamples, seeded; an image is resampled with all its "
+          "cells, and with the baseline's for mCE); a run without per-image outcomes gets the pooled Wilson "
+          "interval instead (marked: it treats the cells' shared images as independent, so it is too narrow). "
+          "mCE: Hendrycks & Dietterich's corruption error normalized by the baseline's, in %, over the corruptions "
+          "where it is defined (counted).",
+          "No benchmark-corruption rows in these runs.",
+          lambda d: summary_table(d.df, d.order, d.baseline, d.outcomes), show_summary),
     Table("per-corruption", "Accuracy per corruption (mean over severities)",
           "Accuracy (%) per corruption, averaged over the severities evaluated.", "No corruption rows in these runs.",
           lambda d: per_corruption_table(d.df, d.order), show_per_corruption),
     Table("robust", "Robust accuracy per attack and eps",
           "Rows with an attack; 'Clean' is the variant's clean accuracy on the same dataset.",
           "No attacked rows in these runs.", lambda d: robust_table(d.df, d.order), show_robust),
+    Table("worst-case", "Robust accuracy under every attack (worst case)",
+          "Per variant and threat model: the images that are clean-correct and survive every attack run on them "
+          "(AutoAttack's ensemble rule), with the 95% Wilson interval and the attacks it covers; it is never above "
+          "the best single attack's figure.", "No attacked rows in these runs.",
+          lambda d: worst_case_table(d.df, d.order, d.outcomes), show_worst_case),
+    Table("differences", "Paired differences",
+          "Each adaptive mode against the same model's fixed lambda, and every variant against the baseline (else "
+          "the first variant), on the same images: the difference in points with a 95% paired bootstrap interval "
+          "over images; a difference holds only when its interval excludes zero.",
+          "No pair of variants to compare (a single variant).",
+          lambda d: differences_table(d.df, default_pairs(d.df, d.baseline), d.outcomes), show_differences),
+    Table("paired-cells", "Paired differences per cell",
+          "Per cell both variants ran on the same images: the difference in points, its 95% paired bootstrap "
+          "interval, the exact McNemar p-value and its Holm adjustment over the comparison's cells.",
+          "No pair of variants to compare.",
+          lambda d: cell_differences_table(d.df, default_pairs(d.df, d.baseline), d.outcomes), show_cells),
     Table("lambda", "Fixed versus adaptive lambda",
           "SDNet models evaluated both at a fixed lambda and with Algorithm 1's adaptive lambda; gain = adaptive "
           "minus fixed accuracy, in points.", "No SDNet model has both fixed and adaptive lambda rows in these runs.",
