@@ -189,13 +189,14 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
         if shard.main else None
     for note in notes:
         log(note)
-    total = len(data) if cfg.n is None else min(cfg.n, len(data))
     info = RunInfo(seed=cfg.seed, batch_size=cfg.batch_size, device=dev, n=cfg.n, diagnostics=cfg.diagnostics,
-                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log),
-                   image_set=image_set_fingerprint(data, total, digests))
+                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log))
     if run is None:
         return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
     try:
+        # rank 0 alone writes rows, so it alone fingerprints the images (a bad image fails the run here, recorded)
+        total = len(data) if cfg.n is None else min(cfg.n, len(data))
+        info = dataclasses.replace(info, image_set=image_set_fingerprint(data, total, digests))
         _describe(run, plans, suite, cfg, sources, shard.world)
         records = run_cells(plans, cells, source, info, run.store, progress_bars(cfg.quiet), sources=sources,
                             log=log)
