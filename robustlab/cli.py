@@ -118,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = DEMOS[args.dataset]
     print(f"{args.dataset}{' (built-in subset)' if args.dataset == 'fashion-mnist' else ''}: Algorithm 1 "
           f"calibrated {spec.models[0]} on gaussian noise: lambda = {a:.3g} * residual + {b:.3g}")
-    print(compact_table(result.records).to_string(index=False))
+    print(compact_table(result.records, result.report.tables["worst-case"]).to_string(index=False))
     print("accuracy in %; corruptions: mean over the 15 benchmark corruptions x 5 severities; noise/blur/weather/"
           "digital: family means")
     print(f"results: {result.run.path / 'results.csv'}\nreport: {result.report.html}")
@@ -218,11 +218,22 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from robustlab.reports.metrics import corruption_summary, read_all, resolve_baseline
+    from robustlab.reports.paired import worst_case
+    from robustlab.reports.runs import load_runs, outcome_loader
     df = read_all(args.results)
     baseline = resolve_baseline(args.baseline)
     table = corruption_summary(df, baseline=baseline, alexnet=args.alexnet)
-    print(table.to_json(orient="records", indent=2) if args.json else table.to_string(index=False,
-                                                                                       float_format="%.4f"))
+    runs, _, _ = load_runs(args.results)
+    worst = worst_case(runs.assign(variant=runs["base_variant"]), outcome_loader())
+    if args.json:
+        table["worst_case"] = [worst[worst["variant"] == m].drop(columns="variant").to_dict("records")
+                               for m in table["model"]]
+        print(table.to_json(orient="records", indent=2))
+        return 0
+    print(table.to_string(index=False, float_format="%.4f"))
+    if len(worst):
+        print("\nrobust accuracy under every attack (worst case):")
+        print(worst.to_string(index=False, float_format="%.4f"))
     return 0
 
 

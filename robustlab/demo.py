@@ -77,9 +77,10 @@ def run_demo(dataset: str, *, n: int | None, out: str | Path | None, batch_size:
     return DemoResult(run, records, report, (calib.fit.a, calib.fit.b))
 
 
-def compact_table(records: Sequence[Record]) -> pd.DataFrame:
-    """A row per model variant: clean accuracy, mean corruption accuracy, the four families' means, and robust
-    accuracy per attack and eps (in %)."""
+def compact_table(records: Sequence[Record], worst: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A row per model variant: clean accuracy, mean corruption accuracy, the four families' means, robust
+    accuracy per attack and eps, and (from the report's worst-case table) the worst case over every attack per eps
+    (in %)."""
     df = pd.DataFrame([r.row() for r in records])
     df["variant"] = variants(df)
     rows = []
@@ -94,5 +95,7 @@ def compact_table(records: Sequence[Record]) -> pd.DataFrame:
         for (attack, eps, source), hit in sub[sub["attack"] != NONE].groupby(["attack", "eps", "attack_source"]):
             label = f"{attack} {format_eps(eps, hit['norm'].iloc[0])}" + (f" from {source}" if source else "")
             row[label] = pct(hit["accuracy"].mean(), 1)
+        for _, w in (worst[worst["variant"] == variant] if worst is not None else pd.DataFrame()).iterrows():
+            row[f"worst case {format_eps(w['eps'], w['norm'])}"] = pct(w["accuracy"], 1)
         rows.append(row)
     return pd.DataFrame(rows).fillna("–")

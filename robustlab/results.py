@@ -19,7 +19,8 @@ class Store(Protocol):
     per-image outcomes."""
     done: set[tuple[str, ...]]
 
-    def append(self, record: Record, outcomes: Outcomes | None = None) -> None: ...
+    def append(self, record: Record, outcomes: Outcomes | None = None) -> Record:
+        """Store the record (and its outcomes); returns it as stored."""
 
 
 class ResultStore:
@@ -87,7 +88,7 @@ class ResultStore:
             raise RobustlabError(f"cannot write {self.path} ({e.strerror}); free space or pick another --out") \
                 from None
 
-    def append(self, record: Record, outcomes: Outcomes | None = None) -> None:
+    def append(self, record: Record, outcomes: Outcomes | None = None) -> Record:
         key = cell_key(record.row())
         if outcomes is not None:
             try:
@@ -99,5 +100,6 @@ class ResultStore:
         row = record.row()
         self._write_line([format_value(row[c]) for c in COLUMNS])
         self.done.add(key)
+        return record
 
 

@@ -140,7 +140,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                      counts.lambda_mean if applied.lmbda is None else applied.lmbda, flags,
                                      flags_model, selection)
                 if store is not None:
-                    store.append(record, counts.outcomes)
+                    record = store.append(record, counts.outcomes)
                 records.append(record)
     return records
 

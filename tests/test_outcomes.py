@@ -137,3 +137,70 @@ def test_packed_outcomes_round_trip_with_any_indices_and_many_classes(tmp_path):
         assert np.array_equal(got.lambdas, lambdas)
     big = Outcomes(index=np.arange(10_000), ok=rng.random(10_000) < 0.9, pred=rng.integers(0, 10, 10_000))
     assert len(big.to_bytes(("k",), "set")) < 8_000  # a 10,000-image cell is a few KB
+
+
+SUITE = """
+[[attack]]
+name = "fgsm"
+eps = "8/255"
+
+[[attack]]
+name = "pgd-linf"
+eps = "8/255"
+steps = 3
+restarts = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("attacked")
+    (root / "two.toml").write_text(SUITE)
+    for name, n in (("a", 40), ("b", 30)):
+        assert main(["eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", str(n), "--attacks",
+                     str(root / "two.toml"), "--skip-diagnostics", "--quiet", "--out", str(root / name)]) == 0
+    return root
+
+
+def test_the_worst_case_is_every_attack_survived_and_never_above_one(attacked, tmp_path, capsys):
+    from robustlab.reports.report import build_report
+    files = build_report([attacked / "a"], tmp_path / "rep")
+    worst = files.tables["worst-case"]
+    assert len(worst) == 1 and worst["attacks"].iloc[0] == "fgsm, pgd-linf"
+    found = [r for r in rows(attacked / "a") if r["attack"] != "none"]
+    survived = np.logical_and.reduce([outcomes_of(attacked / "a", r).ok for r in found])
+    assert worst["robust"].iloc[0] == survived.sum() and worst["n"].iloc[0] == 40
+    assert worst["accuracy"].iloc[0] <= min(float(r["accuracy"]) for r in found)
+    assert "Robust accuracy under every attack" in (tmp_path / "rep" / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["metrics", str(attacked / "a"), "--json"]) == 0
+    import json
+    (summary,) = json.loads(capsys.readouterr().out)
+    assert summary["worst_case"][0]["robust"] == survived.sum()
+
+
+def test_runs_of_different_images_are_never_paired(attacked, tmp_path):
+    from robustlab.reports.paired import OTHER_IMAGES
+    from robustlab.reports.report import build_report
+    files = build_report([attacked / "a", attacked / "b"], tmp_path / "rep")
+    cells = files.tables["paired-cells"]
+    assert set(cells["status"]) == {OTHER_IMAGES}
+    assert OTHER_IMAGES in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_run_without_outcomes_still_reports_and_says_what_is_missing(attacked, tmp_path):
+    """A schema-3 run directory (before outcomes): every reader loads it; figures needing outcomes say so."""
+    from robustlab.reports.paired import NEEDS_OUTCOMES
+    from robustlab.reports.report import build_report
+    old = tmp_path / "old"
+    old.mkdir()
+    with open(attacked / "a" / "results.csv", newline="") as f:
+        table = list(csv.reader(f))
+    keep = [i for i, c in enumerate(table[0]) if c not in ("image_set", "outcomes")]
+    version = table[0].index("schema_version")
+    with open(old / "results.csv", "w", newline="") as f:
+        csv.writer(f).writerows([[r[i] if i != version or k == 0 else "3" for i in keep]
+                                 for k, r in enumerate(table)])
+    files = build_report([old], tmp_path / "rep")
+    assert set(files.tables["worst-case"]["status"]) == {NEEDS_OUTCOMES}
+    assert main(["metrics", str(old)]) == 0

@@ -8,6 +8,7 @@ from robustlab.attacks import make_spec
 from robustlab.cells import Cell, LambdaSetting, ModelPlan
 from robustlab.counting import RunInfo
 from robustlab.data import ArrayImageSet
+from robustlab.outcomes import Outcomes
 from robustlab.progress import progress_bars
 from robustlab.runner import run_cells
 from robustlab.schema import LambdaMode, Record, cell_key
@@ -18,10 +19,13 @@ class MemoryStore:
     def __init__(self) -> None:
         self.done: set[tuple[str, ...]] = set()
         self.records: list[Record] = []
+        self.outcomes: list[Outcomes | None] = []
 
-    def append(self, record: Record) -> None:
+    def append(self, record: Record, outcomes: Outcomes | None = None) -> Record:
         self.records.append(record)
+        self.outcomes.append(outcomes)
         self.done.add(cell_key(record.row()))
+        return record
 
 
 def fake_set(n: int = 12) -> ArrayImageSet:
@@ -39,6 +43,8 @@ def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
     store = MemoryStore()
     records = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
     assert len(records) == len(store.records) == 4
+    for record, outcomes in zip(store.records, store.outcomes):  # every image's outcome, adding up to the count
+        assert np.array_equal(outcomes.index, np.arange(12)) and outcomes.correct == record.correct
     clean = [r for r in records if r.attack == "none"]
     with torch.no_grad():
         model.net.layer0[0].lmbda = 0.1
