@@ -209,9 +209,10 @@ def cmd_regress(args: argparse.Namespace) -> int:
     from robustlab.regress import compare, exit_code, regress
     from robustlab.schema import read_results
     if not args.json:
-        return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha)
+        return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha,
+                       correction=args.correction)
     result = compare(read_results(args.baseline), read_results(args.current), max_drop=args.max_drop,
-                     alpha=args.alpha)
+                     alpha=args.alpha, correction=args.correction)
     print(result.to_json())
     return exit_code(result)
 
@@ -468,10 +469,13 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _regress_arguments(p: argparse.ArgumentParser) -> None:
+    from robustlab.regress import CORRECTIONS
     p.add_argument("baseline", help="baseline results.csv (or run directory)")
     p.add_argument("current", help="current results.csv (or run directory)")
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a cell may lose (default 1.0)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--correction", choices=CORRECTIONS, default="none",
+                   help="holm: adjust the cells' p-values so that any false alarm over all cells has chance < alpha")
     p.add_argument("--json", action="store_true", help="every matched cell as JSON instead of the table")
 
 
@@ -537,7 +541,8 @@ the standardization and a linear SVM on the k features are fitted on the train s
             epilog="""examples:
   robustlab regress reports/baseline.csv runs/ci/results.csv
   robustlab regress base.csv new.csv --max-drop 2 --alpha 0.01
-exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (two-proportion z-test);
+exit 0: no cell dropped by more than --max-drop points with one-sided p < --alpha (exact McNemar where both
+files carry per-image outcomes of the same images, else the two-proportion z-test; the table names which);
 exit 1: some did (listed); exit 2: a baseline cell is missing (or has n = 0) or the files' schemas differ""",
             arguments=_regress_arguments, run=cmd_regress),
     Command("list", help="list models, datasets, corruptions, suites or shipped checkpoints",

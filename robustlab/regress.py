@@ -10,11 +10,14 @@ significant for the two sample sizes: a one-sided two-proportion z-test with the
 rejects "the current accuracy is not lower" at level `alpha`. Both conditions are needed: a drop of a fraction
 of a point on 10,000 images can be significant yet harmless, and a drop of 10 points on 20 images can be noise.
 
-The test treats the two evaluations as independent samples. They are usually the same images, so the paired
-(McNemar) test would be sharper, but it needs per-image outcomes, which robustlab's results do not store yet;
-it is not implemented. For positively correlated outcomes (the same images, a similar model) the unpaired test
-is conservative: it flags fewer drops than the paired test would. Each cell is tested on its own at `alpha`
-(no multiple-testing correction): with many cells, the max_drop margin is what keeps false alarms rare.
+When both files carry per-image outcomes of the same images (schema 4: the same `image_set` fingerprint and
+indices), the cell is tested paired instead: the exact one-sided McNemar test, whose p-value is the probability
+of at least `lost` successes in `lost + gained` fair coin flips (lost: images the baseline got right and the
+current run wrong; gained: the reverse). It uses what the unpaired test ignores, that the same images are hard for
+both, and so detects smaller drops. Otherwise (older files, other images) the unpaired z-test decides, which
+treats the runs as independent samples and is conservative for positively correlated outcomes. Each cell's row
+says which test decided. Each cell is tested at `alpha`; `correction="holm"` adjusts the p-values with Holm's
+step-down method, so that the chance of any false alarm over all cells stays below `alpha`.
 """
 from __future__ import annotations
 
@@ -24,10 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import pandas as pd
 
 from robustlab.errors import RobustlabError
-from robustlab.schema import IDENTITY, IDENTITY_NUMBERS, read_results
+from robustlab.outcomes import Outcomes, read_outcomes
+from robustlab.reports.paired import holm, mcnemar_p
+from robustlab.schema import IDENTITY, IDENTITY_NUMBERS, cell_key, read_results
 
 # a cell as the gate matches it: the results' identity less what may differ between a baseline and a new run of the
 # same cell (the checkpoint under test, the sample size, the seed)
@@ -35,17 +41,21 @@ KEY = [c for c in IDENTITY if c not in ("checkpoint_sha256", "n", "seed")]
 NUMBERS = [c for c in KEY if c in IDENTITY_NUMBERS]
 NEEDED = [*KEY, "n", "correct"]
 EXIT_OK, EXIT_REGRESSION = 0, 1
+PAIRED, UNPAIRED = "McNemar (paired)", "z-test (unpaired)"
+CORRECTIONS = ("none", "holm")
 
 
 @dataclass
 class RegressResult:
     """cells: one row per matched cell (the key columns, then baseline_n, baseline_correct, baseline_accuracy,
-    current_n, current_correct, current_accuracy, drop (points, positive = worse), z, p_value, significant,
-    regression, verdict). new_cells: cells of the current results absent from the baseline (not tested)."""
+    current_n, current_correct, current_accuracy, drop (points, positive = worse), test (PAIRED or UNPAIRED), z
+    (unpaired only), p_value (Holm-adjusted under that correction), significant, regression, verdict). new_cells:
+    cells of the current results absent from the baseline (not tested)."""
     cells: pd.DataFrame
     new_cells: int
     max_drop: float
     alpha: float
+    correction: str = "none"
 
     @property
     def regressions(self) -> pd.DataFrame:
@@ -140,16 +150,37 @@ def _describe(key: tuple) -> str:
     return ", ".join(f"{c}={v}" for c, v in zip(KEY, key) if v not in ("", "none"))
 
 
+def _outcomes(df: pd.DataFrame, row: dict) -> Outcomes | None:
+    """A row's per-image outcomes from beside its results file, None where it has none."""
+    name = row.get("outcomes") or ""
+    if not name or "path" not in df.attrs:
+        return None
+    return read_outcomes(Path(df.attrs["path"]).parent, name, key=cell_key(row), image_set=row["image_set"],
+                         n=_count(row["n"]), correct=_count(row["correct"]))
+
+
+def _paired(base: Outcomes | None, cur: Outcomes | None, brow: dict, crow: dict) -> tuple[int, int] | None:
+    """(lost, gained) images when both rows carry outcomes of the same images, else None."""
+    if base is None or cur is None or not brow.get("image_set") or brow["image_set"] != crow.get("image_set") \
+            or not np.array_equal(base.index, cur.index):
+        return None
+    return int((base.ok & ~cur.ok).sum()), int((~base.ok & cur.ok).sum())
+
+
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, *, max_drop: float = 1.0,
-            alpha: float = 0.05) -> RegressResult:
+            alpha: float = 0.05, correction: str = "none") -> RegressResult:
     """Match rows by cell key (KEY; lambda for fixed-lambda rows only) and test each baseline cell's drop.
 
     A cell is a regression when baseline minus current accuracy exceeds `max_drop` percentage points and the
-    one-sided pooled two-proportion z-test (see the module docstring) gives p < alpha. Accuracies are recomputed
-    from correct / n. Raises RobustlabError on a schema mismatch (other columns or schema_version), on a
-    baseline cell missing from the current results or evaluated there on no images (n = 0), or on repeated cells."""
+    one-sided test (see the module docstring: exact McNemar where both carry outcomes of the same images, else
+    the pooled two-proportion z-test) gives p < alpha, Holm-adjusted over the cells with `correction="holm"`.
+    Accuracies are recomputed from correct / n. Raises RobustlabError on a schema mismatch (other columns or
+    schema_version), on a baseline cell missing from the current results or evaluated there on no images (n = 0),
+    on repeated cells, or on a damaged outcome file."""
     if not (0 < alpha < 1):
         raise RobustlabError(f"alpha must be between 0 and 1, got {alpha}")
+    if correction not in CORRECTIONS:
+        raise RobustlabError(f"unknown correction {correction!r}; pass one of {', '.join(CORRECTIONS)}")
     if not (max_drop >= 0):
         raise RobustlabError(f"max_drop must be >= 0 percentage points, got {max_drop}")
     _check(baseline, "baseline")
@@ -168,13 +199,24 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, *, max_drop: float = 
         raise RobustlabError(f"the current results evaluated no images (n = 0) in {len(empty)} of the {len(b)} "
                              f"baseline cells, e.g. {_describe(empty[0])}; fix the current run so that it evaluates "
                              "images, or remove those cells from the baseline")
-    rows = []
+    tested = []
     for key, brow in b.items():
         crow = c[key]
         bn, bc, cn, cc = (_count(v) for v in (brow["n"], brow["correct"], crow["n"], crow["correct"]))
+        pair = _paired(_outcomes(baseline, brow), _outcomes(current, crow), brow, crow)
+        if pair is None:
+            z, p = drop_test(bc, bn, cc, cn)
+        else:
+            z, p = math.nan, mcnemar_p(*pair, alternative="greater")
+        tested.append((key, brow, bn, bc, cn, cc, PAIRED if pair is not None else UNPAIRED, z, p))
+    finite = [i for i, t in enumerate(tested) if not math.isnan(t[-1])]
+    adjusted = {i: p for i, p in zip(finite, holm([tested[i][-1] for i in finite]))} if correction == "holm" \
+        else {i: tested[i][-1] for i in finite}
+    rows = []
+    for i, (key, brow, bn, bc, cn, cc, test, z, p) in enumerate(tested):
+        p = adjusted.get(i, p)
         bacc, cacc = (bc / bn if bn else math.nan), (cc / cn if cn else math.nan)
         drop = 100 * (bacc - cacc)
-        z, p = drop_test(bc, bn, cc, cn)
         significant = bool(p < alpha) if not math.isnan(p) else False
         large = bool(drop - max_drop > 1e-9)  # "larger than", robust to float rounding of the points
         regression = significant and large
@@ -189,10 +231,10 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, *, max_drop: float = 
         else:
             verdict = "ok"
         rows.append({**dict(zip(KEY, key)), "baseline_n": bn, "baseline_correct": bc, "baseline_accuracy": bacc,
-                     "current_n": cn, "current_correct": cc, "current_accuracy": cacc, "drop": drop, "z": z,
-                     "p_value": p, "significant": significant, "regression": regression, "verdict": verdict})
+                     "current_n": cn, "current_correct": cc, "current_accuracy": cacc, "drop": drop, "test": test,
+                     "z": z, "p_value": p, "significant": significant, "regression": regression, "verdict": verdict})
     new = sum(1 for k in c if k not in b)
-    return RegressResult(pd.DataFrame(rows), new, max_drop, alpha)
+    return RegressResult(pd.DataFrame(rows), new, max_drop, alpha, correction)
 
 
 def exit_code(result: RegressResult) -> int:
@@ -220,27 +262,29 @@ def _label(row: pd.Series) -> str:
 def format_table(result: RegressResult) -> str:
     """A plain-text table of every matched cell (baseline and current accuracy in %, drop in points, one-sided
     p-value, verdict) and a one-line summary."""
-    header = ["cell", "baseline %", "current %", "drop pts", "p-value", "verdict"]
+    header = ["cell", "baseline %", "current %", "drop pts", "test", "p-value", "verdict"]
     rows = [[_label(r), f"{100 * r['baseline_accuracy']:.2f} (n={r['baseline_n']})",
-             f"{100 * r['current_accuracy']:.2f} (n={r['current_n']})", f"{r['drop']:+.2f}",
+             f"{100 * r['current_accuracy']:.2f} (n={r['current_n']})", f"{r['drop']:+.2f}", r["test"],
              "-" if math.isnan(r["p_value"]) else f"{r['p_value']:.3g}", r["verdict"]]
             for _, r in result.cells.iterrows()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    right = {1, 2, 3, 4}
+    right = {1, 2, 3, 5}
     lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in
                        enumerate(zip(row, widths))).rstrip() for row in [header, *rows]]
     n_fail = int(result.cells["regression"].sum()) if len(result.cells) else 0
+    holm_note = ", Holm-adjusted over the cells" if result.correction == "holm" else ""
     summary = (f"{len(result.cells)} cells compared, {n_fail} regressed (drop > {result.max_drop:g} points and "
-               f"one-sided p < {result.alpha:g})")
+               f"one-sided p < {result.alpha:g}{holm_note})")
     if result.new_cells:
         summary += f"; {result.new_cells} new cells not in the baseline (not tested)"
     return "\n".join([*lines, "", ("FAIL: " if n_fail else "PASS: ") + summary])
 
 
 def regress(baseline_csv: str | Path, current_csv: str | Path, *, max_drop: float = 1.0, alpha: float = 0.05,
-            stream: IO[str] | None = None) -> int:
+            correction: str = "none", stream: IO[str] | None = None) -> int:
     """`robustlab regress BASELINE.csv CURRENT.csv`: compare, print the table to `stream` (stdout), return the
     exit code (0 pass, 1 regression). Bad input raises RobustlabError (the CLI's exit code 2)."""
-    result = compare(read_results(baseline_csv), read_results(current_csv), max_drop=max_drop, alpha=alpha)
+    result = compare(read_results(baseline_csv), read_results(current_csv), max_drop=max_drop, alpha=alpha,
+                     correction=correction)
     print(format_table(result), file=stream or sys.stdout)
     return exit_code(result)

@@ -6,12 +6,14 @@ import io
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import stats
 
 from robustlab.errors import RobustlabError
-from robustlab.regress import compare, drop_test, exit_code, format_table, regress
+from robustlab.regress import UNPAIRED, compare, drop_test, exit_code, format_table, regress
 from robustlab.schema import COLUMNS, SCHEMA_VERSION, read_results
 from tests.test_report import row
 
@@ -165,3 +167,45 @@ def test_json_gives_the_key_columns_as_numbers(tmp_path):
     assert fog["severity"] == 3 and fog["lambda"] == 0.1 and fog["eps"] is None
     assert adaptive["lambda"] is None, "an adaptive cell is matched without its lambda"
     assert cells["m", "none", "n.a."]["current_correct"] == 900 and cells["m", "none", "n.a."]["verdict"] == "ok"
+
+
+def test_the_paired_gate_sees_a_real_drop_the_unpaired_test_misses_and_no_false_alarm(tmp_path):
+    """The shipped Fashion-MNIST ResNet-18 against itself with the 'shirt' logit lowered by 1 (a deliberate small
+    degradation: about 1.4 points on the first 1,000 test images, nearly all of it losses): the exact McNemar test
+    on the same images fails the cell, the unpaired z-test on the same counts does not; a re-run of the unchanged
+    model passes paired (p = 1)."""
+    import robustlab
+    from robustlab.checkpoints import save_checkpoint
+    from robustlab.cli import main
+    from robustlab.regress import PAIRED
+    from robustlab.schema import read_results
+    model = robustlab.load_model("zoo:resnet18-fashion")
+    with torch.no_grad():
+        model.net.linear.bias[6] -= 1.0
+    (tmp_path / "ckpt").mkdir()
+    save_checkpoint(model, tmp_path / "ckpt" / "resnet18-fashion.pt")
+    runs = {}
+    for name, ckpt in (("base", "zoo:resnet18-fashion"), ("again", "zoo:resnet18-fashion"),
+                       ("worse", str(tmp_path / "ckpt" / "resnet18-fashion.pt"))):
+        assert main(["eval", "--ckpt", ckpt, "--dataset", "fashion-mnist", "--n", "1000", "--quiet",
+                     "--out", str(tmp_path / name)]) == 0
+        runs[name] = read_results(tmp_path / name)
+    paired = compare(runs["base"], runs["worse"]).cells.iloc[0]
+    assert paired["test"] == PAIRED and paired["regression"] and 1.0 < paired["drop"] < 2.0
+    unpaired = compare(runs["base"].assign(outcomes=""), runs["worse"].assign(outcomes="")).cells.iloc[0]
+    assert unpaired["test"] == UNPAIRED and not unpaired["regression"] and unpaired["p_value"] > 0.05
+    assert unpaired["drop"] == paired["drop"]
+    rerun = compare(runs["base"], runs["again"]).cells.iloc[0]
+    assert rerun["test"] == PAIRED and rerun["p_value"] == 1.0 and not rerun["regression"]
+
+
+def test_holm_correction_adjusts_the_cells_p_values():
+    base = frame(*[clean(corruption=f"c{i}", severity=1, n=100, correct=90) for i in range(4)])
+    cur = frame(*[clean(corruption=f"c{i}", severity=1, n=100, correct=c) for i, c in enumerate((70, 80, 85, 88))])
+    plain, holm = compare(base, cur), compare(base, cur, correction="holm")
+    assert holm.cells["test"].eq(UNPAIRED).all()
+    order = plain.cells["p_value"].sort_values().index
+    expected = np.maximum.accumulate([min(1.0, (4 - i) * plain.cells["p_value"][j]) for i, j in enumerate(order)])
+    assert holm.cells["p_value"][order].tolist() == pytest.approx(list(expected))
+    with pytest.raises(RobustlabError, match="unknown correction 'bonferroni'; pass one of none, holm"):
+        compare(base, cur, correction="bonferroni")

@@ -83,10 +83,13 @@ def _attacked(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["attack"] != NONE) & (df["corruption"] == NONE)]
 
 
-def mcnemar_p(a_only: int, b_only: int) -> float:
-    """Exact two-sided McNemar test: of the discordant images, are the two directions equally likely?"""
+def mcnemar_p(a_only: int, b_only: int, alternative: str = "two-sided") -> float:
+    """Exact McNemar test: of the discordant images, are the two directions equally likely? `alternative`
+    "greater": are the images only a got right more than chance (b is worse)?"""
     discordant = a_only + b_only
-    return 1.0 if discordant == 0 else float(scipy.stats.binomtest(a_only, discordant, 0.5).pvalue)
+    if discordant == 0:
+        return 1.0
+    return float(scipy.stats.binomtest(a_only, discordant, 0.5, alternative=alternative).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
