@@ -2,7 +2,8 @@
 # The project's own regression gate: evaluate the shipped checkpoints on fixed subsets (digits: clean, three
 # corruptions at severities 3 and 5, PGD at eps 1/255 and 2/255, SDNet's lambda fixed and adaptive; Fashion-MNIST's
 # built-in subset: the same corruptions and attacks for SDNet-18 and ResNet-18, the RDSN clean) and compare with the
-# committed baselines. `bash reports/ci_gate.sh --update` rewrites reports/baseline*.csv instead.
+# committed baselines, paired per image where both carry outcomes. `bash reports/ci_gate.sh --update` rewrites
+# reports/baseline*.csv and their per-image outcomes (reports/outcomes/) instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(mktemp -d)
@@ -17,7 +18,10 @@ if [ "${1:-}" = "--update" ]; then
     cp "$out/digits/results.csv" reports/baseline.csv
     cp "$out/fashion/results.csv" reports/baseline-fashion.csv
     cp "$out/fashion-pgd/results.csv" reports/baseline-fashion-pgd.csv
-    echo "reports/baseline*.csv updated"
+    # each row names its outcome file relative to its results file; the three runs' cells differ, so do the names
+    rm -rf reports/outcomes && mkdir reports/outcomes
+    cp "$out"/digits/outcomes/*.npz "$out"/fashion/outcomes/*.npz "$out"/fashion-pgd/outcomes/*.npz reports/outcomes/
+    echo "reports/baseline*.csv and reports/outcomes/ updated"
 else
     robustlab regress reports/baseline.csv "$out/digits/results.csv"
     robustlab regress reports/baseline-fashion.csv "$out/fashion/results.csv"

@@ -882,3 +882,18 @@ def test_refused_in_one_line(world, capsys, entry):
     assert code == 2
     assert_error_line(err, *names)
     assert snapshot(world.root) == before
+
+
+@pytest.mark.parametrize("levels,names", [
+    ("gaussian_noise = [[0.1, 0.2]]", ["gaussian_noise", "[0.1, 0.2]", "one number"]),
+    ("defocus_blur = [3]", ["defocus_blur", "level 3", "a list of 2 numbers"]),
+    ("fog = [[0.2, 3, 1]]", ["fog", "a list of 2 numbers", "[0.2, 3]"]),
+], ids=["a pair for a number", "a number for a pair", "three for a pair"])
+def test_suite_levels_of_the_wrong_shape_are_refused_before_any_work(world, capsys, levels, names):
+    suite = world.root / "odd.toml"
+    suite.write_text(f'description = "odd"\ncorruptions = []\n[levels]\n{levels}\n')
+    before = snapshot(world.root)
+    code, err = run_eval(capsys, *world.eval, "--corruptions", suite, "--out", world.out)
+    assert code == 2
+    assert_error_line(err, "odd.toml", *names)
+    assert snapshot(world.root) == before and not world.out.exists()

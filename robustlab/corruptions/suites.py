@@ -24,6 +24,12 @@ def published_max(name: str) -> float:
     return max(max(numbers(TABLES[table][name])) for table in TABLES)
 
 
+def published_shape(name: str) -> int | None:
+    """How many numbers a level of the corruption has: None for one number, else the length of its tuple."""
+    first = TABLES["cifar"][name][0]
+    return len(first) if isinstance(first, (list, tuple)) else None
+
+
 @dataclass(frozen=True)
 class CorruptionCell:
     """One corruption at one severity; `param` overrides the table value when the suite gives levels."""
@@ -72,6 +78,13 @@ def parse_suite(data: dict[str, Any], path: Path) -> CorruptionSuite:
                 raise suite_error(path, name, f"level {v!r} is not a number or a list of numbers")
             if not all(math.isfinite(x) and x >= 0 for x in numbers):
                 raise suite_error(path, name, f"level {v!r} must be finite and >= 0")
+            shape = published_shape(name)
+            if (len(numbers) if isinstance(v, list) else None) != shape:
+                example = TABLES["cifar"][name][0]
+                raise suite_error(path, name, f"level {v!r} has another shape than {name}'s parameter "
+                                              f"({'one number' if shape is None else f'a list of {shape} numbers'}, "
+                                              f"e.g. {list(example) if shape is not None else example}); use "
+                                              "levels of that shape")
             if max(numbers) > ABSURD * published_max(name):
                 raise suite_error(path, name, f"level {v!r} is over {ABSURD}x the largest published parameter of "
                                               f"{name} ({published_max(name):g}); use a level of that order")
