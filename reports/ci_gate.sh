@@ -18,9 +18,17 @@ if [ "${1:-}" = "--update" ]; then
     cp "$out/digits/results.csv" reports/baseline.csv
     cp "$out/fashion/results.csv" reports/baseline-fashion.csv
     cp "$out/fashion-pgd/results.csv" reports/baseline-fashion-pgd.csv
-    # each row names its outcome file relative to its results file; the three runs' cells differ, so do the names
+    # each row names its outcome file (by the cell's identity) relative to its results file; a cell in two runs
+    # (fashion's clean rows) has one file, and both runs must have written the same bytes into it
     rm -rf reports/outcomes && mkdir reports/outcomes
-    cp "$out"/digits/outcomes/*.npz "$out"/fashion/outcomes/*.npz "$out"/fashion-pgd/outcomes/*.npz reports/outcomes/
+    for f in "$out"/digits/outcomes/*.npz "$out"/fashion/outcomes/*.npz "$out"/fashion-pgd/outcomes/*.npz; do
+        kept="reports/outcomes/$(basename "$f")"
+        if [ -e "$kept" ] && ! cmp -s "$f" "$kept"; then
+            echo "ci_gate: two runs wrote different outcomes for one cell ($(basename "$f"))" >&2
+            exit 1
+        fi
+        cp "$f" "$kept"
+    done
     echo "reports/baseline*.csv and reports/outcomes/ updated"
 else
     robustlab regress reports/baseline.csv "$out/digits/results.csv"
