@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from robustlab.attacks import make_spec
@@ -56,3 +57,23 @@ def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
     assert attacked[0].batch_size == 5 and attacked[0].steps == 1 and attacked[0].flags_model == model.name
     again = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
     assert again == [] and len(store.records) == 4, "cells already in the store are not run again"
+
+
+def test_adaptive_outcomes_hold_each_images_lambda():
+    """Per image, the outcome file keeps the lambda Algorithm 1 chose for that image (their mean is the row's
+    lambda); per set, every image carries the set's lambda."""
+    from tests.test_adaptive import _calib
+    data = fake_set()
+    model = tiny_model("sdnet18")
+    grid = [0.05, 0.1, 0.2, 0.4]
+    calib = _calib(grid, a=0.0, b=0.17)  # the line is flat at 0.17: every image picks 0.2
+    settings = [LambdaSetting(LambdaMode.ADAPTIVE_IMAGE, calibration=calib),
+                LambdaSetting(LambdaMode.ADAPTIVE_SET, calibration=calib)]
+    info = RunInfo(seed=0, batch_size=5, device=torch.device("cpu"), diagnostics=False)
+    store = MemoryStore()
+    run_cells([ModelPlan(model, "sha", settings)], [Cell()], lambda cell: data, info, store, progress_bars(True))
+    per_image, per_set = store.outcomes
+    assert per_image.lambdas is not None and len(per_image.lambdas) == 12
+    assert set(np.round(per_image.lambdas.astype(float), 6).tolist()) == {0.2}
+    assert float(per_image.lambdas.mean()) == pytest.approx(store.records[0].lmbda, rel=1e-6)
+    assert per_set.lambdas is None or len(set(per_set.lambdas.tolist())) == 1
