@@ -859,7 +859,7 @@ def calibrate_level_infinite(w):
 def calibrate_level_a_pair_in_a_suite(w):
     (w.root / "levels.toml").write_text("corruptions = []\n[levels]\ngaussian_noise = [[0.1, 0.2]]\n")
     return [*calibrate_args(w, "--levels", w.root / "levels.toml"), "--out", w.root / "c.json"], \
-        ["levels.toml: gaussian_noise level (0.1, 0.2)"]
+        ["levels.toml", "gaussian_noise", "[0.1, 0.2]", "one number"]
 
 
 def calibrate_lambda_overflowing(w):

@@ -226,9 +226,13 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
 def test_the_source_images_are_hashed_once_per_run_not_once_per_cell(tmp_path, monkeypatch):
     import robustlab.data.corrupted as corrupted
+    import robustlab.evaluate as evaluate
     calls = []
     real = corrupted.content_digest
-    monkeypatch.setattr(corrupted, "content_digest", lambda data, n: calls.append(n) or real(data, n))
+    counted = lambda data, n: calls.append(n) or real(data, n)  # noqa: E731
+    # the generated cells' cache key and the run's image-set fingerprint share the one digest
+    monkeypatch.setattr(corrupted, "content_digest", counted)
+    monkeypatch.setattr(evaluate, "content_digest", counted)
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     assert cli(*EVAL, "--corruptions", "fog,contrast", "--severities", "1,2", "--out", tmp_path / "run") == 0
     assert calls == [40]
