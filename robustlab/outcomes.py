@@ -50,6 +50,7 @@ class Outcomes:
     @staticmethod
     def joined(parts: Sequence[Outcomes]) -> Outcomes:
         """The parts of one cell (batches, or torchrun ranks' shards) as one, in image order."""
+        parts = [p for p in parts if p.n] or list(parts[:1])  # a rank without batches has nothing to say
         index = np.concatenate([p.index for p in parts]) if parts else np.zeros(0, np.int64)
         order = np.argsort(index, kind="stable")
         lambdas = None

@@ -9,8 +9,10 @@ import pytest
 
 from robustlab.outcomes import Outcomes
 from robustlab.reports.paired import (
+    AMBIGUOUS,
     NEEDS_OUTCOMES,
     OTHER_IMAGES,
+    aggregate_differences,
     bootstrap_mean,
     holm,
     mcnemar_p,
@@ -60,7 +62,8 @@ def test_bootstrap_interval_matches_a_hand_written_bootstrap_and_the_normal_widt
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
     base = {"dataset": "d", "corruption": "none", "severity": 0, "attack_source": "", "norm": "Linf",
-            "eps": 0.1, "image_set": "s1"}
+            "eps": 0.1, "image_set": "s1", "steps": 10, "queries": 0, "alpha": np.nan, "restarts": 1,
+            "attack_config": "c"}
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
@@ -102,3 +105,30 @@ def test_paired_cells_give_mcnemar_and_refuse_other_images():
     assert d.p_value == pytest.approx(brute_mcnemar(only_a, only_b)) and d.p_value < 0.01
     assert d.difference.low > 0
     assert paired_cells(df.assign(image_set=["s1", "s2"]), "a", "b", lambda r: store[r["key"]]) == OTHER_IMAGES
+
+
+def test_variants_are_compared_only_over_the_attacks_both_ran_with_the_same_settings():
+    rng = np.random.default_rng(5)
+    clean = rng.random(300) < 0.9
+    pgd_a, pgd_b, square_a = (clean & (rng.random(300) < p) for p in (0.6, 0.6, 0.3))
+    df = _frame([{"variant": "a", "attack": "pgd-linf", "accuracy": pgd_a.mean(), "key": "pa"},
+                 {"variant": "a", "attack": "square", "accuracy": square_a.mean(), "key": "sa"},
+                 {"variant": "b", "attack": "pgd-linf", "accuracy": pgd_b.mean(), "key": "pb"},
+                 {"variant": "b", "attack": "pgd-linf", "accuracy": 0.1, "key": "pb50", "steps": 50}])
+    store = {"pa": _outcomes(pgd_a), "sa": _outcomes(square_a), "pb": _outcomes(pgd_b),
+             "pb50": _outcomes(clean & (rng.random(300) < 0.1))}
+    (what, n, interval), = aggregate_differences(df, "a", "b", lambda r: store[r["key"]])
+    assert "1 attacks run on both" in what and n == 300
+    assert interval.estimate == pytest.approx(pgd_a.mean() - pgd_b.mean())  # not a's Square, not b's PGD-50
+    (cell,) = paired_cells(df, "a", "b", lambda r: store[r["key"]])
+    assert cell.difference.estimate == pytest.approx(pgd_a.mean() - pgd_b.mean())
+    twice = pd.concat([df, df[df["key"] == "pb"]], ignore_index=True)
+    assert paired_cells(twice, "a", "b", lambda r: store[r["key"]]) == AMBIGUOUS
+
+
+def test_a_rank_without_images_leaves_the_lambdas_of_the_others():
+    part = Outcomes(index=np.arange(3), ok=np.ones(3, bool), pred=np.zeros(3, np.int64),
+                    lambdas=np.full(3, 0.2, np.float32))
+    empty = Outcomes(index=np.zeros(0, np.int64), ok=np.zeros(0, bool), pred=np.zeros(0, np.int64))
+    joined = Outcomes.joined([empty, part])
+    assert joined.n == 3 and joined.lambdas is not None and joined.lambdas.tolist() == pytest.approx([0.2] * 3)

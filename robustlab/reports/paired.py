@@ -21,6 +21,10 @@ from robustlab.schema import NONE, wilson_interval
 
 NEEDS_OUTCOMES = "needs outcomes (a run of robustlab before schema 4)"
 OTHER_IMAGES = "not paired: evaluated on different image sets"
+AMBIGUOUS = "not paired: a variant holds several rows of one cell (the same cell in several runs)"
+# what makes two attack rows the same attack (beside the threat model): a worst case or a cell is compared between
+# two variants only over attacks run on both with the same settings
+ATTACK_SETTINGS = ["attack", "attack_source", "steps", "queries", "alpha", "restarts", "attack_config"]
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 BOOTSTRAP_BATCH = 100  # resamples drawn at a time: 2,000 x 10,000 image indices at once would take 160 MB
@@ -135,8 +139,8 @@ def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], float], *, res
     result = scipy.stats.bootstrap((np.arange(n),), statistic, n_resamples=resamples, confidence_level=0.95,
                                    method="percentile", random_state=np.random.default_rng(seed), vectorized=False,
                                    batch=BOOTSTRAP_BATCH)
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return Interval(estimate, low if math.isfinite(low) else estimate, high if math.isfinite(high) else estimate)
+    # NaN where some resample leaves the statistic undefined (an mCE whose baseline makes no error there)
+    return Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
 @dataclass(frozen=True)
@@ -211,9 +215,11 @@ class Difference:
 def paired_cells(df: pd.DataFrame, a: str, b: str, load: Loader) -> list[Difference] | str:
     """Per cell (clean, corruption at a severity, attack at an eps) that both variants ran on the same images: the
     difference a - b with a paired bootstrap interval and the exact McNemar p, Holm-adjusted over the cells."""
-    key = ["corruption", "severity", "attack", "attack_source", "norm", "eps"]
+    key = ["dataset", "corruption", "severity", "norm", "eps", *ATTACK_SETTINGS]
     rows_a, rows_b = df[df["variant"] == a], df[df["variant"] == b]
     merged = rows_a.reset_index().merge(rows_b.reset_index(), on=key, suffixes=("_a", "_b"))
+    if merged["index_a"].duplicated().any() or merged["index_b"].duplicated().any():
+        return AMBIGUOUS
     found: list[tuple[str, np.ndarray, np.ndarray]] = []
     missing = False
     for _, m in merged.iterrows():
@@ -286,9 +292,12 @@ def aggregate_differences(df: pd.DataFrame, a: str, b: str, load: Loader) -> lis
     for (dataset, norm, eps), group_a in threats:
         group_b = attacked[(attacked["variant"] == b) & (attacked["dataset"] == dataset) & (attacked["norm"] == norm)
                            & (attacked["eps"] == eps)]
-        if group_b.empty:
+        both = set(_attack_settings(group_a)) & set(_attack_settings(group_b))
+        if not both:
             continue
-        what = f"worst case {norm} eps {format_eps(eps, norm)}"
+        group_a = group_a[[s in both for s in _attack_settings(group_a)]]
+        group_b = group_b[[s in both for s in _attack_settings(group_b)]]
+        what = f"worst case {norm} eps {format_eps(eps, norm)} ({len(both)} attacks run on both)"
         wa, wb = worst_case_images(group_a, load), worst_case_images(group_b, load)
         if isinstance(wa, str) or isinstance(wb, str):
             out.append(f"{what}: {wa if isinstance(wa, str) else wb}")
@@ -297,6 +306,10 @@ def aggregate_differences(df: pd.DataFrame, a: str, b: str, load: Loader) -> lis
         else:
             out.append((what, len(wa[0]), bootstrap_mean(wa[0].astype(float) - wb[0])))
     return out
+
+
+def _attack_settings(rows: pd.DataFrame) -> list[tuple[str, ...]]:
+    return [tuple(str(r[c]) for c in ATTACK_SETTINGS) for _, r in rows.iterrows()]
 
 
 def differences_table(df: pd.DataFrame, pairs: Sequence[tuple[str, str]], load: Loader) -> pd.DataFrame:
