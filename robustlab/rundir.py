@@ -204,8 +204,10 @@ class RunDir:
                     "malloc": allocator_in_use(), "started": _now(), "status": "running", "models": {},
                     "warnings": [],
                 }
-            self.store = ResultStore(self.path / RESULTS, create=not self.resumed)
+            # the manifest first: a run killed before its results file exists is resumed (its results file is made
+            # then), while a results file without a manifest could not be
             self.save_manifest()
+            self.store = ResultStore(self.path / RESULTS, create=not os.path.lexists(self.path / RESULTS))
         except BaseException:
             self.lock.release()
             raise

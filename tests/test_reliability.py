@@ -83,11 +83,28 @@ def test_a_second_writer_is_refused_and_a_killed_one_never_blocks(tmp_path, monk
     assert json.loads((killed_out / "manifest.json").read_text())["status"] == "finished"
 
 
+def test_a_run_killed_before_its_results_file_resumes(tmp_path, monkeypatch):
+    """A kill between the manifest (written first) and results.csv leaves a run that resumes."""
+    import robustlab.rundir as rundir
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if killed right after the manifest was written
+    with monkeypatch.context() as m:
+        m.setattr(rundir, "ResultStore", killed)
+        assert cli(*EVAL, "--out", out) != 0
+    assert (out / "manifest.json").is_file() and not (out / "results.csv").exists()
+    assert cli(*EVAL, "--out", out) == 0
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+    assert len(pd.read_csv(out / "results.csv")) == 1
+
+
 def test_a_run_caught_between_its_first_files_is_reported_as_being_written(tmp_path, capsys):
     from robustlab.rundir import RESULTS
     out = tmp_path / "run"
     out.mkdir()
-    held = RunLock(out)  # as a first writer holds it, after results.csv and before manifest.json
+    held = RunLock(out)  # a writer holds it over a results.csv without a manifest (another tool's, or hand-made)
     try:
         (out / RESULTS).write_text("model\n")
         assert cli(*EVAL, "--out", out) == 2
