@@ -29,6 +29,13 @@ def variants(df: pd.DataFrame) -> pd.Series:
     return df["model"].astype(str) + (" [" + setting + "]").where(df["lambda_mode"] != "n.a.", "")
 
 
+def reference_lambda(fixed: pd.DataFrame) -> float:
+    """A model's reference fixed lambda among its fixed-lambda rows: the one evaluated on most cells (ties: the
+    smallest)."""
+    counts = fixed.groupby("lambda").size()
+    return float(min(counts[counts == counts.max()].index))
+
+
 def _errors(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, float]:
     """(corruption, severity) -> error rows of the benchmark corruptions, and the clean error, of one variant."""
     rows = df[(df["variant"] == model) & (df["attack"] == "none")]

@@ -16,6 +16,7 @@ import scipy.stats
 
 from robustlab.corruptions.tables import BENCHMARK
 from robustlab.outcomes import Outcomes
+from robustlab.reports.metrics import reference_lambda
 from robustlab.reports.style import format_eps
 from robustlab.schema import NONE, wilson_interval
 
@@ -262,8 +263,7 @@ def default_pairs(df: pd.DataFrame, baseline: str | None) -> list[tuple[str, str
         fixed = sub[sub["lambda_mode"] == "fixed"]
         if fixed.empty:
             continue
-        counts = fixed.groupby("lambda").size()
-        reference = float(min(counts[counts == counts.max()].index))
+        reference = reference_lambda(fixed)
         ref_variant = str(fixed[fixed["lambda"] == reference]["variant"].iloc[0])
         for variant in dict.fromkeys(sub.loc[sub["lambda_mode"].str.startswith("adaptive"), "variant"]):
             pairs.append((str(variant), ref_variant))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from robustlab.corruptions.tables import BENCHMARK
-from robustlab.reports.metrics import corruption_summary
+from robustlab.reports.metrics import corruption_summary, reference_lambda
 from robustlab.reports.paired import (
     BOOTSTRAP_RESAMPLES,
     CellOutcomes,
@@ -180,8 +180,7 @@ def lambda_table(df: pd.DataFrame) -> pd.DataFrame:
         if "fixed" not in modes or not adaptive:
             continue
         fixed = sub[sub["lambda_mode"] == "fixed"]
-        counts = fixed.groupby("lambda").size()
-        ref = float(min(counts[counts == counts.max()].index))
+        ref = reference_lambda(fixed)
         key = ["dataset", "corruption", "severity"]
         ref_rows = fixed[fixed["lambda"] == ref].groupby(key).agg(n=("n", "first"), fixed=("accuracy", "first"))
         out = ref_rows.rename(columns={"fixed": "fixed_accuracy"})
