@@ -365,6 +365,9 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attacks", metavar="SUITE", help="a shipped attack suite (robustlab list suites) or a .toml file")
     p.add_argument("--transfer-from", metavar="CKPT[,CKPT]", help="craft the attack on these models and evaluate "
                                                                   "--ckpt on their adversarial examples")
+    p.add_argument("--cascade", action="store_true", help="worst-case mode: attacks run cheap first (by eps, then "
+                   "white-box, transfer, black-box) and skip images already broken at that or a smaller eps; the "
+                   "worst case is unchanged, a row that skipped images says so in its flags")
     p.add_argument("--save-adv", action="store_true", help="write adversarial examples (npz) to RUN_DIR/adversarial")
     p.add_argument("--skip-diagnostics", action="store_true", help="do not run the gradient-masking checks "
                                                                     "(64 images, a few extra attacks)")

@@ -117,6 +117,7 @@ class EvalConfig:
     attacks: tuple[AttackSpec, ...] = ()
     transfer_from: tuple[str, ...] = ()
     diagnostics: bool = True
+    cascade: bool = False  # the worst-case mode (robustlab.cascade)
     save_adv: bool = False
     allow_config_change: bool = False
     quiet: bool = False
@@ -127,6 +128,9 @@ class EvalConfig:
             raise RobustlabError("--ckpt names no checkpoint; give a file, zoo:NAME or robustbench:NAME")
         check_seed(self.seed)
         check_lambda(self.lmbda)
+        if self.cascade and not self.attacks:
+            raise RobustlabError("--cascade orders and skips attacks, and this run has none; add --attack or "
+                                 "--attacks, or drop --cascade")
         if self.out is not None and not str(self.out).strip():
             raise RobustlabError("--out is empty; pass the directory to write into (e.g. --out runs/mine)")
         if self.save_adv and self.out is not None:  # a resumed run: its adversarial/ is written into again
@@ -141,7 +145,7 @@ class EvalConfig:
                    severities=tuple(args.severities) if args.severities else None, c_dir=args.c_dir,
                    lmbda=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
                    select_n=args.select_n, lambda_sweep=args.lambda_sweep, workers=args.workers, attacks=attacks,
-                   transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics,
+                   transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics, cascade=args.cascade,
                    save_adv=args.save_adv, allow_config_change=args.allow_config_change, quiet=args.quiet,
                    extra={"json": args.json})
 

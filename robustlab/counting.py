@@ -112,6 +112,7 @@ class RunInfo:
     save_adv: Path | None = None
     shard: Shard = Shard()
     image_set: str = ""  # the fingerprint of the images evaluated (schema.Record.image_set)
+    cascade: bool = False  # the worst-case mode: attacks skip the images already broken (robustlab.cascade)
     limit: BatchLimit = field(default_factory=BatchLimit, compare=False)
 
 
@@ -130,24 +131,29 @@ class Tally:
         self.lambdas = [0, 0.0, 0.0]
         self.pieces: list[Outcomes] = []
 
-    def add(self, first: int, ok: torch.Tensor, pred: torch.Tensor, top5: torch.Tensor | None = None) -> None:
+    def add(self, first: int, ok: torch.Tensor, pred: torch.Tensor, top5: torch.Tensor | None = None,
+            attacked: np.ndarray | None = None) -> None:
         """One piece of a batch, its first image's index in the dataset, which images are correct (or robust) and
-        the classes predicted, right after the model's forward on it (its residual and lambdas are read now)."""
+        the classes predicted, right after the model's forward on it (its residual and lambdas are read now).
+        `attacked`: the images of the piece that the forward saw (the worst-case mode skips the others)."""
         self.n += len(ok)
         self.correct += ok.sum().to(self.device)
         if top5 is not None:
             self.top5 += top5
+        seen = np.ones(len(ok), bool) if attacked is None else attacked
         csc = self.first_csc
-        if csc is not None and csc.residual is not None:
+        if seen.any() and csc is not None and csc.residual is not None:
             self.residual += csc.residual.detach().double().sum().to(self.device)
-        chosen = getattr(self.model, "last_lambdas", None)
+        chosen = getattr(self.model, "last_lambdas", None) if seen.any() else None
         self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(chosen))]
         per_image = None
-        if chosen is not None:
-            per_image = chosen.detach().float().reshape(-1).cpu().numpy()
-            per_image = np.broadcast_to(per_image, (len(ok),)).copy() if per_image.size == 1 else per_image
+        if chosen is not None or (attacked is not None and getattr(self.model, "last_lambdas", None) is not None):
+            per_image = np.full(len(ok), np.nan, np.float32)
+            if chosen is not None:
+                values = chosen.detach().float().reshape(-1).cpu().numpy()
+                per_image[seen] = values if values.size == seen.sum() else values[0]
         self.pieces.append(Outcomes(index=np.arange(first, first + len(ok)), ok=ok.cpu().numpy().astype(bool),
-                                    pred=pred.cpu().numpy().astype(np.int64), lambdas=per_image))
+                                    pred=pred.cpu().numpy().astype(np.int64), lambdas=per_image, attacked=attacked))
 
     def counts(self, *, top5: bool) -> Counts:
         if self.device.type == "cuda":
@@ -192,24 +198,34 @@ def count_correct(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Ten
 
 def count_robust(model: nn.Module, batches: Iterable[tuple[int, tuple[torch.Tensor, torch.Tensor]]],
                  spec: AttackSpec, info: RunInfo, *, source: nn.Module | None = None,
-                 save: str | None = None) -> Counts:
+                 save: str | None = None, skip: Callable[[np.ndarray], np.ndarray] | None = None) -> Counts:
     """Images still correctly classified (clean and adversarial) under an attack crafted on `source` (transfer)
     or on the model itself; the harness checks eps, [0, 1], eval mode and BatchNorm statistics. Each batch comes
-    with the index of its first image: an attack's seed is the run seed plus that index, whatever the shard.
-    `save` names the npz file in `info.save_adv` that the adversarial examples go to."""
+    with the index of its first image: an attack's seed is the run seed plus that index, and each image's random
+    stream the run seed plus its own index, whatever the shard. `save` names the npz file in `info.save_adv` that
+    the adversarial examples go to. `skip` (the worst-case mode): given dataset indices, which images are already
+    broken; they are not attacked and count as not robust."""
     tally = Tally(model, info.device)
     saved: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def attacked(images: torch.Tensor, labels: torch.Tensor, first: int) -> None:
-        x, y = to_pixels(images, info.device), labels.to(info.device)
-        seed = info.seed + first
-        if source is None:
-            out: BatchOutcome = attack_batch(model, x, y, spec, seed=seed)
-        else:
-            out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed)["target"]
-        tally.add(first, out.robust, out.adv_pred)
-        if save is not None:
-            saved.append((out.adversarial.cpu().numpy(), labels.numpy(), out.robust.cpu().numpy()))
+        todo = np.ones(len(labels), bool) if skip is None else ~skip(np.arange(first, first + len(labels)))
+        ok, pred = torch.zeros(len(labels), dtype=torch.bool), torch.full((len(labels),), -1, dtype=torch.int64)
+        adversarial = to_pixels(images, torch.device("cpu")) if save is not None else None  # skipped: as given
+        if todo.any():
+            keep = torch.from_numpy(todo)
+            x, y = to_pixels(images[keep], info.device), labels[keep].to(info.device)
+            seed, offsets = info.seed + first, np.flatnonzero(todo).tolist()
+            if source is None:
+                out: BatchOutcome = attack_batch(model, x, y, spec, seed=seed, offsets=offsets)
+            else:
+                out = transfer_batch(source, {"target": model}, x, y, spec, seed=seed, offsets=offsets)["target"]
+            ok[keep], pred[keep] = out.robust.cpu(), out.adv_pred.cpu()
+            if adversarial is not None:
+                adversarial[keep] = out.adversarial.cpu()
+        tally.add(first, ok, pred, attacked=None if skip is None else todo)
+        if adversarial is not None:
+            saved.append((adversarial.numpy(), labels.numpy(), ok.numpy()))
 
     for first, (images, labels) in batches:
         info.limit.map(lambda im, lb, offset: attacked(im, lb, first + offset), images, labels)

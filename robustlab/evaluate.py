@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from robustlab.adaptive import load_calibration, parse_grid
+from robustlab.cascade import cascade_order
 from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
 from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig
@@ -159,6 +160,8 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
     cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
     # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
     cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in cfg.attacks]
+    if cfg.cascade:
+        cells = cascade_order(cells)
     run: RunDir | None = None
 
     def log(message: str) -> None:
@@ -190,7 +193,8 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
     for note in notes:
         log(note)
     info = RunInfo(seed=cfg.seed, batch_size=cfg.batch_size, device=dev, n=cfg.n, diagnostics=cfg.diagnostics,
-                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log))
+                   shard=shard, save_adv=out / "adversarial" if cfg.save_adv else None, limit=BatchLimit(log),
+                   cascade=cfg.cascade)
     if run is None:
         return None, run_cells(plans, cells, source, info, None, progress_bars(True), sources=sources)
     try:

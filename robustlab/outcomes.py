@@ -22,21 +22,23 @@ from robustlab.files import write_below
 
 OUTCOMES_DIR = "outcomes"
 OUTCOMES_FORMAT = 1
-_FIELDS = {"format", "key", "image_set", "n", "index", "ok", "pred", "lambdas"}
+_FIELDS = {"format", "key", "image_set", "n", "index", "ok", "pred", "lambdas", "attacked"}
 
 
 @dataclass(frozen=True)
 class Outcomes:
     """Per image, in the dataset's image order: its index in the dataset, ok (correct or robust), the predicted
-    class and, for adaptive lambda, the lambda it was evaluated at (None otherwise)."""
+    class, for adaptive lambda the lambda it was evaluated at (None otherwise) and, in the worst-case mode, whether
+    it was attacked (None: every image was; one not attacked was broken before and is not ok, prediction -1)."""
     index: np.ndarray
     ok: np.ndarray
     pred: np.ndarray
     lambdas: np.ndarray | None = None
+    attacked: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.index)
-        if len(self.ok) != n or len(self.pred) != n or (self.lambdas is not None and len(self.lambdas) != n):
+        if any(a is not None and len(a) != n for a in (self.ok, self.pred, self.lambdas, self.attacked)):
             raise ValueError("outcome arrays of different lengths")
 
     @property
@@ -53,13 +55,15 @@ class Outcomes:
         parts = [p for p in parts if p.n] or list(parts[:1])  # a rank without batches has nothing to say
         index = np.concatenate([p.index for p in parts]) if parts else np.zeros(0, np.int64)
         order = np.argsort(index, kind="stable")
-        lambdas = None
+        lambdas = attacked = None
         if parts and all(p.lambdas is not None for p in parts):
             lambdas = np.concatenate([p.lambdas for p in parts])[order]
+        if any(p.attacked is not None for p in parts):
+            attacked = np.concatenate([np.ones(p.n, bool) if p.attacked is None else p.attacked for p in parts])[order]
         return Outcomes(index=index[order].astype(np.int64),
                         ok=np.concatenate([p.ok for p in parts])[order] if parts else np.zeros(0, bool),
                         pred=np.concatenate([p.pred for p in parts])[order] if parts else np.zeros(0, np.int64),
-                        lambdas=lambdas)
+                        lambdas=lambdas, attacked=attacked)
 
     def to_bytes(self, key: Sequence[str], image_set: str) -> bytes:
         """The npz file: ok as packed bits, the indices as a range where they are one, predictions in the
@@ -73,6 +77,8 @@ class Outcomes:
                   "ok": np.packbits(self.ok.astype(bool)), "pred": pred}
         if self.lambdas is not None:
             arrays["lambdas"] = self.lambdas.astype(np.float32)
+        if self.attacked is not None:
+            arrays["attacked"] = np.packbits(self.attacked.astype(bool))
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
@@ -133,10 +139,16 @@ def read_outcomes(run_dir: Path, name: str, *, key: Sequence[str], image_set: st
     ok = np.unpackbits(data["ok"].astype(np.uint8), count=n).astype(bool) if len(data["ok"]) == (n + 7) // 8 \
         else None
     lambdas = data.get("lambdas")
+    attacked = data.get("attacked")
+    if attacked is not None:
+        attacked = np.unpackbits(attacked.astype(np.uint8), count=n).astype(bool) \
+            if len(attacked) == (n + 7) // 8 else None
     if int(data["n"]) != n or len(index) != n or ok is None or len(data["pred"]) != n or \
-            (lambdas is not None and len(lambdas) != n):
+            (lambdas is not None and len(lambdas) != n) or ("attacked" in data and attacked is None):
         raise RobustlabError(f"{path} does not hold {n} images' outcomes (the row's n); {fix}")
     if int(ok.sum()) != correct:
         raise RobustlabError(f"{path} counts {int(ok.sum())} correct images, its row {correct}; {fix}")
+    if attacked is not None and (ok & ~attacked).any():
+        raise RobustlabError(f"{path} counts an image it did not attack as robust; {fix}")
     return Outcomes(index=index, ok=ok, pred=data["pred"].astype(np.int64) - 1,
-                    lambdas=None if lambdas is None else lambdas.astype(np.float32))
+                    lambdas=None if lambdas is None else lambdas.astype(np.float32), attacked=attacked)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from robustlab.errors import RobustlabError
 from robustlab.files import append_synced
 from robustlab.outcomes import Outcomes, read_outcomes, write_outcomes
-from robustlab.schema import COLUMNS, Record, cell_key, format_value, results_frame
+from robustlab.schema import COLUMNS, NONE, Record, cell_key, format_value, results_frame
 
 
 class Store(Protocol):
@@ -21,6 +21,9 @@ class Store(Protocol):
 
     def append(self, record: Record, outcomes: Outcomes | None = None) -> Record:
         """Store the record (and its outcomes); returns it as stored."""
+
+    def attack_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
+        """The outcomes of a stored attack cell (None if it kept none): the worst-case mode resumes from them."""
 
 
 class ResultStore:
@@ -33,16 +36,27 @@ class ResultStore:
     def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
         self.path = Path(path)
         self.done: set[tuple[str, ...]] = set()
+        self._attacked: dict[tuple[str, ...], Outcomes] = {}
         if create:
             self._write_line(COLUMNS, new=True)
             return
-        self.done = self.inspect(self.path)
+        held = self._read(self.path)
+        self.done = set(held)
+        self._attacked = {key: outcomes for key, outcomes in held.items() if outcomes is not None}
         self._drop_torn_line()
 
     @staticmethod
     def inspect(path: Path) -> set[tuple[str, ...]]:
         """The cells an existing results file holds, or a refusal (a link, another schema, a line that a reader of
         the file would refuse, an outcome file that is missing or not the row's); reads only."""
+        return set(ResultStore._read(path))
+
+    def attack_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
+        return self._attacked.get(key)
+
+    @staticmethod
+    def _read(path: Path) -> dict[tuple[str, ...], Outcomes | None]:
+        """The cells the file holds, with the outcomes of its attack rows (checked, as every row's are)."""
         if path.is_symlink() or not path.is_file():
             raise RobustlabError(f"{path} is not a regular file robustlab wrote (a link or something else); pass "
                                  "another --out")
@@ -58,14 +72,15 @@ class ResultStore:
         rows = lines[1:]
         if rows:
             results_frame(path, COLUMNS, rows)
-        done = set()
+        held: dict[tuple[str, ...], Outcomes | None] = {}
         for values in rows:
             row = dict(zip(COLUMNS, values))
+            outcomes = None
             if row["outcomes"]:
-                read_outcomes(path.parent, row["outcomes"], key=cell_key(row), image_set=row["image_set"],
-                              n=int(float(row["n"])), correct=int(float(row["correct"])))
-            done.add(cell_key(row))
-        return done
+                outcomes = read_outcomes(path.parent, row["outcomes"], key=cell_key(row), image_set=row["image_set"],
+                                         n=int(float(row["n"])), correct=int(float(row["correct"])))
+            held[cell_key(row)] = outcomes if row["attack"] != NONE else None
+        return held
 
     def _drop_torn_line(self) -> None:
         data = self.path.read_bytes()
@@ -100,6 +115,8 @@ class ResultStore:
         row = record.row()
         self._write_line([format_value(row[c]) for c in COLUMNS])
         self.done.add(key)
+        if outcomes is not None and row["attack"] != NONE:
+            self._attacked[key] = outcomes
         return record
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -11,6 +12,7 @@ import torch.nn as nn
 
 from robustlab.adaptive import AdaptiveLambda, SetSelection, sample_mask, select_for_set
 from robustlab.attacks import run_diagnostics
+from robustlab.cascade import Cascade, skips_images
 from robustlab.cells import (
     Cell,
     LambdaSetting,
@@ -27,7 +29,7 @@ from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
 from robustlab.progress import ProgressFactory
 from robustlab.results import Store
-from robustlab.schema import NONE, SAMPLED_FLAG, SMALLER_BATCH_FLAG, LambdaMode, Record, cell_key
+from robustlab.schema import CASCADE_FLAG, NONE, SAMPLED_FLAG, SMALLER_BATCH_FLAG, LambdaMode, Record, cell_key
 
 
 @dataclass
@@ -90,6 +92,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
     done = shard.broadcast(store.done if store is not None else set())
     records = []
     diagnosed: dict[tuple[str, LambdaSetting], list[str]] = {}
+    cascade = Cascade() if info.cascade else None
     for cell in cells:
         data = cell_data(cell)
         total = len(data) if info.n is None else min(info.n, len(data))
@@ -99,7 +102,13 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 lmbda = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
                 planned = identity_fields(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed,
                                           lmbda=lmbda, batch_size=info.batch_size)
-                if cell_key({**planned, "lambda": lmbda}) in done:
+                key = cell_key({**planned, "lambda": lmbda})
+                broken = (plan.model.name, setting, cell.attack.norm) if cascade and cell.attack else None
+                if key in done:
+                    if broken is not None:  # a resumed worst-case run goes on from what the done cells broke
+                        kept = shard.broadcast(store.attack_outcomes(key) if store is not None else None)
+                        if kept is not None:
+                            cascade.record(broken, cell.attack.eps, kept)
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
@@ -131,11 +140,19 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                         selects = not cell.source and setting.mode.adaptive
                         flags = diagnosed[key] + (["bpda_selection"] if selects else [])
                         save = None if info.save_adv is None else adv_file_name(plan.model, cell, setting)
-                        counts = count_robust(module, batches, cell.attack, info, save=save,
+                        skip = None
+                        if broken is not None and skips_images(cell.attack, setting.mode):
+                            skip = partial(cascade.broken, broken, cell.attack.eps)
+                        counts = count_robust(module, batches, cell.attack, info, save=save, skip=skip,
                                               source=sources[cell.source] if cell.source else None)
+                        if broken is not None:  # this rank's images: the next cells skip them on this rank
+                            cascade.record(broken, cell.attack.eps, counts.outcomes)
                         if info.limit.size is not None and info.limit.size < info.batch_size:
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
                 counts = counts.merged(shard)
+                attacked = counts.outcomes.attacked if counts.outcomes is not None else None
+                if attacked is not None and not attacked.all():  # a row that attacked every image stands alone
+                    flags = flags + [CASCADE_FLAG.format(n=int(attacked.sum()))]
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
                                      counts.lambda_mean if applied.lmbda is None else applied.lmbda, flags,
                                      flags_model, selection)

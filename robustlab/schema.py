@@ -54,6 +54,8 @@ SAMPLED_FLAG = "lambda_from_sample_{n}"  # per-set selection on a seeded sample 
 # an attack run in smaller pieces than its row's batch_size (CUDA out of memory): its seeds, hence its adversarial
 # images, are those of that piece size
 SMALLER_BATCH_FLAG = "attacked_in_batches_of_{n}"
+# the worst-case mode (--cascade) attacked only n images; the others, broken before, count as not robust
+CASCADE_FLAG = "cascade_attacked_{n}"
 
 
 def flag_meaning(flag: str) -> str:
@@ -61,7 +63,10 @@ def flag_meaning(flag: str) -> str:
     for template, meaning in ((SAMPLED_FLAG, "per-set lambda chosen on a seeded sample of {n} of the set's images; "
                                              "lambda_low..lambda_high bound the whole set's choice (95%)"),
                               (SMALLER_BATCH_FLAG, "attacked in pieces of {n} images (out of memory): its seeds are "
-                                                   "those of --batch-size {n}")):
+                                                   "those of --batch-size {n}"),
+                              (CASCADE_FLAG, "worst-case mode: attacked only the {n} images not already broken at "
+                                             "this or a smaller eps; the others count as not robust, so the row is "
+                                             "the worst case so far, not this attack alone")):
         prefix = template.split("{")[0]
         if flag.startswith(prefix) and flag[len(prefix):].isdigit():
             return meaning.format(n=flag[len(prefix):])

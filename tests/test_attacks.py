@@ -28,6 +28,7 @@ from robustlab.attacks import (
     run_diagnostics,
     transfer_batch,
 )
+from robustlab.attacks.draws import ImageDraws
 from robustlab.errors import RobustlabError
 from tests.conftest import tiny_model
 
@@ -216,11 +217,13 @@ def test_same_seed_same_result_and_caller_rng_untouched(sdnet, batch):
 
 
 def test_pgd_matches_torchattacks_called_directly(resnet, batch):
+    """The harness adds nothing to torchattacks' PGD but its random start, drawn per image (seed + row)."""
     x, y = batch
     spec = make_spec("pgd-linf", eps="1.5/255", steps=5)
     out = attack_batch(resnet, x, y, spec, seed=3)
     torch.manual_seed(3)
-    direct = torchattacks.PGD(resnet, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)(x, y)
+    with ImageDraws.seeded([3 + row for row in range(len(x))]):
+        direct = torchattacks.PGD(resnet, eps=spec.eps, alpha=spec.alpha, steps=spec.steps, random_start=True)(x, y)
     with torch.no_grad():
         direct_robust = (resnet(x).argmax(1) == y) & (resnet(direct).argmax(1) == y)
     assert 0 < out.robust_accuracy < out.clean_accuracy  # a budget where the comparison means something
@@ -247,7 +250,7 @@ def test_an_attack_that_leaves_training_mode_is_caught(monkeypatch, batch):
     model = tiny_model("resnet18")
     before = bn_buffers(model)
 
-    def train_mode(model, x, y, spec, *, seed, num_classes):
+    def train_mode(model, x, y, spec, *, seed, num_classes, draws):
         model.train()
         return x
 
@@ -261,7 +264,7 @@ def test_an_attack_that_moves_bn_statistics_is_caught_and_undone(monkeypatch, ba
     model = tiny_model("resnet18")
     before = bn_buffers(model)
 
-    def moves_stats(model, x, y, spec, *, seed, num_classes):
+    def moves_stats(model, x, y, spec, *, seed, num_classes, draws):
         model.train()
         model(x)
         model.eval()

@@ -3,8 +3,8 @@ harness (never the attack) enforces eps and [0, 1] and decides which images stay
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from robustlab.attacks.adapters import ATTACKS
+from robustlab.attacks.draws import ImageDraws
 from robustlab.attacks.spec import AttackSpec
 from robustlab.errors import RobustlabError
 
@@ -216,29 +217,38 @@ def _predicted(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torc
     return predicted(logits), logits.shape[1]
 
 
-def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int) -> BatchOutcome:
-    """Attack one batch (pixels in [0, 1]) and judge each image on the projected adversarial example."""
+def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, seed: int,
+                 offsets: Sequence[int] | None = None) -> BatchOutcome:
+    """Attack one batch (pixels in [0, 1]) and judge each image on the projected adversarial example.
+
+    `seed` seeds the batch; image i draws its random start from its own stream, seeded by seed + offsets[i]
+    (default: its row), so an attack whose entry is `image_independent` gives each image the same adversarial
+    example in any batch that keeps its offset."""
     entry = ATTACKS.get(spec.name)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
         raise RobustlabError(f"seed must be a whole number in [0, 2**32), got {seed!r}")
     x, y = check_batch(model, x, y)
+    offsets = range(len(x)) if offsets is None else offsets
+    if len(offsets) != len(x):
+        raise RobustlabError(f"{len(offsets)} offsets for a batch of {len(x)} images; pass one per image")
+    draws = ImageDraws.seeded([seed + int(o) for o in offsets]) if entry.image_independent(spec) else None
     with guarded(model, f"attack {spec.name}"):
         clean_pred, num_classes = _predicted(model, x, y)
         # inference tensors from a caller's inference_mode cannot enter autograd: run on fresh copies
-        with _seeded(seed, x.device), torch.inference_mode(False), torch.enable_grad():
+        with _seeded(seed, x.device), torch.inference_mode(False), torch.enable_grad(), draws or nullcontext():
             adv = entry.run(_Differentiable(model).eval(), x.clone(), y.clone(), spec, seed=seed,
-                            num_classes=num_classes)
+                            num_classes=num_classes, draws=draws)
         adv, size, projected = _enforce(adv, x, spec)
         adv_pred, _ = _predicted(model, adv, y)
     return BatchOutcome.of(clean_pred == y, adv_pred, y, adv, size, projected)
 
 
 def transfer_batch(source: nn.Module, targets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                   spec: AttackSpec, *, seed: int) -> dict[str, BatchOutcome]:
-    """Craft adversarial examples on `source` and judge them on every target model."""
+                   spec: AttackSpec, *, seed: int, offsets: Sequence[int] | None = None) -> dict[str, BatchOutcome]:
+    """Craft adversarial examples on `source` and judge them on every target model (seeds as in attack_batch)."""
     if not targets:
         raise RobustlabError("transfer needs at least one target model; pass {name: model}")
-    crafted = attack_batch(source, x, y, spec, seed=seed)
+    crafted = attack_batch(source, x, y, spec, seed=seed, offsets=offsets)
     outcomes = {}
     for name, target in targets.items():
         x_t, y_t = check_batch(target, x, y)

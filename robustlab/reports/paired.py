@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,8 +44,9 @@ def _same_images(outcomes: Sequence[Outcomes], rows: pd.DataFrame) -> bool:
 
 
 def worst_case_images(group: pd.DataFrame, load: Loader) -> tuple[np.ndarray, str] | str:
-    """Per image of an attacked group (one variant, dataset, norm and eps): robust under every attack of the group
-    (clean-correct and never fooled), with the image set; or why it cannot be told."""
+    """Per image of an attacked group (one variant, dataset, norm, and the attacks at an eps and every smaller eps):
+    robust under every attack of the group (clean-correct and never fooled), with the image set; or why it cannot
+    be told."""
     outcomes = [load(r) for _, r in group.iterrows()]
     if any(o is None for o in outcomes):
         return NEEDS_OUTCOMES
@@ -54,20 +55,33 @@ def worst_case_images(group: pd.DataFrame, load: Loader) -> tuple[np.ndarray, st
     return np.logical_and.reduce([o.ok for o in outcomes]), str(group["image_set"].iloc[0])
 
 
+def threat_families(attacked: pd.DataFrame, by: Sequence[str]) -> Iterator[tuple[tuple, float, pd.DataFrame]]:
+    """Per group of `by` (which includes the norm) and eps: the attack rows at that eps or a smaller one. An image
+    broken inside a smaller ball is broken inside the larger, so the worst case at eps covers them all."""
+    for key, family in attacked.groupby(list(by), sort=False):
+        for eps in sorted(family["eps"].unique()):
+            yield key if isinstance(key, tuple) else (key,), float(eps), family[family["eps"] <= eps]
+
+
+def _attacks_list(group: pd.DataFrame, eps: float) -> str:
+    return ", ".join(sorted(attack_label(r) + ("" if r["eps"] == eps else f" at {format_eps(r['eps'], r['norm'])}")
+                            for _, r in group.iterrows()))
+
+
 def worst_case(df: pd.DataFrame, load: Loader) -> pd.DataFrame:
     """Per variant, dataset and threat model (norm, eps): the fraction of images that are clean-correct and
-    survive every attack run on them, its Wilson interval and the attacks it covers; `status` says why a figure
-    is missing (no outcomes, or attacks on different images). A variant is the same checkpoint under the same
-    lambda setting in every run given (`base_variant`, `checkpoint_sha256` where load_runs added them), so the
-    attacks of several runs on one model combine; its row takes the first of its labels."""
+    survive every attack run on them at that eps or a smaller one, its Wilson interval and the attacks it covers;
+    `status` says why a figure is missing (no outcomes, or attacks on different images). A variant is the same
+    checkpoint under the same lambda setting in every run given (`base_variant`, `checkpoint_sha256` where
+    load_runs added them), so the attacks of several runs on one model combine; its row takes the first of its
+    labels."""
     attacked = _attacked(df)
     model = ["base_variant", "checkpoint_sha256"] if "base_variant" in attacked else ["variant"]
     labels = attacked.groupby(model, sort=False)["variant"].first()
     rows = []
-    for (*key, dataset, norm, eps), group in attacked.groupby([*model, "dataset", "norm", "eps"], sort=False):
+    for (*key, dataset, norm), eps, group in threat_families(attacked, [*model, "dataset", "norm"]):
         variant = str(labels[tuple(key) if len(key) > 1 else key[0]])
-        attacks = sorted(attack_label(r) for _, r in group.iterrows())
-        row = {"variant": variant, "dataset": dataset, "norm": norm, "eps": eps, "attacks": ", ".join(attacks),
+        row = {"variant": variant, "dataset": dataset, "norm": norm, "eps": eps, "attacks": _attacks_list(group, eps),
                "n": math.nan, "robust": math.nan, "accuracy": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                "best_single": float(group["accuracy"].min()), "status": ""}
         found = worst_case_images(group, load)
@@ -288,10 +302,9 @@ def aggregate_differences(df: pd.DataFrame, a: str, b: str, load: Loader) -> lis
     elif "no corruption cells" not in (ca, cb):
         out.append(f"mean corruption accuracy: {ca if isinstance(ca, str) else cb}")
     attacked = _attacked(df)
-    threats = attacked[attacked["variant"] == a].groupby(["dataset", "norm", "eps"], sort=True)
-    for (dataset, norm, eps), group_a in threats:
+    for (dataset, norm), eps, group_a in threat_families(attacked[attacked["variant"] == a], ["dataset", "norm"]):
         group_b = attacked[(attacked["variant"] == b) & (attacked["dataset"] == dataset) & (attacked["norm"] == norm)
-                           & (attacked["eps"] == eps)]
+                           & (attacked["eps"] <= eps)]
         both = set(_attack_settings(group_a)) & set(_attack_settings(group_b))
         if not both:
             continue
