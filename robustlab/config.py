@@ -145,9 +145,9 @@ class EvalConfig:
                    severities=tuple(args.severities) if args.severities else None, c_dir=args.c_dir,
                    lmbda=args.lmbda, adaptive=args.adaptive_lambda, per_image=args.per_image,
                    select_n=args.select_n, lambda_sweep=args.lambda_sweep, workers=args.workers, attacks=attacks,
-                   transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics, cascade=args.cascade,
-                   save_adv=args.save_adv, allow_config_change=args.allow_config_change, quiet=args.quiet,
-                   extra={"json": args.json})
+                   transfer_from=comma_list(args.transfer_from), diagnostics=not args.skip_diagnostics,
+                   cascade=args.cascade, save_adv=args.save_adv, allow_config_change=args.allow_config_change,
+                   quiet=args.quiet, extra={"json": args.json})
 
     def to_manifest(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -117,6 +117,15 @@ def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive
     return plans
 
 
+def run_cells_of(suite: CorruptionSuite | None, cfg: EvalConfig, sources: dict[str, RobustModel]) -> list[Cell]:
+    """The cells of a run in the order they run: clean, the suite's corruptions, then the attacks (in the worst-case
+    mode by eps and cost)."""
+    cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
+    # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
+    cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in cfg.attacks]
+    return cascade_order(cells) if cfg.cascade else cells
+
+
 def transfer_sources(ckpts: Sequence[str], device: torch.device) -> dict[str, RobustModel]:
     """The transfer source models by name; two sources of the same name are refused (their rows would merge)."""
     sources: dict[str, RobustModel] = {}
@@ -157,11 +166,7 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
         check_compatible(model, data)
         notes += [line for line in (nonfinite_warning(model, "images with non-finite logits count as wrong"),
                                     model.csc_settings and model.csc_settings.notice(model.name)) if line]
-    cells = [Cell()] + [Cell(c.corruption, c.severity, c.param) for c in (suite.cells if suite else ())]
-    # with --transfer-from the target's own white-box rows come too: a transfer number means little without them
-    cells += [Cell(attack=spec, source=name) for name in ["", *sources] for spec in cfg.attacks]
-    if cfg.cascade:
-        cells = cascade_order(cells)
+    cells = run_cells_of(suite, cfg, sources)
     run: RunDir | None = None
 
     def log(message: str) -> None:

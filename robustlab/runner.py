@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
