@@ -74,7 +74,7 @@ def child(variant: str, root: Path, batch_size: int, device: str) -> dict[str, f
     from robustlab.data import load_dataset
     from robustlab.data.corrupted import load_cifar_c
     from robustlab.device import resolve_device
-    from robustlab.evaluate import evaluate
+    from robustlab.evaluation import evaluate
 
     dev = resolve_device(device)
     start = time.perf_counter()

@@ -2,7 +2,7 @@
 
     python bench/throughput.py [--device cpu|cuda] [--n 1024] [--batch-size 128] [--repeats 3]
 
-"harness" is robustlab.evaluate.evaluate (what `robustlab eval` runs) on CIFAR-10 pickles written to a temporary
+"harness" is robustlab.evaluation.evaluate (what `robustlab eval` runs) on CIFAR-10 pickles written to a temporary
 directory, timed by the run's own per-cell clock; "bare" is `model(x)` over the same images already on the
 device as float tensors. Runs alternate (model x path, repeated) and the median is reported, so that the
 ratios compare figures taken side by side under the same machine load. The C allocator is set up as the command
@@ -24,7 +24,7 @@ from robustlab.allocator import keep_freed_memory  # noqa: E402
 from robustlab.checkpoints import save_checkpoint  # noqa: E402
 from robustlab.config import EvalConfig  # noqa: E402
 from robustlab.device import resolve_device  # noqa: E402
-from robustlab.evaluate import evaluate  # noqa: E402
+from robustlab.evaluation import evaluate  # noqa: E402
 from robustlab.models import ModelConfig, RobustModel, build_net  # noqa: E402
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD  # noqa: E402
 from tests.conftest import write_cifar  # noqa: E402  (the same on-disk format the tests use)

@@ -64,6 +64,19 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def model_digest(model: RobustModel) -> str:
+    """The identity of a model's weights: its checkpoint file's sha256, or for a model built in Python the sha256
+    of its parameters and buffers (names, dtypes, shapes and bytes, in state_dict order)."""
+    if model.checkpoint_path is not None:
+        return sha256_file(model.checkpoint_path)
+    h = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}\x1f{t.dtype}\x1f{tuple(t.shape)}\x1e".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
     """torch.load with weights_only=True, turning every failure into a one-line RobustlabError."""
     try:

@@ -66,7 +66,7 @@ def _print_records(records: list, as_json: bool) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from robustlab.config import EvalConfig
-    from robustlab.evaluate import evaluate
+    from robustlab.evaluation import evaluate
     run, records = evaluate(EvalConfig.from_cli(args, tuple(_attack_specs(args))))
     if run is not None:  # under torchrun only rank 0 reports
         _report(run, records, args.json)
@@ -74,19 +74,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _attack_specs(args: argparse.Namespace) -> list:
-    """--attack NAME --eps E[,E...] (an eps sweep) [--steps --queries --alpha --restarts --norm], and/or --attacks
-    SUITE."""
-    from robustlab.attacks import load_attack_suite, make_spec
-    from robustlab.config import comma_list
-    specs = load_attack_suite(args.attacks) if args.attacks else []
-    if args.attack:
-        if not args.eps:
-            raise RobustlabError(f"--attack {args.attack} needs --eps (e.g. --eps 8/255, or a sweep 2/255,4/255,8/255)")
-        specs += [make_spec(args.attack, eps=e, norm=args.norm, steps=args.steps, alpha=args.alpha,
-                            restarts=args.restarts, queries=args.queries) for e in comma_list(args.eps)]
-    elif args.eps or args.transfer_from:
-        raise RobustlabError("--eps and --transfer-from need --attack NAME (see robustlab list attacks)")
-    return specs
+    from robustlab.config import attack_specs, comma_list
+    return attack_specs(args.attacks, args.attack, eps=comma_list(args.eps), norm=args.norm, steps=args.steps,
+                        alpha=args.alpha, restarts=args.restarts, queries=args.queries,
+                        transfer_from=comma_list(args.transfer_from))
 
 
 def _report(run, records: list, as_json: bool) -> None:
@@ -167,7 +158,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     from robustlab.data.imagenet import FolderImageSet
     from robustlab.device import resolve_device
     from robustlab.distributed import shard_from_env
-    from robustlab.evaluate import corruption_suite
+    from robustlab.evaluation import corruption_suite
     from robustlab.progress import progress_bars
 
     suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
@@ -202,6 +193,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     for w in files.warnings:
         print(f"robustlab: warning: {w}", file=sys.stderr)
     print(f"wrote {files.markdown}, {files.html} and {len(files.figures)} figure files")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from robustlab.reports.leaderboard import build_leaderboard
+    if Path(args.out).suffix.lower() not in (".html", ".htm"):
+        raise RobustlabError(f"--out {args.out} is not an .html file; pass a page name, e.g. --out board.html")
+    board = build_leaderboard(args.runs, Path(args.out), baseline=args.baseline)
+    if args.json:
+        print(board.to_json(orient="records", indent=2))
+    else:
+        print(f"wrote {args.out}: {len(board)} rows")
     return 0
 
 
@@ -471,6 +474,13 @@ def _report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _leaderboard_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", help="run directories (or results.csv files)")
+    p.add_argument("--baseline", help="model (variant) whose errors normalize CE / mCE")
+    p.add_argument("--out", required=True, help="the page to write (.html)")
+    p.add_argument("--json", action="store_true", help="also print the board's rows as JSON")
+
+
 def _regress_arguments(p: argparse.ArgumentParser) -> None:
     from robustlab.regress import CORRECTIONS
     p.add_argument("baseline", help="baseline results.csv (or run directory)")
@@ -540,6 +550,11 @@ the standardization and a linear SVM on the k features are fitted on the train s
   robustlab report runs/sdnet runs/resnet --baseline resnet18 --out reports/cmp
   robustlab report runs/demo-20261122-1200 --out /tmp/demo-report   # then open /tmp/demo-report/report.html""",
             arguments=_report_arguments, run=cmd_report),
+    Command("leaderboard", help="one sortable HTML page: a row per model variant over any runs",
+            epilog="""examples:
+  robustlab leaderboard runs/* --out board.html
+  robustlab leaderboard runs/sdnet runs/resnet --baseline resnet18 --out reports/board.html""",
+            arguments=_leaderboard_arguments, run=cmd_leaderboard),
     Command("regress", help="CI gate: fail on a significant drop of any cell's accuracy",
             epilog="""examples:
   robustlab regress reports/baseline.csv runs/ci/results.csv

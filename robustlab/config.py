@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from robustlab.attacks.spec import AttackSpec
 from robustlab.errors import RobustlabError
@@ -90,6 +90,23 @@ class CalibrateConfig:
                    official_config=args.official_config, data_dir=args.data_dir, split=args.split, noise=args.noise,
                    levels=levels, lambdas=args.lambdas, layer=args.layer, n=args.n, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, quiet=args.quiet, overwrite=args.overwrite)
+
+
+def attack_specs(suite: str | None, attack: str | None, *, eps: Sequence[str | float] = (), norm: str | None = None,
+                 steps: int | None = None, alpha: str | float | None = None, restarts: int = 1,
+                 queries: int | None = None, transfer_from: Sequence[str] = ()) -> list[AttackSpec]:
+    """--attacks SUITE and/or --attack NAME --eps E[,E...] (an eps sweep) [--steps --queries --alpha --restarts
+    --norm]: the attacks of a run."""
+    from robustlab.attacks import load_attack_suite, make_spec  # the adapters' libraries load only when asked
+    specs = list(load_attack_suite(suite)) if suite else []
+    if attack:
+        if not eps:
+            raise RobustlabError(f"--attack {attack} needs --eps (e.g. --eps 8/255, or a sweep 2/255,4/255,8/255)")
+        specs += [make_spec(attack, eps=e, norm=norm, steps=steps, alpha=alpha, restarts=restarts, queries=queries)
+                  for e in eps]
+    elif eps or transfer_from:
+        raise RobustlabError("--eps and --transfer-from need --attack NAME (see robustlab list attacks)")
+    return specs
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from robustlab.adaptive import calibrate_checkpoint
 from robustlab.attacks import load_attack_suite
 from robustlab.config import CalibrateConfig, EvalConfig
 from robustlab.corruptions import BENCHMARK, CORRUPTIONS
-from robustlab.evaluate import evaluate
+from robustlab.evaluation import evaluate
 from robustlab.reports.metrics import variants
 from robustlab.reports.report import ReportFiles, build_report
 from robustlab.reports.style import format_eps, pct
@@ -62,14 +62,14 @@ def run_demo(dataset: str, *, n: int | None, out: str | Path | None, batch_size:
     n = n or spec.default_n
     run, records = evaluate(EvalConfig(ckpts=tuple(f"zoo:{m}" for m in spec.models), dataset=dataset, n=n,
                                        batch_size=batch_size, device=device, out=str(out), quiet=quiet,
-                                       corruptions=CORRUPTION_SUITE, adaptive=str(calib_path),
+                                       corruptions=CORRUPTION_SUITE, adaptive=str(calib_path), save_adv=True,
                                        attacks=tuple(load_attack_suite(spec.attacks))))
     runs = [out]
     if spec.blackbox_model:
         blackbox = out / "blackbox"
         _, more = evaluate(EvalConfig(ckpts=(f"zoo:{spec.blackbox_model}",), dataset=dataset,
                                       n=min(n, spec.blackbox_n), batch_size=batch_size, device=device,
-                                      out=str(blackbox), quiet=quiet,
+                                      out=str(blackbox), quiet=quiet, save_adv=True,
                                       attacks=tuple(load_attack_suite(spec.blackbox_attacks))))
         records += more
         runs.append(blackbox)

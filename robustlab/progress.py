@@ -1,4 +1,4 @@
-"""Progress bars on long loops: shown on a terminal, silent otherwise or with --quiet."""
+"""Progress bars on long loops: shown on a terminal or in a notebook, silent otherwise or with --quiet."""
 from __future__ import annotations
 
 import sys
@@ -11,8 +11,9 @@ ProgressFactory = Callable[..., Iterable]
 
 
 def progress_bars(quiet: bool = False) -> ProgressFactory:
-    """A wrapper `(iterable, total=..., desc=...) -> iterable` that draws a bar when stderr is a terminal."""
-    enabled = not quiet and sys.stderr.isatty()
+    """A wrapper `(iterable, total=..., desc=...) -> iterable` that draws a bar when stderr is a terminal or the
+    code runs in a Jupyter kernel (tqdm.auto draws a widget there)."""
+    enabled = not quiet and (sys.stderr.isatty() or "ipykernel" in sys.modules)
 
     def wrap(iterable: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterable[T]:
         return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)

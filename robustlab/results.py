@@ -22,8 +22,9 @@ class Store(Protocol):
     def append(self, record: Record, outcomes: Outcomes | None = None) -> Record:
         """Store the record (and its outcomes); returns it as stored."""
 
-    def attack_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
-        """The outcomes of a stored attack cell (None if it kept none): the worst-case mode resumes from them."""
+    def kept_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
+        """The outcomes of a stored clean or attack cell (None if it kept none): the worst-case mode resumes from
+        them."""
 
 
 class ResultStore:
@@ -36,13 +37,13 @@ class ResultStore:
     def __init__(self, path: str | os.PathLike, *, create: bool = False) -> None:
         self.path = Path(path)
         self.done: set[tuple[str, ...]] = set()
-        self._attacked: dict[tuple[str, ...], Outcomes] = {}
+        self._kept: dict[tuple[str, ...], Outcomes] = {}
         if create:
             self._write_line(COLUMNS, new=True)
             return
         held = self._read(self.path)
         self.done = set(held)
-        self._attacked = {key: outcomes for key, outcomes in held.items() if outcomes is not None}
+        self._kept = {key: outcomes for key, outcomes in held.items() if outcomes is not None}
         self._drop_torn_line()
 
     @staticmethod
@@ -51,12 +52,12 @@ class ResultStore:
         the file would refuse, an outcome file that is missing or not the row's); reads only."""
         return set(ResultStore._read(path))
 
-    def attack_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
-        return self._attacked.get(key)
+    def kept_outcomes(self, key: tuple[str, ...]) -> Outcomes | None:
+        return self._kept.get(key)
 
     @staticmethod
     def _read(path: Path) -> dict[tuple[str, ...], Outcomes | None]:
-        """The cells the file holds, with the outcomes of its attack rows (checked, as every row's are)."""
+        """The cells the file holds, with the outcomes of its clean and attack rows (checked, as every row's are)."""
         if path.is_symlink() or not path.is_file():
             raise RobustlabError(f"{path} is not a regular file robustlab wrote (a link or something else); pass "
                                  "another --out")
@@ -79,7 +80,7 @@ class ResultStore:
             if row["outcomes"]:
                 outcomes = read_outcomes(path.parent, row["outcomes"], key=cell_key(row), image_set=row["image_set"],
                                          n=int(float(row["n"])), correct=int(float(row["correct"])))
-            held[cell_key(row)] = outcomes if row["attack"] != NONE else None
+            held[cell_key(row)] = outcomes if _kept(row) else None
         return held
 
     def _drop_torn_line(self) -> None:
@@ -115,8 +116,11 @@ class ResultStore:
         row = record.row()
         self._write_line([format_value(row[c]) for c in COLUMNS])
         self.done.add(key)
-        if outcomes is not None and row["attack"] != NONE:
-            self._attacked[key] = outcomes
+        if outcomes is not None and _kept(row):
+            self._kept[key] = outcomes
         return record
 
 
+def _kept(row: dict[str, Any]) -> bool:
+    """Whether the store keeps a row's outcomes in memory: clean and attack rows (what the worst-case mode needs)."""
+    return row["attack"] != NONE or row["corruption"] == NONE

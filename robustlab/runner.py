@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from robustlab.adaptive import AdaptiveLambda, SetSelection, sample_mask, select_for_set
 from robustlab.attacks import run_diagnostics
-from robustlab.cascade import Cascade, skips_images
+from robustlab.cascade import Cascade, clean_decides, skips_images
 from robustlab.cells import (
     Cell,
     LambdaSetting,
@@ -27,6 +27,7 @@ from robustlab.counting import RunInfo, checked_batches, count_correct, count_ro
 from robustlab.data import ImageSet, to_pixels
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
+from robustlab.outcomes import Outcomes
 from robustlab.progress import ProgressFactory
 from robustlab.results import Store
 from robustlab.schema import CASCADE_FLAG, NONE, SAMPLED_FLAG, SMALLER_BATCH_FLAG, LambdaMode, Record, cell_key
@@ -102,13 +103,14 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                 lmbda = fixed_lambda(plan.model, setting) if setting.mode == LambdaMode.FIXED else math.nan
                 planned = identity_fields(plan.model, plan.sha256, data, cell, setting, n=total, seed=info.seed,
                                           lmbda=lmbda, batch_size=info.batch_size)
-                key = cell_key({**planned, "lambda": lmbda})
-                broken = (plan.model.name, setting, cell.attack.norm) if cascade and cell.attack else None
-                if key in done:
-                    if broken is not None:  # a resumed worst-case run goes on from what the done cells broke
-                        kept = shard.broadcast(store.attack_outcomes(key) if store is not None else None)
+                cell_id = cell_key({**planned, "lambda": lmbda})
+                variant = (plan.model.name, setting)
+                remembers = cascade is not None and (cell.attack is not None or clean_decides(cell, setting.mode))
+                if cell_id in done:
+                    if remembers:  # a resumed worst-case run goes on from what the done cells broke
+                        kept = shard.broadcast(store.kept_outcomes(cell_id) if store is not None else None)
                         if kept is not None:
-                            cascade.record(broken, cell.attack.eps, kept)
+                            remember(cascade, variant, cell, kept)
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
@@ -141,14 +143,14 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                         flags = diagnosed[key] + (["bpda_selection"] if selects else [])
                         save = None if info.save_adv is None else adv_file_name(plan.model, cell, setting)
                         skip = None
-                        if broken is not None and skips_images(cell.attack, setting.mode):
-                            skip = partial(cascade.broken, broken, cell.attack.eps)
+                        if cascade is not None and skips_images(cell.attack, setting.mode):
+                            skip = partial(cascade.broken, variant, cell.attack.norm, cell.attack.eps)
                         counts = count_robust(module, batches, cell.attack, info, save=save, skip=skip,
                                               source=sources[cell.source] if cell.source else None)
-                        if broken is not None:  # this rank's images: the next cells skip them on this rank
-                            cascade.record(broken, cell.attack.eps, counts.outcomes)
                         if info.limit.size is not None and info.limit.size < info.batch_size:
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
+                if remembers and counts.outcomes is not None:  # this rank's images: later cells skip them here
+                    remember(cascade, variant, cell, counts.outcomes)
                 counts = counts.merged(shard)
                 attacked = counts.outcomes.attacked if counts.outcomes is not None else None
                 if attacked is not None and not attacked.all():  # a row that attacked every image stands alone
@@ -160,6 +162,14 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                     record = store.append(record, counts.outcomes)
                 records.append(record)
     return records
+
+
+def remember(cascade: Cascade, variant: tuple[str, LambdaSetting], cell: Cell, outcomes: Outcomes) -> None:
+    """What a finished cell tells the worst-case mode: the images an attack broke, or those clean data gets wrong."""
+    if cell.attack is not None:
+        cascade.record(variant, cell.attack.norm, cell.attack.eps, outcomes)
+    else:
+        cascade.record_clean(variant, outcomes)
 
 
 DIAGNOSTIC_IMAGES = 64

@@ -89,7 +89,7 @@ def test_every_attack_setting_is_in_the_row_and_the_cell(tmp_path, capsys):
     assert sorted(attacked["alpha"].astype(float)) == pytest.approx([1 / 255, 8 / 255])
     assert set(attacked["batch_size"]) == {16} and set(df[df["attack"] == "none"]["batch_size"]) == {0}
     assert set(attacked["queries"]) == {0} and set(attacked["steps"]) == {3}
-    assert set(attacked["attack_config"]) == {"torchattacks.PGD;random_start"}
+    assert set(attacked["attack_config"]) == {"torchattacks.PGD;random_start_per_image"}
 
 
 def test_square_counts_queries_and_autoattack_both(tmp_path):

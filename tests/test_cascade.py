@@ -14,12 +14,12 @@ import torch.nn as nn
 
 from robustlab.attacks import attack_batch, make_spec
 from robustlab.attacks.draws import ImageDraws
-from robustlab.cascade import Cascade, cascade_order, skips_images
+from robustlab.cascade import Cascade, cascade_order, clean_decides, skips_images
 from robustlab.cells import Cell
 from robustlab.cli import main
 from robustlab.config import EvalConfig
 from robustlab.errors import RobustlabError
-from robustlab.evaluate import evaluate
+from robustlab.evaluation import evaluate
 from robustlab.outcomes import Outcomes
 from robustlab.reports.paired import worst_case
 from robustlab.reports.runs import load_runs, outcome_loader
@@ -100,11 +100,21 @@ def test_attacks_run_by_eps_then_cheap_first():
 
 def test_an_image_broken_at_a_smaller_eps_is_broken_at_every_larger_one():
     cascade = Cascade()
-    cascade.record("m", 0.02, Outcomes(index=np.arange(4), ok=np.array([True, False, True, True]),
+    cascade.record("m", "Linf", 0.02, Outcomes(index=np.arange(4), ok=np.array([True, False, True, True]),
+                                               pred=np.zeros(4, np.int64)))
+    assert cascade.broken("m", "Linf", 0.01, np.arange(4)).tolist() == [False] * 4
+    assert cascade.broken("m", "Linf", 0.03, np.arange(4)).tolist() == [False, True, False, False]
+    assert cascade.broken("m", "L2", 0.03, np.arange(4)).tolist() == [False] * 4
+    assert cascade.broken("other", "Linf", 0.03, np.arange(4)).tolist() == [False] * 4
+    cascade.record_clean("m", Outcomes(index=np.arange(4), ok=np.array([True, True, True, False]),
                                        pred=np.zeros(4, np.int64)))
-    assert cascade.broken("m", 0.01, np.arange(4)).tolist() == [False] * 4
-    assert cascade.broken("m", 0.03, np.arange(4)).tolist() == [False, True, False, False]
-    assert cascade.broken("other", 0.03, np.arange(4)).tolist() == [False] * 4
+    assert cascade.broken("m", "L2", 0.001, np.arange(4)).tolist() == [False, False, False, True]
+
+
+def test_only_a_clean_cell_not_under_per_set_selection_decides():
+    assert clean_decides(Cell(), LambdaMode.FIXED) and clean_decides(Cell(), LambdaMode.ADAPTIVE_IMAGE)
+    assert not clean_decides(Cell(), LambdaMode.ADAPTIVE_SET)
+    assert not clean_decides(Cell("fog", 1), LambdaMode.FIXED)
 
 
 def test_the_worst_case_at_eps_covers_the_attacks_at_smaller_eps():

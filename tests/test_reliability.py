@@ -243,7 +243,7 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
 def test_the_source_images_are_hashed_once_per_run_not_once_per_cell(tmp_path, monkeypatch):
     import robustlab.data.corrupted as corrupted
-    import robustlab.evaluate as evaluate
+    import robustlab.evaluation as evaluate
     calls = []
     real = corrupted.content_digest
     counted = lambda data, n: calls.append(n) or real(data, n)  # noqa: E731
@@ -471,7 +471,7 @@ def test_corruptions_compile_on_a_read_only_install(tmp_path):
 
 
 def test_an_empty_robustlab_cache_means_the_default(tmp_path, monkeypatch):
-    from robustlab.evaluate import default_cache_dir
+    from robustlab.evaluation import default_cache_dir
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("ROBUSTLAB_CACHE", "")
     assert default_cache_dir() == tmp_path / ".cache" / "robustlab" / "corruptions"

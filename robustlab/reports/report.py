@@ -22,6 +22,7 @@ from robustlab.reports.figures import (
     robust_figure,
     severity_figure,
 )
+from robustlab.reports.pictures import adversarial_examples, corruption_gallery
 from robustlab.reports.render import Page, ReportFigure, Section, html_page, markdown
 from robustlab.reports.runs import Run, load_runs, outcome_loader
 from robustlab.reports.style import format_eps, variant_colors
@@ -112,6 +113,18 @@ def lambda_figures(df: pd.DataFrame, runs: list[Run], fig_dir: Path) -> list[Rep
     return figures
 
 
+def picture_figures(df: pd.DataFrame, runs: list[Run], fig_dir: Path, data: ReportData,
+                    warnings: list[str]) -> list[ReportFigure]:
+    """Each run's corruption gallery and its saved adversarial examples (robustlab.reports.pictures)."""
+    figures: list[ReportFigure] = []
+    for run in runs:
+        stem = _slug(run.name)
+        gallery = corruption_gallery(run, df, fig_dir, stem, warnings.append)
+        figures += ([gallery] if gallery is not None else []) + \
+            adversarial_examples(run, df, fig_dir, stem, data.outcomes, warnings.append)
+    return figures
+
+
 def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None) -> ReportFiles:
     """Read the run directories (results.csv, manifest.json, calibration.json when present) and write into `out`
     report.md, report.html (self-contained) and figures/*.png|svg. `baseline` names the variant (a label of
@@ -133,7 +146,7 @@ def build_report(run_dirs: list[Path], out: Path, *, baseline: str | None = None
     tables = {t.id: t.build(data) for t in REPORT_TABLES}
     colors = variant_colors(order)
     figures = dataset_figures(df, tables["corruption-summary"], tables["worst-case"], colors, fig_dir) \
-        + lambda_figures(df, runs, fig_dir)
+        + lambda_figures(df, runs, fig_dir) + picture_figures(df, runs, fig_dir, data, warnings)
     figures = [f for f in figures if f.paths]
     flag_names = sorted({f for s in df["flags"] for f in s.split(";") if f.strip()})
     legend = {"warnings": [(f, flag_meaning(f)) for f in flag_names]}

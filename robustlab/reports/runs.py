@@ -81,10 +81,11 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Run], 
     return df, runs, warnings
 
 
-def outcome_loader() -> Callable[[pd.Series], Outcomes | None]:
-    """A function from a row of load_runs' frame to its per-image outcomes (read and checked once per file), None
-    for a row whose run kept none (before schema 4); a damaged file is a one-line error naming it."""
-    cache: dict[tuple[str, str], Outcomes] = {}
+def outcome_loader(cache: dict[tuple[str, str], Outcomes] | None = None) -> Callable[[pd.Series], Outcomes | None]:
+    """A function from a row of load_runs' frame to its per-image outcomes (read and checked once per file, kept
+    in `cache` by (run_dir, file)), None for a row whose run kept none (before schema 4); a damaged file is a
+    one-line error naming it."""
+    cache = {} if cache is None else cache
 
     def load(row: pd.Series) -> Outcomes | None:
         name = row.get("outcomes", "")

@@ -13,7 +13,7 @@ import torch
 from robustlab.adaptive import load_calibration, parse_grid
 from robustlab.cascade import cascade_order
 from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
-from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
+from robustlab.checkpoints import load_model, model_digest, nonfinite_warning
 from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig
 from robustlab.corruptions.engine import reencode_quality
 from robustlab.corruptions.pool import CorruptionPool, default_workers
@@ -93,7 +93,7 @@ def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive
     plans = []
     matched = False
     for model in models:
-        sha = sha256_file(model.checkpoint_path)
+        sha = model_digest(model)
         layers = csc_layers(model)
         if not layers:
             if asked and len(models) == 1:
@@ -139,18 +139,20 @@ def transfer_sources(ckpts: Sequence[str], device: torch.device) -> dict[str, Ro
     return sources
 
 
-def evaluate(config: EvalConfig) -> tuple[RunDir | None, list[Record]]:
+def evaluate(config: EvalConfig, models: Sequence[RobustModel] | None = None) -> tuple[RunDir | None, list[Record]]:
     """Evaluate every checkpoint on clean data (and its corruptions and attacks); bad input is refused before
-    anything is written.
+    anything is written. `models`: models built in Python, evaluated instead of loading `config.ckpts` (which then
+    only name them in the manifest).
 
     An `out` that holds an unfinished (or finished) run with the same configuration is resumed: only the cells not
     in its results.csv run. Under torchrun every rank evaluates its share and only rank 0 writes (and gets the
     RunDir; the other ranks get None)."""
     with contextlib.ExitStack() as stack:  # the corruption workers stop when the run ends, however it ends
-        return _evaluate(config, stack)
+        return _evaluate(config, stack, models)
 
 
-def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | None, list[Record]]:
+def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack, given: Sequence[RobustModel] | None
+              ) -> tuple[RunDir | None, list[Record]]:
     shard, device = init_from_env(cfg.device)
     dev = resolve_device(device)
     if cfg.save_adv and shard.world > 1:
@@ -160,7 +162,8 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack) -> tuple[RunDir | No
         if cfg.corruptions else None
     data = load_dataset(cfg.dataset, cfg.data_dir)
     notes: list[str] = [data.notice] if data.notice else []
-    models = [load_model(c, arch=cfg.arch, device=dev, official_config=cfg.official_config) for c in cfg.ckpts]
+    models = [m.to(dev) for m in given] if given is not None else \
+        [load_model(c, arch=cfg.arch, device=dev, official_config=cfg.official_config) for c in cfg.ckpts]
     sources = transfer_sources(cfg.transfer_from, dev)
     for model in [*models, *sources.values()]:
         check_compatible(model, data)
@@ -243,7 +246,8 @@ def _describe(run: RunDir, plans: Sequence[ModelPlan], suite: CorruptionSuite | 
             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells if c.param is not None}})
     for plan in plans:
         settings = plan.model.csc_settings
-        run.add_model(plan.model.name, {"checkpoint": str(plan.model.checkpoint_path), "sha256": plan.sha256,
+        path = plan.model.checkpoint_path
+        run.add_model(plan.model.name, {"checkpoint": str(path) if path else "built in Python", "sha256": plan.sha256,
                                         "config": plan.model.config.to_dict(),
                                         **({"csc_settings": settings.to_dict()} if settings else {})})
     if cfg.adaptive:
