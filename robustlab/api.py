@@ -131,7 +131,10 @@ def as_robust_model(module: nn.Module, data: ImageSet, *, dataset: str, name: st
 
 def load_results(*run_dirs: str | os.PathLike) -> pd.DataFrame:
     """The rows of one or more run directories (or results.csv files) as one DataFrame, read and validated
-    through the results schema, with the report's `variant` and `run_dir` columns; load warnings go to stderr."""
+    through the results schema, with the report's `variant` and `run_dir` columns; load warnings go to stderr.
+
+        >>> df = robustlab.load_results("runs/sdnet", "runs/resnet")
+    """
     from robustlab.reports.runs import load_runs
     df, _, notes = load_runs(list(run_dirs))
     for note in notes:
@@ -142,10 +145,15 @@ def load_results(*run_dirs: str | os.PathLike) -> pd.DataFrame:
 def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
     """One row per model variant and dataset with the report's headline figures: clean accuracy, mean corruption
     accuracy (15 benchmark corruptions), mCE and relative mCE against `baseline` (a variant), and robust accuracy
-    under every attack per threat model (`robust <norm> <eps>`), each with its 95% interval."""
+    under every attack per threat model (`robust <norm> <eps>`), each with its 95% interval.
+
+        >>> robustlab.summarize(robustlab.load_results("runs/sdnet", "runs/resnet"), baseline="resnet18")
+    """
     from robustlab.reports.leaderboard import headline_table
     from robustlab.reports.runs import outcome_loader
     if "variant" not in df:
         raise RobustlabError("summarize needs a frame from robustlab.evaluate or robustlab.load_results (it has no "
                              "'variant' column)")
+    from robustlab.reports.report import resolve_baseline_variant
+    baseline = resolve_baseline_variant(baseline, df, list(dict.fromkeys(df["variant"])))
     return headline_table(df, outcome_loader(df.attrs.get(OUTCOMES_ATTR)), baseline=baseline)

@@ -266,7 +266,11 @@ def load_model(ckpt: str | os.PathLike, arch: str | None = None, device: str | t
     """Load a checkpoint (path or zoo name) as a pixel-space [0, 1] -> logits model in eval mode.
 
     An official SDNet checkpoint takes its CSC settings from `official_config`, else from a YAML file of its stem
-    beside it, else the official defaults (recorded in `model.csc_settings`)."""
+    beside it, else the official defaults (recorded in `model.csc_settings`).
+
+        >>> model = robustlab.load_model("zoo:sdnet18-fashion")
+        >>> model = robustlab.load_model("sdnet18/model_best.pth.tar", device="cuda")
+    """
     text = str(ckpt)
     if text.startswith("robustbench:"):
         if official_config is not None:
@@ -301,7 +305,10 @@ def nonfinite_warning(model: RobustModel, consequence: str) -> str | None:
 
 
 def save_checkpoint(model: RobustModel, path: str | os.PathLike, **extra: Any) -> None:
-    """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights."""
+    """Save in robustlab's format: config (arch, normalization, lambda, ...), format version, weights.
+
+        >>> robustlab.save_checkpoint(robustlab.load_model("zoo:sdnet18-digits"), "sdnet.pt")
+    """
     from robustlab.models.csc import Dictionary
     if not all(d.is_current() for d in model.modules() if isinstance(d, Dictionary)):
         # the stored CSC step sizes must belong to these weights (loading trusts them): compute them at the

@@ -325,7 +325,11 @@ def csc_layer(model: nn.Module, layer: int = 0) -> CSCConv2d:
 
 def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None = 0) -> None:
     """Set the sparsity weight lambda of one CSC layer (or of all with layer=None); a 1-d tensor sets one
-    lambda per image of the next batches."""
+    lambda per image of the next batches.
+
+        >>> robustlab.set_lambda(model, 0.2)                 # the first CSC layer
+        >>> robustlab.set_lambda(model, 0.2, layer=None)     # every CSC layer
+    """
     if isinstance(value, torch.Tensor):
         if value.dim() != 1 or not torch.isfinite(value).all() or (value < 0).any():
             raise RobustlabError(f"a per-image lambda must be a 1-d tensor of finite values >= 0, got {value}")
@@ -355,7 +359,11 @@ def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
 
 
 def last_residual(model: nn.Module, layer: int = 0) -> torch.Tensor:
-    """Per-image reconstruction residual of a CSC layer from the model's last forward."""
+    """Per-image reconstruction residual of a CSC layer from the model's last forward.
+
+        >>> logits = model(x)
+        >>> r = robustlab.last_residual(model)               # shape (len(x),)
+    """
     m = csc_layer(model, layer)
     if not m.record_residual:
         raise RobustlabError(f"CSC layer {layer} does not record its residual (only the first does by default); set "

@@ -4,7 +4,7 @@ files (clean, adversarial, the perturbation scaled to be visible, and the classe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,31 +21,34 @@ ADVERSARIAL_IMAGES = 4  # adversarial examples per attack and eps
 Warn = Callable[[str], None]
 
 
-def _first_images(run: Run, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The run's first n clean test images (uint8 NHWC) and labels."""
+def _images(run: Run, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The run's clean test images at `indices` (uint8 NHWC) and their labels."""
     from robustlab.data import load_dataset
     args = run.manifest["arguments"]
     data = load_dataset(args["dataset"], args.get("data_dir"))
-    images, labels = next(iter(data.batches(n, n)))
+    order = np.asarray(indices, dtype=np.int64)
+    images, labels = next(iter(data.batches(len(order), len(order), order=order)))
     return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
 
 
-def _corrupted(run: Run, clean: np.ndarray, corruption: str, severity: int) -> np.ndarray:
-    """The first images of a corruption cell as the run evaluated them."""
+def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int], corruption: str, severity: int) -> np.ndarray:
+    """The images at `indices` of a corruption cell as the run evaluated them (`clean`: the same images clean)."""
     args = run.manifest["arguments"]
     suite = run.manifest.get("corruption_suite") or {}
     if args.get("c_dir"):
         from robustlab.data.corrupted import load_cifar_c, load_imagenet_c
         data = load_imagenet_c(args["c_dir"], corruption, severity) if args["dataset"] == "imagenet" else \
             load_cifar_c(args["c_dir"], corruption, severity, name=args["dataset"], num_classes=0)
-        images, _ = next(iter(data.batches(len(clean), len(clean))))
+        order = np.asarray(indices, dtype=np.int64)
+        images, _ = next(iter(data.batches(len(order), len(order), order=order)))
         return images.permute(0, 2, 3, 1).numpy()
     from robustlab.corruptions.engine import corrupt
     table = suite.get("table") or ("imagenet" if args["dataset"] == "imagenet" else "cifar")
-    level = (suite.get("levels") or {}).get(f"{corruption}-{severity}")
-    out = corrupt(clean[..., 0] if clean.shape[-1] == 1 else clean, corruption, severity, table=table,
-                  seed=int(args.get("seed", 0)), param=level, reencode=suite.get("jpeg_reencode_quality") is not None)
-    return out.reshape(clean.shape)
+    options = dict(table=table, seed=int(args.get("seed", 0)), param=(suite.get("levels") or {}).get(
+        f"{corruption}-{severity}"), reencode=suite.get("jpeg_reencode_quality") is not None)
+    # each image's noise is seeded by its index: one call per image keeps it, whichever images are shown
+    return np.concatenate([corrupt(clean[k:k + 1], corruption, severity, start=int(i), **options)
+                           for k, i in enumerate(indices)])
 
 
 def _strip(images: np.ndarray) -> np.ndarray:
@@ -68,8 +71,9 @@ def corruption_gallery(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, war
     names = corruption_order(list(dict.fromkeys(c for c, _ in cells)))
     severities = sorted({s for _, s in cells})
     try:
-        clean, _ = _first_images(run, GALLERY_IMAGES)
-        grid = {(c, s): _strip(_corrupted(run, clean, c, s)) for c, s in cells}
+        shown = range(GALLERY_IMAGES)
+        clean, _ = _images(run, shown)
+        grid = {(c, s): _strip(_corrupted(run, clean, shown, c, s)) for c, s in cells}
     except (RobustlabError, OSError, KeyError) as e:
         warn(f"corruption gallery of run {run.name} skipped: {str(e).splitlines()[0]}")
         return None
@@ -121,7 +125,7 @@ def adversarial_examples(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, l
         try:
             with np.load(path, allow_pickle=False) as npz:
                 adversarial, labels = npz["adversarial"][:ADVERSARIAL_IMAGES], npz["labels"][:ADVERSARIAL_IMAGES]
-            clean, _ = _first_images(run, len(labels))
+            clean, _ = _images(run, range(len(labels)))
         except (RobustlabError, OSError, ValueError, KeyError) as e:
             warn(f"adversarial examples of {path.name} skipped: {str(e).splitlines()[0]}")
             continue
@@ -155,3 +159,68 @@ def adversarial_examples(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, l
 
 def _label(pred: int | None) -> str:
     return "?" if pred is None else str(int(pred))
+
+
+FAILURES_SHOWN = 4  # images per direction in the side-by-side failures
+
+
+def _family(arch: str) -> str | None:
+    return "RDSN" if "rdsn" in arch else "SDNet" if arch.startswith("sdnet") else None
+
+
+def failures_side_by_side(df: pd.DataFrame, runs: Sequence[Run], fig_dir: Path,
+                          load: Callable[[pd.Series], Outcomes | None], warn: Warn) -> list[ReportFigure]:
+    """Where the runs hold an SDNet and an RDSN evaluated on the same images: in the unattacked cell where they
+    disagree most, the images one gets wrong and the other right, both ways, with each one's predicted class."""
+    import matplotlib.pyplot as plt
+    unattacked = df[df["attack"] == "none"]
+    families = {v: _family(str(a)) for v, a in zip(unattacked["variant"], unattacked["arch"])}
+    sdnets = [v for v, f in families.items() if f == "SDNet"]
+    rdsns = [v for v, f in families.items() if f == "RDSN"]
+    if not sdnets or not rdsns:
+        return []
+    a, b = sdnets[0], rdsns[0]
+    best = None
+    for key, both in unattacked[unattacked["variant"].isin([a, b])].groupby(["dataset", "corruption", "severity"]):
+        if set(both["variant"]) != {a, b} or len(both) != 2:
+            continue
+        ra, rb = (both[both["variant"] == v].iloc[0] for v in (a, b))
+        oa, ob = load(ra), load(rb)
+        if oa is None or ob is None or ra["image_set"] != rb["image_set"]:
+            continue
+        disagree = int((oa.ok != ob.ok).sum())
+        if best is None or disagree > best[0]:
+            best = (disagree, key, ra, oa, ob)
+    if best is None or best[0] == 0:
+        return []
+    _, (dataset, corruption, severity), ra, oa, ob = best
+    run = next((r for r in runs if str(r.path) == ra["run_dir"]), None)
+    pairs = [(np.flatnonzero(~oa.ok & ob.ok)[:FAILURES_SHOWN], f"{a} wrong, {b} right"),
+             (np.flatnonzero(oa.ok & ~ob.ok)[:FAILURES_SHOWN], f"{b} wrong, {a} right")]
+    try:
+        shown = []
+        for positions, title in pairs:
+            indices = oa.index[positions]
+            clean, labels = _images(run, indices) if len(indices) else (np.zeros((0,)), np.zeros(0))
+            images = clean if corruption == "none" or not len(indices) else \
+                _corrupted(run, clean, indices, corruption, int(severity))
+            shown.append((positions, images, labels, title))
+    except (RobustlabError, OSError, KeyError, TypeError, StopIteration) as e:
+        warn(f"side-by-side failures skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return []
+    fig, axes = plt.subplots(2, FAILURES_SHOWN, squeeze=False, figsize=(1.8 * FAILURES_SHOWN, 4.4))
+    for r, (positions, images, labels, title) in enumerate(shown):
+        axes[r][0].set_ylabel(title, fontsize=7)
+        for c in range(FAILURES_SHOWN):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(positions):
+                ax.imshow(images[c].squeeze(-1) if images[c].shape[-1] == 1 else images[c], cmap="gray",
+                          interpolation="nearest")
+                ax.set_title(f"true {labels[c]}: {oa.pred[positions[c]]} / {ob.pred[positions[c]]}", fontsize=7)
+    cell = "clean" if corruption == "none" else f"{corruption} severity {int(severity)}"
+    return [ReportFigure("failures-side-by-side", f"Failures side by side: {a} and {b}",
+                         f"{dataset}, {cell} (the cell where they disagree most, {best[0]} images): top row, images "
+                         f"{a} gets wrong and {b} right; bottom row, the reverse. Titles: true class: {a}'s / {b}'s "
+                         "prediction.", save(fig, fig_dir / "failures-side-by-side"))]

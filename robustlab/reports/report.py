@@ -22,7 +22,7 @@ from robustlab.reports.figures import (
     robust_figure,
     severity_figure,
 )
-from robustlab.reports.pictures import adversarial_examples, corruption_gallery
+from robustlab.reports.pictures import adversarial_examples, corruption_gallery, failures_side_by_side
 from robustlab.reports.render import Page, ReportFigure, Section, html_page, markdown
 from robustlab.reports.runs import Run, load_runs, outcome_loader
 from robustlab.reports.style import format_eps, variant_colors
@@ -115,8 +115,9 @@ def lambda_figures(df: pd.DataFrame, runs: list[Run], fig_dir: Path) -> list[Rep
 
 def picture_figures(df: pd.DataFrame, runs: list[Run], fig_dir: Path, data: ReportData,
                     warnings: list[str]) -> list[ReportFigure]:
-    """Each run's corruption gallery and its saved adversarial examples (robustlab.reports.pictures)."""
-    figures: list[ReportFigure] = []
+    """The SDNet's and RDSN's failures side by side, each run's corruption gallery and its saved adversarial
+    examples (robustlab.reports.pictures)."""
+    figures = failures_side_by_side(df, runs, fig_dir, data.outcomes, warnings.append)
     for run in runs:
         stem = _slug(run.name)
         gallery = corruption_gallery(run, df, fig_dir, stem, warnings.append)
