@@ -45,10 +45,11 @@ def test_the_gallery_shows_the_images_the_run_evaluated(run, tmp_path):
 
 def test_the_report_holds_the_gallery_and_each_saved_attack(run, tmp_path):
     files = build_report([run], tmp_path / "report")
-    names = sorted(p.name for p in files.figures if p.suffix == ".png")
+    names = {p.name for p in files.figures if p.suffix == ".png"}  # one file per figure: no two share a name
     assert "corruption-gallery-run.png" in names
     adversarial = [n for n in names if n.startswith("adversarial-")]
     assert len(adversarial) == len(list((run / "adversarial").glob("*.npz"))) == 2
+    assert all((tmp_path / "report" / "figures" / n).is_file() for n in adversarial)
     page = files.html.read_text()
     assert "<h3>Corruptions as the model saw them (run)</h3>" in page
     assert page.count("<h3>Adversarial examples: pgd-linf") == 2 and page.count("data:image/png;base64") >= 3

@@ -153,7 +153,7 @@ def adversarial_examples(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, l
             f"adversarial-{stem}-{len(figures)}", f"Adversarial examples: {what}",
             "Clean image (class predicted, true class), adversarial image (class predicted; -1: no prediction, a "
             "skipped image in the worst-case mode) and the perturbation, mid-grey = 0.",
-            save(fig, fig_dir / f"adversarial-{stem}-{path.stem}")))
+            save(fig, fig_dir / f"adversarial-{stem}-{path.stem.replace('.', '_')}")))  # no dot: save() sets the suffix
     return figures
 
 
