@@ -2,10 +2,9 @@
 self-contained page that sorts by a click and filters, in headless Chromium where one is installed."""
 from __future__ import annotations
 
-import html
+import contextlib
+import io
 import json
-import re
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from robustlab.cli import main
 from robustlab.reports.paired import worst_case
 from robustlab.reports.runs import load_runs, outcome_loader
 from tests.test_bad_inputs import assert_error_line, snapshot
-from tests.test_report import _chromium
+from tests.test_report import _chromium, chromium_check
 
 COMMON = ["--dataset", "fashion-mnist", "--n", "48", "--batch-size", "16", "--corruptions", "gaussian_noise",
           "--severities", "3", "--skip-diagnostics", "--quiet"]
@@ -34,8 +33,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def board(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("page") / "site" / "board.html"
-    import contextlib
-    import io
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         assert main(["leaderboard", *map(str, runs), "--out", str(out), "--json"]) == 0
@@ -118,14 +115,7 @@ def test_clicking_a_header_sorts_the_rows_in_headless_chromium(board, tmp_path):
     page, rows = board
     wrapper = page.parent / "check.html"  # the page plus a script that clicks and writes the order into the DOM
     wrapper.write_text(page.read_text().replace("</body>", CHECK + "</body>"))
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", wrapper.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    match = re.search(r'<pre id="robustlab-check">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"no check result in the DOM (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    result = json.loads(html.unescape(match.group(1)))
+    result = chromium_check(wrapper, tmp_path / "profile")
     figure = {r["variant"]: r["mean_corruption_accuracy"] for r in rows}
     descending = sorted(figure, key=lambda v: -figure[v])
     assert len(set(figure.values())) == len(figure), "distinct figures, so the order is defined"

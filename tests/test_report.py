@@ -186,6 +186,19 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def chromium_check(page: Path, profile: Path) -> dict:
+    """Open a page in headless Chromium (offline) and return the JSON its script wrote into
+    <pre id="robustlab-check">."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
+           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    match = re.search(r'<pre id="robustlab-check">(.*?)</pre>', proc.stdout, re.S)
+    assert match, f"no check result in the DOM (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    return json.loads(html.unescape(match.group(1)))
+
+
 CHECK = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -205,14 +218,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     page = report.html.read_text()
     wrapper = tmp_path / "check.html"  # the report plus a script that writes what loaded into the DOM
     wrapper.write_text(page.replace("</body>", CHECK + "</body>"))
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", wrapper.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    match = re.search(r'<pre id="robustlab-check">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"no check result in the DOM (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    result = json.loads(html.unescape(match.group(1)))
+    result = chromium_check(wrapper, tmp_path / "profile")
     assert len(result["images"]) == len(FIGURES)
     assert all(w > 0 for w in result["images"]), result["images"]
     tables = dict(result["tables"])
