@@ -593,6 +593,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RobustlabError as e:
         print(f"robustlab: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader went away (`robustlab ... | head`): stop quietly (before OSError, its base)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
@@ -602,6 +605,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("robustlab: interrupted; every finished cell is saved in the run's results.csv: run the same command "
               "again to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`robustlab ... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0

@@ -221,3 +221,14 @@ def test_labels_out_of_range_are_refused(tmp_path, sdnet_ckpt, capsys):
     assert run_cli("eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", folder, "--out",
                    tmp_path / "run", "--quiet") == 2
     assert "label 12 is outside 0..9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["list", "models"], ["list", "attacks"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(argv):
+    """`robustlab list models | head -1`: the reader closes the pipe; exit 0 and nothing on stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "robustlab", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert err == ""
