@@ -150,10 +150,10 @@ def summarize(df: pd.DataFrame, *, baseline: str | None = None) -> pd.DataFrame:
         >>> robustlab.summarize(robustlab.load_results("runs/sdnet", "runs/resnet"), baseline="resnet18")
     """
     from robustlab.reports.leaderboard import headline_table
+    from robustlab.reports.report import resolve_baseline_variant
     from robustlab.reports.runs import outcome_loader
     if "variant" not in df:
         raise RobustlabError("summarize needs a frame from robustlab.evaluate or robustlab.load_results (it has no "
                              "'variant' column)")
-    from robustlab.reports.report import resolve_baseline_variant
     baseline = resolve_baseline_variant(baseline, df, list(dict.fromkeys(df["variant"])))
     return headline_table(df, outcome_loader(df.attrs.get(OUTCOMES_ATTR)), baseline=baseline)

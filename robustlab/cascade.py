@@ -2,11 +2,11 @@
 smaller eps of the same norm, for the same model variant, is not attacked again.
 
 An image's worst case at (norm, eps) is broken as soon as one attack at any eps' <= eps breaks it (the eps' ball
-lies inside the eps ball), or as soon as the clean cell finds it misclassified, so skipping it changes no worst-case
-figure, provided every attack that skips images
-gives each image the adversarial example it would get in the full batch: only attacks whose entry is
-`image_independent` skip (their random starts are drawn per image), and never under per-set adaptive lambda
-(selected on the batch being attacked). The others run on every image and still mark what they break."""
+lies inside the eps ball), or as soon as the clean cell finds it misclassified, so skipping it changes no
+worst-case figure, provided every attack that skips images gives each image the adversarial example it would get
+in the full batch: only attacks whose entry is `image_independent` skip (their random starts are drawn per image),
+and never under per-set adaptive lambda (selected on the batch being attacked). The others run on every image
+and still mark what they break."""
 from __future__ import annotations
 
 from typing import Hashable, Sequence
@@ -60,6 +60,13 @@ class Cascade:
         seen = self._broken_at.setdefault((variant, norm), {})
         for i in outcomes.index[~outcomes.ok]:
             seen[int(i)] = min(seen.get(int(i), np.inf), eps)
+
+    def remember(self, variant: Hashable, cell: Cell, outcomes: Outcomes) -> None:
+        """What a finished cell tells: the images an attack broke, or those clean data gets wrong."""
+        if cell.attack is not None:
+            self.record(variant, cell.attack.norm, cell.attack.eps, outcomes)
+        else:
+            self.record_clean(variant, outcomes)
 
     def record_clean(self, variant: Hashable, outcomes: Outcomes) -> None:
         """The variant's clean cell: the images it gets wrong (not robust under any attack, which judges them

@@ -144,10 +144,11 @@ class Tally:
         csc = self.first_csc
         if seen.any() and csc is not None and csc.residual is not None:
             self.residual += csc.residual.detach().double().sum().to(self.device)
-        chosen = getattr(self.model, "last_lambdas", None) if seen.any() else None
+        adaptive = hasattr(self.model, "last_lambdas")  # robustlab.adaptive.AdaptiveLambda
+        chosen = self.model.last_lambdas if adaptive and seen.any() else None
         self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(chosen))]
         per_image = None
-        if chosen is not None or (attacked is not None and getattr(self.model, "last_lambdas", None) is not None):
+        if adaptive:  # a skipped image has no lambda (NaN)
             per_image = np.full(len(ok), np.nan, np.float32)
             if chosen is not None:
                 values = chosen.detach().float().reshape(-1).cpu().numpy()

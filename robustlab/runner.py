@@ -27,7 +27,6 @@ from robustlab.counting import RunInfo, checked_batches, count_correct, count_ro
 from robustlab.data import ImageSet, to_pixels
 from robustlab.models import RobustModel, csc_layers
 from robustlab.models.csc import restored
-from robustlab.outcomes import Outcomes
 from robustlab.progress import ProgressFactory
 from robustlab.results import Store
 from robustlab.schema import CASCADE_FLAG, NONE, SAMPLED_FLAG, SMALLER_BATCH_FLAG, LambdaMode, Record, cell_key
@@ -110,7 +109,7 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                     if remembers:  # a resumed worst-case run goes on from what the done cells broke
                         kept = shard.broadcast(store.kept_outcomes(cell_id) if store is not None else None)
                         if kept is not None:
-                            remember(cascade, variant, cell, kept)
+                            cascade.remember(variant, cell, kept)
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
@@ -150,11 +149,11 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                         if info.limit.size is not None and info.limit.size < info.batch_size:
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
                 if remembers and counts.outcomes is not None:  # this rank's images: later cells skip them here
-                    remember(cascade, variant, cell, counts.outcomes)
+                    cascade.remember(variant, cell, counts.outcomes)
                 counts = counts.merged(shard)
-                attacked = counts.outcomes.attacked if counts.outcomes is not None else None
-                if attacked is not None and not attacked.all():  # a row that attacked every image stands alone
-                    flags = flags + [CASCADE_FLAG.format(n=int(attacked.sum()))]
+                subset = counts.outcomes.attacked if counts.outcomes is not None else None
+                if subset is not None and not subset.all():  # a row that attacked every image stands alone
+                    flags = flags + [CASCADE_FLAG.format(n=int(subset.sum()))]
                 record = make_record(plan.model, plan.sha256, data, cell, setting, counts, info,
                                      counts.lambda_mean if applied.lmbda is None else applied.lmbda, flags,
                                      flags_model, selection)
@@ -162,14 +161,6 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                     record = store.append(record, counts.outcomes)
                 records.append(record)
     return records
-
-
-def remember(cascade: Cascade, variant: tuple[str, LambdaSetting], cell: Cell, outcomes: Outcomes) -> None:
-    """What a finished cell tells the worst-case mode: the images an attack broke, or those clean data gets wrong."""
-    if cell.attack is not None:
-        cascade.record(variant, cell.attack.norm, cell.attack.eps, outcomes)
-    else:
-        cascade.record_clean(variant, outcomes)
 
 
 DIAGNOSTIC_IMAGES = 64

@@ -20,7 +20,7 @@ from robustlab.cli import main
 from robustlab.config import EvalConfig
 from robustlab.errors import RobustlabError
 from robustlab.evaluation import evaluate
-from robustlab.outcomes import Outcomes
+from robustlab.outcomes import Outcomes, read_outcomes, write_outcomes
 from robustlab.reports.paired import worst_case
 from robustlab.reports.runs import load_runs, outcome_loader
 from robustlab.schema import CASCADE_FLAG, LambdaMode
@@ -206,3 +206,17 @@ def test_a_resumed_worst_case_run_goes_on_from_the_cells_it_had(tmp_path):
     assert main(command) == 0
     assert {(r["attack"], r["eps"]): (r["correct"], r["flags"]) for r in rows(out)} == whole
     assert len(rows(out)) == 5 and "cascade_attacked_96" not in whole[rows(out)[4]["attack"], rows(out)[4]["eps"]][1]
+
+
+def test_an_outcomes_file_that_calls_a_skipped_image_robust_is_refused(tmp_path):
+    key = ("m", "cell")
+    planted = Outcomes(index=np.arange(3), ok=np.array([True, True, False]), pred=np.zeros(3, np.int64),
+                       attacked=np.array([True, False, True]))
+    name = write_outcomes(tmp_path, key, "set", planted)
+    with pytest.raises(RobustlabError, match="counts an image it did not attack as robust"):
+        read_outcomes(tmp_path, name, key=key, image_set="set", n=3, correct=2)
+    honest = Outcomes(index=np.arange(3), ok=np.array([True, False, False]), pred=np.array([0, -1, 1]),
+                      attacked=np.array([True, False, True]))
+    read = read_outcomes(tmp_path, write_outcomes(tmp_path, key, "set", honest), key=key, image_set="set", n=3,
+                         correct=1)
+    assert read.attacked.tolist() == [True, False, True]

@@ -18,10 +18,12 @@ from robustlab.reports.tables import clean_table, summary_table
 from robustlab.schema import FLAGS
 
 
-def headline_table(df: pd.DataFrame, load: Loader, *, baseline: str | None = None) -> pd.DataFrame:
+def headline_table(df: pd.DataFrame, load: Loader, *, baseline: str | None = None,
+                   worst: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per variant and dataset: clean accuracy, mean corruption accuracy (benchmark corruptions), mCE and
     relative mCE against `baseline`, and robust accuracy under every attack per threat model (`robust <norm>
-    <eps>`), each with its 95% interval (`... low`, `... high`)."""
+    <eps>`), each with its 95% interval (`... low`, `... high`). `worst`: paired.worst_case of df, if the caller
+    has it."""
     order = list(dict.fromkeys(df["variant"]))
     clean = clean_table(df, order)[["variant", "dataset", "n", "accuracy", "ci_low", "ci_high"]]
     out = clean.rename(columns={"n": "clean_n", "accuracy": "clean_accuracy", "ci_low": "clean_low",
@@ -32,9 +34,7 @@ def headline_table(df: pd.DataFrame, load: Loader, *, baseline: str | None = Non
                               "relative_mCE"]].rename(columns={"ci_low": "mean_corruption_low",
                                                                "ci_high": "mean_corruption_high"})
         out = out.merge(corruption, on=["variant", "dataset"], how="outer")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # pandas' concat of all-NaN columns
-        worst = worst_case(df, load)
+    worst = worst_case_quietly(df, load) if worst is None else worst
     for (norm, eps), rows in worst.groupby(["norm", "eps"], sort=True):
         column = f"robust {norm} {format_eps(eps, norm)}"
         part = rows[["variant", "dataset", "accuracy", "ci_low", "ci_high"]].rename(
@@ -43,13 +43,19 @@ def headline_table(df: pd.DataFrame, load: Loader, *, baseline: str | None = Non
     return out.reset_index(drop=True)
 
 
+def worst_case_quietly(df: pd.DataFrame, load: Loader) -> pd.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # pandas' concat of all-NaN columns
+        return worst_case(df, load)
+
+
 def leaderboard_frame(df: pd.DataFrame, runs: Sequence[Run], out_dir: Path, *, baseline: str | None = None
                       ) -> pd.DataFrame:
     """The headline table plus what a board shows beside it: attacks covered, flags, date, checkpoint digest and
     a link (relative to `out_dir`) to each variant's run report, or its results.csv where it has none."""
     load = outcome_loader()
-    board = headline_table(df, load, baseline=baseline)
-    worst = worst_case(df, load) if (df["attack"] != "none").any() else pd.DataFrame(columns=["variant"])
+    worst = worst_case_quietly(df, load)
+    board = headline_table(df, load, baseline=baseline, worst=worst)
     by_path = {str(r.path): r for r in runs}
     extra = []
     for variant, dataset in zip(board["variant"], board["dataset"]):

@@ -115,7 +115,14 @@ def adversarial_examples(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, l
     import matplotlib.pyplot as plt
     folder = run.path / "adversarial"
     files = sorted(folder.glob("*.npz")) if folder.is_dir() and not folder.is_symlink() else []
-    figures = []
+    figures: list[ReportFigure] = []
+    if not files:
+        return figures
+    try:  # every file holds the run's images in order: the first few, read once for all of them
+        first, _ = _images(run, range(ADVERSARIAL_IMAGES))
+    except (RobustlabError, OSError, ValueError, KeyError) as e:
+        warn(f"adversarial examples of run {run.name} skipped: {str(e).splitlines()[0]}")
+        return figures
     for path in files:
         row = _adversarial_row(df, run, path)
         if row is None:
@@ -125,13 +132,12 @@ def adversarial_examples(run: Run, df: pd.DataFrame, fig_dir: Path, stem: str, l
         try:
             with np.load(path, allow_pickle=False) as npz:
                 adversarial, labels = npz["adversarial"][:ADVERSARIAL_IMAGES], npz["labels"][:ADVERSARIAL_IMAGES]
-            clean, _ = _images(run, range(len(labels)))
-        except (RobustlabError, OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError) as e:
             warn(f"adversarial examples of {path.name} skipped: {str(e).splitlines()[0]}")
             continue
         after = load(row)
         before = load(clean_rows.iloc[0]) if len(clean_rows) else None
-        clean = clean.astype(np.float32) / 255
+        clean = first[:len(labels)].astype(np.float32) / 255
         adversarial = adversarial.transpose(0, 2, 3, 1)
         eps = float(row["eps"])
         shown = np.clip((adversarial - clean) / (2 * eps) + 0.5, 0, 1) if row["norm"] == "Linf" else \
