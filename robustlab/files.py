@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from robustlab.errors import RobustlabError
 
 NAME_MAX, PATH_MAX = 255, 4096  # Linux's limits in bytes (PATH_MAX counts the final NUL)
+_TEMPORARY = re.compile(r"\.(?P<of>.+)\.[a-z0-9_]+\.tmp")  # new_temporary's and _replace_in's names
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -44,6 +46,12 @@ def new_temporary(path: Path) -> tuple[int, str]:
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     return fd, tmp
+
+
+def temporary_of(name: str) -> str | None:
+    """The file whose temporary (left by a killed atomic write) the name `name` is, or None."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["of"] if match else None
 
 
 def _fill(fd: int, data: bytes) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from robustlab.allocator import allocator_in_use
 from robustlab.errors import RobustlabError
-from robustlab.files import write_json
+from robustlab.files import temporary_of, write_json
 from robustlab.results import ResultStore
 from robustlab.schema import SCHEMA_VERSION, read_json_object
 
@@ -189,6 +189,9 @@ class RunDir:
         self.lock = RunLock(self.path)
         try:
             manifest = self._inspect(arguments, allow_config_change)  # again, now that nobody else writes
+            for leftover in self.path.iterdir():  # a killed writer's manifest temporary, now that nobody writes
+                if temporary_of(leftover.name) == MANIFEST:
+                    leftover.unlink(missing_ok=True)
             self.resumed = manifest is not None
             if manifest is not None:
                 manifest.setdefault("resumes", []).append({"at": _now(), "status_before": manifest.get("status"),
@@ -220,7 +223,8 @@ class RunDir:
             return None
         if not path.is_dir():
             raise RobustlabError(f"cannot create run directory {path} (Not a directory); pass a writable --out")
-        entries = {p.name for p in path.iterdir()} - {LOCK}
+        # a writer killed while writing its first manifest leaves the manifest's temporary
+        entries = {p.name for p in path.iterdir() if p.name != LOCK and temporary_of(p.name) != MANIFEST}
         if MANIFEST not in entries:
             if RESULTS in entries:
                 raise RobustlabError(f"{path} holds results.csv but no readable manifest.json, so it cannot be "

@@ -100,6 +100,26 @@ def test_a_run_killed_before_its_results_file_resumes(tmp_path, monkeypatch):
     assert len(pd.read_csv(out / "results.csv")) == 1
 
 
+def test_a_run_killed_while_writing_its_first_manifest_resumes(tmp_path, monkeypatch):
+    """A kill inside the first manifest's atomic write leaves the lock file, figures/ and the manifest's temporary:
+    the directory is still this run's to start."""
+    import robustlab.files as files
+    monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+
+    def killed(fd, data):
+        raise KeyboardInterrupt  # as if killed with the temporary file created, before its rename
+    with monkeypatch.context() as m:
+        m.setattr(files, "_fill", killed)
+        m.setattr(files.os, "unlink", lambda *a, **k: None)  # a kill runs no clean-up
+        assert cli(*EVAL, "--out", out) != 0
+    left = sorted(p.name for p in out.iterdir())
+    assert [n for n in left if n.startswith(".manifest.json.")], left
+    assert cli(*EVAL, "--out", out) == 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "the leftover temporary is removed"
+    assert len(pd.read_csv(out / "results.csv")) == 1
+
+
 def test_a_run_caught_between_its_first_files_is_reported_as_being_written(tmp_path, capsys):
     from robustlab.rundir import RESULTS
     out = tmp_path / "run"

@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import stat
 import sys
@@ -27,13 +26,11 @@ from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
-from robustlab.files import write_atomic, write_json
+from robustlab.files import temporary_of, write_atomic, write_json
 from robustlab.progress import ProgressFactory
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with which settings
-# a killed write's leftover in --out (files.new_temporary's names: .<file>.<random>.tmp)
-TEMPORARY = re.compile(rf"\.(.+\.npy|{re.escape(LAYOUT_FILE)})\.[a-z0-9_]+\.tmp")
 
 
 def layout_corruptions(suite: CorruptionSuite) -> list[str]:
@@ -57,7 +54,7 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
     if not out.is_dir() or overwrite:
         return
     # a rank's temporary file (a layout file being written beside this check) is not someone else's file
-    entries = sorted(p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp")))
+    entries = sorted(p.name for p in out.iterdir() if temporary_of(p.name) is None)
     if not entries:
         return
     mine = out / LAYOUT_FILE
@@ -109,7 +106,8 @@ def _writing(out: Path, shard: Shard) -> Iterator[None]:
             with contextlib.suppress(BlockingIOError):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 for path in out.iterdir():
-                    if TEMPORARY.fullmatch(path.name) and not path.is_dir():
+                    of = temporary_of(path.name)  # a killed write's leftover
+                    if of is not None and (of.endswith(".npy") or of == LAYOUT_FILE) and not path.is_dir():
                         path.unlink(missing_ok=True)
         fcntl.flock(fd, fcntl.LOCK_SH)
         yield
