@@ -358,7 +358,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    "lambda_low..lambda_high, 95%% bounds of the whole set's choice); all: every image, the exact rule")
     p.add_argument("--lambda-sweep", metavar="GRID", help="a row per lambda: 0.1:1.4:14, geom:0.1:0.3:14, "
                                                           "a comma list, official or default")
-    p.add_argument("--attack", help="pgd-linf, pgd-l2, fgsm, apgd-ce, apgd-t, autoattack, square")
+    p.add_argument("--attack", help="an attack (see robustlab list attacks)")
     p.add_argument("--eps", help="attack radius, 8/255 or 0.0314; a comma list sweeps eps")
     p.add_argument("--norm", choices=["Linf", "L2"], help="default: the attack's own")
     p.add_argument("--steps", type=_positive_int, help="gradient iterations per restart (PGD, APGD)")

@@ -145,7 +145,8 @@ def test_unknown_attack_lists_the_known_ones():
         make_spec("pgd", eps="8/255")
     msg = str(e.value)
     assert "did you mean" in msg and all(name in msg for name in ATTACKS)
-    assert sorted(ATTACKS) == ["apgd-ce", "apgd-t", "autoattack", "fgsm", "pgd-l2", "pgd-linf", "square"]
+    assert sorted(ATTACKS) == ["apgd-ce", "apgd-t", "autoattack", "fab-t", "fgsm", "pgd-l2", "pgd-linf", "square",
+                               "square-aa"]
 
 
 def test_spec_constructor_validates_too():
@@ -167,6 +168,9 @@ ATTACK_CASES = [
     dict(name="apgd-t", eps="8/255", steps=5),
     dict(name="apgd-t", eps=0.5, norm="L2", steps=5),
     dict(name="autoattack", eps="8/255"),
+    dict(name="fab-t", eps="8/255", steps=5),
+    dict(name="fab-t", eps=0.5, norm="L2", steps=5),
+    dict(name="square-aa", eps="8/255", queries=100),
     dict(name="square", eps="8/255", queries=100),
     dict(name="square", eps=2.0, norm="L2", queries=100),
 ]
@@ -229,6 +233,59 @@ def test_pgd_matches_torchattacks_called_directly(resnet, batch):
     assert 0 < out.robust_accuracy < out.clean_accuracy  # a budget where the comparison means something
     assert out.robust_accuracy == float(direct_robust.float().mean())
     assert torch.equal(out.robust, direct_robust) and torch.equal(out.adversarial, direct)
+
+
+@pytest.fixture(scope="module")
+def four_classes() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A 4-class model (3 target classes keep AutoAttack cheap) and 12 images labelled as it predicts them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 4)).eval()
+    x = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        return model, x, model(x).argmax(1)
+
+
+def test_autoattack_without_per_image_streams_is_autoattacks_own_loop(four_classes):
+    """robustlab's AutoAttack loop (rewritten to draw per image) is run_standard_evaluation's, draw for draw, when
+    it draws from one stream as AutoAttack does."""
+    from pyautoattack import AutoAttack
+    model, x, y = four_classes
+    spec = make_spec("autoattack", eps="2/255")
+    reference = AutoAttack(model, norm="Linf", eps=spec.eps, seed=5, version="standard", device=x.device)
+    reference.apgd_targeted.n_target_classes = reference.fab.n_target_classes = 3
+    expected, _ = reference.run_standard_evaluation(x.clone(), y.clone(), batch_size=len(x))
+    with torch.enable_grad():
+        got = ATTACKS.get("autoattack").run(model, x.clone(), y.clone(), spec, seed=5, num_classes=4, draws=None)
+    assert not torch.equal(expected, x)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name, restarts", [("apgd-ce", 2), ("apgd-t", 1)])
+def test_apgd_without_per_image_streams_is_autoattacks_own_loop(name, restarts, four_classes):
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+    model, x, y = four_classes
+    spec = make_spec(name, eps="2/255", steps=10, restarts=restarts)
+    common = dict(n_iter=10, norm="Linf", n_restarts=restarts, eps=spec.eps, seed=3)
+    reference = APGDAttack_targeted(model, n_target_classes=3, **common) if name == "apgd-t" \
+        else APGDAttack(model, loss="ce", **common)
+    expected = reference.perturb(x.clone(), y.clone())
+    got = ATTACKS.get(name).run(model, x.clone(), y.clone(), spec, seed=3, num_classes=4, draws=None)
+    assert not torch.equal(expected, x)
+    assert torch.equal(got, expected)
+
+
+def test_autoattack_is_the_worst_case_of_its_four_attacks_run_separately(four_classes):
+    """With per-image streams an image's AutoAttack outcome is that of the four attacks run alone on every image
+    with the same seed: robust under the ensemble exactly when robust under each."""
+    from robustlab.attacks.adapters import AUTOATTACK_STANDARD
+    model, x, y = four_classes
+    alone = {name: attack_batch(model, x, y, make_spec(name, eps="2/255"), seed=5).robust
+             for name in AUTOATTACK_STANDARD}
+    ensemble = attack_batch(model, x, y, make_spec("autoattack", eps="2/255"), seed=5).robust
+    survives_all = torch.stack(list(alone.values())).all(0)
+    assert not torch.equal(alone["apgd-ce"], survives_all), "a later attack breaks an image APGD-CE left"
+    assert 0 < int(survives_all.sum()) < len(x)
+    assert torch.equal(ensemble, survives_all)
 
 
 def test_eval_mode_bn_statistics_and_weights_are_untouched(sdnet, batch):
@@ -379,6 +436,11 @@ def test_shipped_suites_load():
                                                                ("pgd-linf", "Linf", 2 / 255, 10)]
     assert [s.eps for s in load_attack_suite("pgd-linf")] == [1 / 255, 2 / 255, 4 / 255, 8 / 255]
     assert load_attack_suite("autoattack-linf")[0].name == "autoattack"
+    from robustlab.attacks.adapters import AUTOATTACK_STANDARD
+    parts = load_attack_suite("autoattack-parts-linf")
+    assert tuple(spec.name for spec in parts) == AUTOATTACK_STANDARD
+    assert {(spec.eps, spec.steps, spec.queries) for spec in parts if spec.name in ("apgd-ce", "square-aa")} == \
+        {(8 / 255, 100, 0), (8 / 255, 0, 5000)}  # AutoAttack's budgets
     assert load_attack_suite("square-linf")[0].queries == 5000
     assert load_attack_suite(Path(__file__).parents[1] / "attacks" / "digits-small.toml") == demo
 

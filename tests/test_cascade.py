@@ -27,17 +27,22 @@ from robustlab.schema import CASCADE_FLAG, LambdaMode
 from tests.test_outcomes import outcomes_of, rows
 
 
-def _model() -> nn.Module:
+def _model(classes: int = 10) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, classes)).eval()
 
 
 @pytest.mark.parametrize("spec", [make_spec("pgd-linf", eps="8/255", steps=3),
                                   make_spec("pgd-linf", eps="8/255", steps=2, restarts=3),
                                   make_spec("square", eps="8/255", queries=30),
-                                  make_spec("fgsm", eps="8/255")], ids=lambda s: f"{s.name}-{s.restarts}")
+                                  make_spec("fgsm", eps="8/255"),
+                                  make_spec("apgd-ce", eps="4/255", steps=5, restarts=2),
+                                  make_spec("apgd-t", eps="4/255", steps=3),
+                                  make_spec("fab-t", eps="4/255", steps=5),
+                                  make_spec("square-aa", eps="8/255", queries=30),
+                                  make_spec("autoattack", eps="2/255")], ids=lambda s: f"{s.name}-{s.restarts}")
 def test_an_image_gets_the_same_adversarial_example_in_any_batch(spec):
-    model = _model()
+    model = _model(4 if spec.name == "autoattack" else 10)  # 3 target classes keep AutoAttack cheap
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -84,7 +89,9 @@ def test_only_batch_independent_attacks_skip_images():
     assert skips_images(make_spec("square", eps=0.1, norm="Linf"), LambdaMode.ADAPTIVE_IMAGE)
     assert not skips_images(make_spec("square", eps=0.1, norm="L2"), LambdaMode.FIXED)
     assert not skips_images(make_spec("square", eps=0.1, restarts=2), LambdaMode.FIXED)
-    assert not skips_images(make_spec("apgd-ce", eps=0.1), LambdaMode.FIXED)
+    assert skips_images(make_spec("apgd-t", eps=0.1), LambdaMode.FIXED)  # its runs draw per image (_apgd_runs)
+    assert skips_images(make_spec("autoattack", eps=0.1), LambdaMode.FIXED)
+    assert not skips_images(make_spec("autoattack", eps=0.5, norm="L2"), LambdaMode.FIXED)  # L2 Square
     assert not skips_images(make_spec("pgd-linf", eps=0.1), LambdaMode.ADAPTIVE_SET)  # lambda chosen per batch
 
 
