@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from robustlab.corrupt import write_c_layout  # noqa: E402
 from robustlab.corruptions import BENCHMARK, corrupt  # noqa: E402
 from robustlab.corruptions.pool import CorruptionPool  # noqa: E402
-from robustlab.corruptions.writer import write_c_layout  # noqa: E402
 from robustlab.data import ArrayImageSet, load_dataset  # noqa: E402
 from robustlab.progress import progress_bars  # noqa: E402
 

@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
-from robustlab import __version__
 from robustlab.attacks import AttackSpec
 from robustlab.counting import Counts, RunInfo
 from robustlab.data import ImageSet
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layers
 from robustlab.schema import NONE, LambdaMode, Record, wilson_interval
+from robustlab.version import __version__
 
 if TYPE_CHECKING:
     from robustlab.adaptive import Calibration, SetSelection

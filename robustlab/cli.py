@@ -117,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from robustlab.adaptive import calibrate_checkpoint
+    from robustlab.calibrate import calibrate_checkpoint
     from robustlab.config import CalibrateConfig
     calib, figures = calibrate_checkpoint(CalibrateConfig.from_cli(args))
     if args.json:
@@ -152,8 +152,8 @@ def _levels(text: str) -> list[float] | str:
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
+    from robustlab.corrupt import layout_corruptions, write_c_layout, write_folder_layout
     from robustlab.corruptions.pool import CorruptionPool, default_workers
-    from robustlab.corruptions.writer import layout_corruptions, write_c_layout, write_folder_layout
     from robustlab.data import load_dataset
     from robustlab.data.imagenet import FolderImageSet
     from robustlab.device import resolve_device
@@ -570,7 +570,7 @@ exit 1: some did (listed); exit 2: a baseline cell is missing (or has n = 0) or 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from robustlab import __version__
+    from robustlab.version import __version__
     parser = _Parser(prog="robustlab", description="Robustness evaluation of image classifiers.")
     parser.add_argument("--version", action="version", version=f"robustlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)

@@ -10,24 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from robustlab.adaptive.calibration import check_levels
 from robustlab.attacks.spec import AttackSpec
 from robustlab.errors import RobustlabError
 from robustlab.files import check_output_folder
+from robustlab.models.csc import MAX_LAMBDA
 
 MAX_SEED = 2 ** 32  # numpy and the attack libraries take seeds in [0, 2**32)
 DEFAULT_SELECT_N = 1000  # per-set selection's default sample; its bounds (lambda_low..high) say whether it sufficed
 ALL_IMAGES = "all"  # --select-n all: per-set selection on every image, the exact rule
-# lambda is the CSC sparsity weight: models train near 0.1 and the official grid ends at 1.4 (design.md, Algorithm 1),
-# so a lambda over 100 is a typo, not a setting (and one over 3.4e38 overflows the layer's float32)
-MAX_LAMBDA = 100.0
-# a calibration noise level per family (design.md, Algorithm 1): its bounds, and what the level is
-NOISE_LEVELS = {
-    "gaussian": (0.0, 1.0, "standard deviations in [0, 1] pixels, such as 0.02,0.1"),
-    "speckle": (0.0, 1.0, "relative standard deviations in 0..1, such as 0.1,0.6"),
-    "impulse": (0.0, 1.0, "fractions of the pixel values in 0..1, such as 0.03,0.3"),
-    # photons per unit pixel: fewer is noisier; above 1e6 the noise is below half an 8-bit step
-    "shot": (0.0, 1e6, "photon counts in (0, 1e6], such as 60,6"),
-}
 
 
 def check_seed(seed: int) -> None:
@@ -39,17 +30,6 @@ def check_lambda(value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_LAMBDA):
         raise RobustlabError(f"--lambda {value!r} must be a finite number >= 0 (at most {MAX_LAMBDA:g}); pass one "
                              "such as 0.1 (the usual training value)")
-
-
-def check_levels(noise: str, levels: tuple[float, ...], what: str = "--levels") -> None:
-    """Calibration levels: numbers, finite, and in the noise family's range (shot's must be > 0: it divides)."""
-    if noise not in NOISE_LEVELS:
-        return  # calibrate() names the unknown noise
-    low, high, meaning = NOISE_LEVELS[noise]
-    for v in levels:
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not (number and low <= v <= high) or (noise == "shot" and v == 0):
-            raise RobustlabError(f"{what} {v!r}: {noise} noise levels are {meaning}; pass levels in that range")
 
 
 def comma_list(text: str | None) -> tuple[str, ...]:

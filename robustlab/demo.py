@@ -9,8 +9,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from robustlab.adaptive import calibrate_checkpoint
 from robustlab.attacks import load_attack_suite
+from robustlab.calibrate import calibrate_checkpoint
 from robustlab.config import CalibrateConfig, EvalConfig
 from robustlab.corruptions import BENCHMARK, CORRUPTIONS
 from robustlab.evaluation import evaluate

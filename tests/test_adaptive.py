@@ -406,12 +406,12 @@ def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkey
     """select_per_image against Calibration.select on residual tables made by hand (the CSC layer replaced): rising
     and falling lines, float32 and float64, a grid out of order, residuals that do not grow, and NaN residuals
     (which must neither hang the search nor change the answer where the search sees them)."""
-    import robustlab.adaptive as adaptive
+    import robustlab.adaptive.per_image as per_image
     from robustlab.adaptive import select_per_image
     model = tiny_model("sdnet18")
     csc = csc_layer(model)
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(adaptive, "layer_input", lambda m, layer, x: x)
+    monkeypatch.setattr(per_image, "layer_input", lambda m, layer, x: x)
     grid = list(default_grid(0.1, n=9))
     checked = 0
     for trial in range(60):
@@ -495,11 +495,12 @@ def test_per_set_search_selects_the_exhaustive_rules_lambda_in_a_few_passes(monk
 def test_a_set_search_takes_few_passes_where_d_hardly_changes():
     """The set-mean search on hand-made growing residuals: the rule's lambda for 300 random lines, and on a line
     along which d barely moves (one pass per lambda if certification only ever took the outermost) 3 passes."""
-    from robustlab.adaptive import OFFICIAL_GRID, _MeanSearch
+    from robustlab.adaptive import OFFICIAL_GRID
+    from robustlab.adaptive.search import MeanSearch
 
     def search(calib: Calibration, table: np.ndarray) -> tuple[float, int]:
         passes = []
-        chosen = _MeanSearch(calib, lambda index: passes.append(index) or table[index]).run()
+        chosen = MeanSearch(calib, lambda index: passes.append(index) or table[index]).run()
         return float(calib.grid[chosen[0]]), len(passes)
 
     flat = np.array([5.231, 6.238, 8.304, 8.718, 9.805, 10.621, 10.943, 11.628, 12.499, 12.525, 13.848, 13.955,

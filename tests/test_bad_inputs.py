@@ -426,7 +426,7 @@ def test_full_disk_while_writing_corruptions_keeps_the_finished_files(world, cap
     err = capsys.readouterr().err
     assert code == 2
     assert_error_line(err, "contrast.npy", "No space left on device", "free space")
-    from robustlab.corruptions.writer import LAYOUT_FILE  # what robustlab records of the layout, for a resume
+    from robustlab.corrupt import LAYOUT_FILE  # what robustlab records of the layout, for a resume
     assert sorted(p.name for p in out.iterdir() if p.name != LAYOUT_FILE) == ["brightness.npy"], \
         "the finished file stays, no partial one"
     assert np.load(out / "brightness.npy").shape == (5 * N, 32, 32, 3)
@@ -747,12 +747,12 @@ def test_report_checks_every_output_before_writing(world, capsys, monkeypatch, t
 
 @pytest.mark.parametrize("planted", ["png-folder", "parent-is-a-file"])
 def test_calibrate_checks_its_outputs_before_the_sweep(world, capsys, monkeypatch, planted):
-    import robustlab.adaptive
+    import robustlab.adaptive.noise_sweep as noise_sweep
 
     def no_sweep(*_args: Any, **_kwargs: Any) -> None:
         raise AssertionError("the sweep ran before the outputs were checked")
 
-    monkeypatch.setattr(robustlab.adaptive, "sweep", no_sweep)
+    monkeypatch.setattr(noise_sweep, "sweep", no_sweep)
     argv = calibrate_args(world, "--levels", "0.1")
     if planted == "png-folder":
         folder = world.root / "calib"

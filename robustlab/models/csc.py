@@ -26,6 +26,9 @@ SOLVE_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
 # the slices' backward is 10x slower, and for 64 -> 64 the matmul loses 2x, so those stay on conv_transpose2d.
 # (The same trick for the forward 3 -> 64 convolution lost 10-80% to oneDNN.)
 PATCH_MAX_CHANNELS = 4
+# lambda is the CSC sparsity weight: models train near 0.1 and the official grid ends at 1.4 (design.md, Algorithm 1),
+# so a lambda over 100 is a typo, not a setting (and one over 3.4e38 overflows the layer's float32)
+MAX_LAMBDA = 100.0
 
 
 def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], kernel: int, stride: int,
