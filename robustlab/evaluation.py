@@ -178,8 +178,8 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack, given: Sequence[Robu
             if run is not None:
                 run.warn(message)
 
-    # a model on the CPU keeps its cores busy: generating beside it only competes (measured: 2 workers slower than
-    # none on 2 cores); on a GPU the cores are free for it
+    # a model on the CPU keeps its cores busy: generating beside it only competes (bench/README.md); on a GPU the
+    # cores are free for it
     pool = stack.enter_context(CorruptionPool(cfg.workers or (default_workers() if dev.type == "cuda" else 1)))
     digests: dict[int, str] = {}
     source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,

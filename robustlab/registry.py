@@ -1,6 +1,7 @@
 """A typed name -> object registry that answers unknown names with suggestions."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -21,6 +22,17 @@ class Registry(Generic[T]):
             raise RobustlabError(f"{self.kind} {name!r} is registered twice; rename one of them")
         self._entries[name] = entry
         return entry
+
+    @contextlib.contextmanager
+    def replaced(self, name: str, entry: T) -> Iterator[T]:
+        """Inside the block `name` resolves to `entry` (a stand-in for a registered entry, as tests use); after it,
+        to what it resolved to before."""
+        before = self.get(name)
+        self._entries[name] = entry
+        try:
+            yield entry
+        finally:
+            self._entries[name] = before
 
     def decorator(self, name: str) -> Callable[[T], T]:
         return lambda entry: self.register(name, entry)

@@ -23,20 +23,16 @@ from robustlab.adaptive import (
     residual_grid,
     select_for_set,
 )
-from robustlab.cli import main
 from robustlab.data import to_pixels
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import csc_layer
 from robustlab.models.csc import restored
-from tests.conftest import tiny_model
+from tests.helpers import make_calibration, run_cli, tiny_model
 from tests.numerics import assert_codes_close, assert_residuals_close, assert_rule_choice, csc_path_rtol, rule_choices
 
 pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
 
-
-def run_cli(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 def synthetic_sweep(a: float, b: float) -> list[dict]:
@@ -66,16 +62,8 @@ def test_ties_take_the_smaller_lambda_and_constant_lambda_is_no_line():
     assert fit.a == 0 and fit.b == pytest.approx(0.1)
 
 
-def _calib(grid, a, b, sha="x" * 64) -> Calibration:
-    return Calibration(checkpoint_sha256=sha, arch="sdnet18", layer=0, noise="gaussian", grid=list(grid),
-                       levels=[0.1], sweep=[{"level": 0.1, "lambda": grid[0], "accuracy": 1.0, "residual_mean": 1.0,
-                                             "n": 1}], points=[{"level": 0.1, "lambda": grid[0], "residual": 1.0,
-                                                                 "accuracy": 1.0}],
-                       fit=Fit(a, b, 1.0), calibration_split="digits/train", n=1, seed=0)
-
-
 def test_selection_picks_the_self_consistent_grid_point():
-    calib = _calib([0.1, 0.2, 0.3, 0.4], a=0.1, b=0.0)
+    calib = make_calibration([0.1, 0.2, 0.3, 0.4], a=0.1, b=0.0)
     # residual rises with lambda; lambda = 0.1 r is met exactly at lambda 0.3 (r = 3)
     residuals = torch.tensor([[2.0], [2.5], [3.0], [3.2]])
     assert float(calib.select(residuals)[0]) == pytest.approx(0.3)
@@ -88,7 +76,7 @@ def test_selection_picks_the_self_consistent_grid_point():
 def test_a_near_tie_is_decided_by_the_last_bits_and_admits_either_lambda():
     """At a near-tie the rule's lambda depends on the residuals' rounding, so two kernel paths may pick either of the
     tied lambdas (tests accept exactly those); where the decision is clear, only the rule's lambda is accepted."""
-    calib = _calib([0.25, 0.5, 0.75], a=1.0, b=0.0)  # lambda = r; binary fractions, so the tie is exact
+    calib = make_calibration([0.25, 0.5, 0.75], a=1.0, b=0.0)  # lambda = r; binary fractions, so the tie is exact
     table = torch.tensor([[0.375, 0.3], [0.375, 0.9], [2.0, 2.0]], dtype=torch.float64)  # column 0: gaps 1/8, 1/8
     assert calib.select(table).tolist() == [0.25, 0.25]
     nudged = table.clone()
@@ -143,7 +131,7 @@ def test_fast_selection_picks_what_the_whole_network_per_lambda_picks():
             reference.append(robustlab.last_residual(model).clone())
     reference = torch.stack(reference)
     robustlab.set_lambda(model, 0.1)
-    calib = _calib(grid, a=grid[3] / float(reference[3].median()), b=0.0)  # consistent mid-grid
+    calib = make_calibration(grid, a=grid[3] / float(reference[3].median()), b=0.0)  # consistent mid-grid
     per_image = AdaptiveLambda(model, calib, per_image=True)
     with torch.no_grad():
         per_image(x)
@@ -161,7 +149,7 @@ def test_per_image_selection_over_identical_images_equals_per_set():
     model = tiny_model("sdnet18")
     x = torch.rand(1, 3, 32, 32).repeat(5, 1, 1, 1)
     r = residual_grid(model, x[:1], [0.1, 0.2, 0.4])
-    calib = _calib([0.1, 0.2, 0.4], a=0.2 / float(r[1, 0]), b=0.0)  # consistent at lambda 0.2
+    calib = make_calibration([0.1, 0.2, 0.4], a=0.2 / float(r[1, 0]), b=0.0)  # consistent at lambda 0.2
     per_image = AdaptiveLambda(model, calib, per_image=True)
     per_set = AdaptiveLambda(model, calib, per_image=False)
     with torch.no_grad():
@@ -173,7 +161,7 @@ def test_per_image_selection_over_identical_images_equals_per_set():
 
 def test_adaptive_model_passes_gradients_straight_through_selection():
     model = tiny_model("sdnet18")
-    calib = _calib([0.1, 0.2], a=0.0, b=0.2)
+    calib = make_calibration([0.1, 0.2], a=0.0, b=0.2)
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     AdaptiveLambda(model, calib, per_image=True)(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -181,7 +169,7 @@ def test_adaptive_model_passes_gradients_straight_through_selection():
 
 
 def test_calibration_round_trip_and_rejections(tmp_path):
-    calib = _calib([0.1, 0.2], a=0.05, b=0.1, sha="a" * 64)
+    calib = make_calibration([0.1, 0.2], a=0.05, b=0.1, sha="a" * 64)
     path = tmp_path / "c.json"
     calib.save(path)
     again = load_calibration(path, sha256="a" * 64)
@@ -249,7 +237,7 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
 
 def test_lambda_options_refused_without_csc_or_with_a_foreign_calibration(tmp_path, capsys):
     calib_path = tmp_path / "c.json"
-    _calib([0.1], a=0.0, b=0.1, sha="f" * 64).save(calib_path)
+    make_calibration([0.1], a=0.0, b=0.1, sha="f" * 64).save(calib_path)
     assert run_cli("eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--lambda", "0.3",
                    "--out", tmp_path / "a") == 2
     assert "has no CSC layer" in capsys.readouterr().err
@@ -268,7 +256,7 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
     batches = [(i, images[i:i + 3]) for i in range(0, 10, 3)]  # 4 batches: ranks hold 2 and 2
     grid = list(default_grid(0.1, n=7))
     r = residual_grid(model, to_pixels(images, torch.device("cpu")), grid).double().mean(dim=1)
-    calib = _calib(grid, a=grid[3] / float(r[3]), b=0.0)
+    calib = make_calibration(grid, a=grid[3] / float(r[3]), b=0.0)
     whole = select_for_set(model, lambda: batches, calib, torch.device("cpu"), total=10).lmbda
     # two ranks in two threads, in lockstep as all_reduce keeps them: each pass's sums are exchanged and added
     import copy
@@ -318,7 +306,7 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
     certification must evaluate more of the grid, and the lambdas must still be the rule's."""
     import dataclasses
 
-    from robustlab.adaptive import Fit, load_calibration, residual_grid, select_per_image
+    from robustlab.adaptive import load_calibration, residual_grid, select_per_image
     from robustlab.corruptions import corrupt
     from robustlab.data import load_dataset
     model = robustlab.load_model("zoo:sdnet18-digits")
@@ -363,7 +351,7 @@ def test_selection_bounds_equal_the_rule_over_every_corner_of_the_box():
     widths = set()
     for _ in range(150):
         a, b = float(rng.choice([-1, 1]) * rng.uniform(1e-4, 1e-3)), float(rng.uniform(0.0, 0.3))
-        calib = _calib(grid, a=a, b=b)
+        calib = make_calibration(grid, a=a, b=b)
         mean = (np.array(grid) - b) / a + rng.normal(0, 40, len(grid))
         half = rng.uniform(0, rng.choice([2.0, 80.0]), len(grid)) * (rng.random(len(grid)) < 0.8)
         candidates = [sorted({m - h, m + h, min(max((g - b) / a, m - h), m + h)})
@@ -431,7 +419,7 @@ def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkey
         table = table[:, order]
         mid = float(table[:, len(grid) // 2].nan_to_num(600).median())
         slope = float(rng.choice([-1, 1])) * (0.1 / mid)
-        calib = _calib(shuffled, a=slope, b=0.2 - slope * mid)
+        calib = make_calibration(shuffled, a=slope, b=0.2 - slope * mid)
         monkeypatch.setattr(csc, "solve_at", lambda x, lambdas, t=table: lambda images, index: iter(
             [(t[images, index], torch.zeros(len(images), 1))]))
         got = select_per_image(model, torch.zeros(n, 3, 32, 32, dtype=dtype), calib).lambdas
@@ -448,7 +436,6 @@ def test_per_set_search_selects_the_exhaustive_rules_lambda_in_a_few_passes(monk
     passes over the set, the steep one at more."""
     import dataclasses
 
-    from robustlab.adaptive import Fit
     from robustlab.corruptions import corrupt
     from robustlab.data import load_dataset
     model = robustlab.load_model("zoo:sdnet18-digits")
@@ -505,11 +492,11 @@ def test_a_set_search_takes_few_passes_where_d_hardly_changes():
 
     flat = np.array([5.231, 6.238, 8.304, 8.718, 9.805, 10.621, 10.943, 11.628, 12.499, 12.525, 13.848, 13.955,
                      14.659, 15.247])
-    calib = _calib(OFFICIAL_GRID, a=0.11825, b=-0.55039)
+    calib = make_calibration(OFFICIAL_GRID, a=0.11825, b=-0.55039)
     lmbda, passes = search(calib, flat)
     assert lmbda == float(calib.select(torch.tensor(flat).view(-1, 1))[0]) and passes <= 3, passes
     rng = np.random.default_rng(0)
     for _ in range(300):
         table = np.cumsum(rng.uniform(0, 2, len(OFFICIAL_GRID))) + 5
-        calib = _calib(OFFICIAL_GRID, a=float(rng.uniform(-0.3, 0.3)), b=float(rng.uniform(-1, 1)))
+        calib = make_calibration(OFFICIAL_GRID, a=float(rng.uniform(-0.3, 0.3)), b=float(rng.uniform(-1, 1)))
         assert search(calib, table)[0] == float(calib.select(torch.tensor(table).view(-1, 1))[0])

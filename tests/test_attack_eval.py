@@ -5,12 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustlab.cli import main
-
-
-def run_cli(*argv) -> int:
-    return main([str(a) for a in argv])
-
+from tests.helpers import run_cli
 
 BASE = ["eval", "--dataset", "digits", "--n", 32, "--batch-size", 16, "--quiet"]
 

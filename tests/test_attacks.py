@@ -1,9 +1,11 @@
 """The attack layer: eps parsing, spec validation, the checking harness, transfer, diagnostics and suite files."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -30,7 +32,7 @@ from robustlab.attacks import (
 )
 from robustlab.attacks.draws import ImageDraws
 from robustlab.errors import RobustlabError
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
 
@@ -147,6 +149,20 @@ def test_unknown_attack_lists_the_known_ones():
     assert "did you mean" in msg and all(name in msg for name in ATTACKS)
     assert sorted(ATTACKS) == ["apgd-ce", "apgd-t", "autoattack", "fab-t", "fgsm", "pgd-l2", "pgd-linf", "square",
                                "square-aa"]
+
+
+def test_a_stand_in_replaces_an_entry_only_inside_its_block():
+    from robustlab.registry import Registry
+    registry: Registry[str] = Registry("thing")
+    registry.register("a", "first")
+    with registry.replaced("a", "stand-in") as entry:
+        assert entry == "stand-in"
+        assert registry.get("a") == "stand-in"
+    assert registry.get("a") == "first"
+    with pytest.raises(RobustlabError, match="unknown thing 'b'"):
+        with registry.replaced("b", "x"):
+            pass
+    assert "b" not in registry
 
 
 def test_spec_constructor_validates_too():
@@ -298,12 +314,15 @@ def test_eval_mode_bn_statistics_and_weights_are_untouched(sdnet, batch):
     assert all(p.requires_grad and p.grad is None for p in sdnet.parameters())
 
 
-def _misbehaving(monkeypatch, run) -> None:
-    entry = ATTACKS.get("fgsm")
-    monkeypatch.setitem(ATTACKS._entries, "fgsm", dataclasses.replace(entry, run=run))
+@pytest.fixture
+def misbehaving() -> Iterator[Callable[[Callable[..., torch.Tensor]], object]]:
+    """misbehaving(run): `fgsm` runs `run` instead for the rest of the test (through the registry's `replaced`)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda run: stack.enter_context(ATTACKS.replaced("fgsm", dataclasses.replace(ATTACKS.get("fgsm"),
+                                                                                              run=run)))
 
 
-def test_an_attack_that_leaves_training_mode_is_caught(monkeypatch, batch):
+def test_an_attack_that_leaves_training_mode_is_caught(misbehaving, batch):
     model = tiny_model("resnet18")
     before = bn_buffers(model)
 
@@ -311,13 +330,13 @@ def test_an_attack_that_leaves_training_mode_is_caught(monkeypatch, batch):
         model.train()
         return x
 
-    _misbehaving(monkeypatch, train_mode)
+    misbehaving(train_mode)
     with pytest.raises(RobustlabError, match="left the model in training mode"):
         attack_batch(model, *batch, make_spec("fgsm", eps="8/255"), seed=0)
     assert not model.training and all(torch.equal(v, bn_buffers(model)[k]) for k, v in before.items())
 
 
-def test_an_attack_that_moves_bn_statistics_is_caught_and_undone(monkeypatch, batch):
+def test_an_attack_that_moves_bn_statistics_is_caught_and_undone(misbehaving, batch):
     model = tiny_model("resnet18")
     before = bn_buffers(model)
 
@@ -327,16 +346,16 @@ def test_an_attack_that_moves_bn_statistics_is_caught_and_undone(monkeypatch, ba
         model.eval()
         return x
 
-    _misbehaving(monkeypatch, moves_stats)
+    misbehaving(moves_stats)
     with pytest.raises(RobustlabError, match="changed BatchNorm running statistics"):
         attack_batch(model, *batch, make_spec("fgsm", eps="8/255"), seed=0)
     assert all(torch.equal(v, bn_buffers(model)[k]) for k, v in before.items())
 
 
-def test_slightly_outside_is_projected_and_counted_grossly_outside_is_an_error(monkeypatch, resnet, batch):
+def test_slightly_outside_is_projected_and_counted_grossly_outside_is_an_error(misbehaving, resnet, batch):
     x, y = batch
     spec = make_spec("fgsm", eps="8/255")
-    _misbehaving(monkeypatch, lambda model, x, y, spec, **kw: (x + spec.eps * (1 + 1e-4)).clamp(0, 1))
+    misbehaving(lambda model, x, y, spec, **kw: (x + spec.eps * (1 + 1e-4)).clamp(0, 1))
     out = attack_batch(resnet, x, y, spec, seed=0)
     assert out.projected.all() and out.max_perturbation <= spec.eps * (1 + 1e-6) + ULP
 
@@ -345,11 +364,11 @@ def test_slightly_outside_is_projected_and_counted_grossly_outside_is_an_error(m
         adv[0].view(-1)[x[0].argmax()] = 1 + 1e-5  # the brightest pixel: within eps of it, but above 1
         return adv
 
-    _misbehaving(monkeypatch, above_one)
+    misbehaving(above_one)
     out = attack_batch(resnet, x, y, spec, seed=0)
     assert out.projected.tolist() == [True] + [False] * 5 and float(out.adversarial.max()) <= 1
 
-    _misbehaving(monkeypatch, lambda model, x, y, spec, **kw: (x + 2 * spec.eps).clamp(0, 1))
+    misbehaving(lambda model, x, y, spec, **kw: (x + 2 * spec.eps).clamp(0, 1))
     with pytest.raises(RobustlabError, match="far outside the Linf ball"):
         attack_batch(resnet, x, y, spec, seed=0)
 

@@ -32,30 +32,15 @@ from robustlab.counting import count_correct
 from robustlab.data import ArrayImageSet, to_pixels
 from robustlab.data.npy import NpyWriter
 from robustlab.errors import RobustlabError
-from tests.conftest import tiny_model, write_cifar, write_imagenet
+from tests.helpers import assert_error_line, snapshot, tiny_model, write_cifar, write_imagenet
 
 N = 8  # test images
-FIX_WORDS = ("pass", "use", "pick", "remove", "download", "copy", "free", "fix", "re-save", "store", "point",
-             "multiply", "round", "rescale", "add", "did you mean")
 
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under root and its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run_eval(capsys: pytest.CaptureFixture, *argv: Any) -> tuple[int, str]:
     code = main(["eval", *(str(a) for a in argv)])
     return code, capsys.readouterr().err
-
-
-def assert_error_line(err: str, *names: str) -> None:
-    """One line, `robustlab: error: ...`, naming each of `names`, ending in a fix."""
-    assert err.startswith("robustlab: error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for name in names:
-        assert name in err, (name, err)
-    assert any(w in err.rsplit("; ", 1)[-1] for w in FIX_WORDS), f"no fix after the last '; ': {err}"
 
 
 def write_pickle(path: Path, obj: Any) -> None:
@@ -574,7 +559,7 @@ def test_idx_gz_bomb_is_read_no_further_than_its_header_announces(tmp_path):
 def test_idx_header_announcing_an_impossible_size_is_refused(world, capsys, gz, shape, names):
     import gzip
 
-    from tests.conftest import write_idx
+    from tests.helpers import write_idx
     root = write_idx(world.root / "mnist", n=3, gz=gz)
     images = root / f"t10k-images-idx3-ubyte{'.gz' if gz else ''}"
     data = _images_header(*shape) + bytes(2 * 28 * 28)
@@ -663,7 +648,7 @@ def test_a_fifo_as_the_run_lock_neither_hangs_nor_crashes(world, capsys):
 
 # ---- issue #27: every output checked before any work, no write through a link, numbers bounded
 
-def run_cli(capsys: pytest.CaptureFixture, *argv: Any) -> tuple[int, str]:
+def run_cli_capturing(capsys: pytest.CaptureFixture, *argv: Any) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
@@ -683,7 +668,7 @@ def calibrate_args(w: SimpleNamespace, *more: Any) -> list[Any]:
 def resumable_save_adv_run(w: SimpleNamespace, capsys: pytest.CaptureFixture) -> tuple[list[Any], Path]:
     """The arguments of a --save-adv run whose attack cell is unfinished (its row dropped), and its npz file."""
     argv = ["eval", *w.eval, "--attack", "fgsm", "--eps", "1/255", "--save-adv", "--skip-diagnostics", "--out", w.out]
-    assert run_cli(capsys, *argv)[0] == 0
+    assert run_cli_capturing(capsys, *argv)[0] == 0
     results = w.out / "results.csv"
     results.write_text("".join(results.read_text().splitlines(keepends=True)[:-1]))
     return argv, next((w.out / "adversarial").iterdir())
@@ -703,7 +688,7 @@ def test_resume_with_save_adv_refuses_links(world, capsys, linked):
         npz.unlink()
         npz.symlink_to(outside / "target.bin")
     before = snapshot(world.root)
-    code, err = run_cli(capsys, *argv)
+    code, err = run_cli_capturing(capsys, *argv)
     assert code == 2
     assert_error_line(err, "adversarial", "is a symbolic link", "remove it or pass another --out")
     assert snapshot(world.root) == before
@@ -728,7 +713,7 @@ def test_adversarial_examples_are_never_written_through_a_link(tmp_path):
 def test_report_checks_every_output_before_writing(world, capsys, monkeypatch, tmp_path_factory, planted):
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     argv = ["eval", *world.eval, "--corruptions", "brightness", "--severities", "1", "--out", world.out]
-    assert run_cli(capsys, *argv)[0] == 0  # corruption rows: the report draws figures
+    assert run_cli_capturing(capsys, *argv)[0] == 0  # corruption rows: the report draws figures
     out = world.root / "report"
     out.mkdir()
     if planted == "figures-link":
@@ -739,7 +724,7 @@ def test_report_checks_every_output_before_writing(world, capsys, monkeypatch, t
         (out / "report.html").mkdir()
         names = [str(out / "report.html"), "is a directory"]
     before = snapshot(world.root)
-    code, err = run_cli(capsys, "report", world.out, "--out", out)
+    code, err = run_cli_capturing(capsys, "report", world.out, "--out", out)
     assert code == 2
     assert_error_line(err, *names)
     assert snapshot(world.root) == before
@@ -765,7 +750,7 @@ def test_calibrate_checks_its_outputs_before_the_sweep(world, capsys, monkeypatc
         argv += ["--out", world.root / "notes.txt" / "c.json"]
         names = [str(world.root / "notes.txt"), "not a directory"]
     before = snapshot(world.root)
-    code, err = run_cli(capsys, *argv)
+    code, err = run_cli_capturing(capsys, *argv)
     assert code == 2
     assert_error_line(err, *names)
     assert snapshot(world.root) == before
@@ -781,9 +766,9 @@ def results_with(src: Path, dst: Path, **values: str) -> Path:
 
 
 def test_regress_fails_a_run_that_evaluated_nothing(world, capsys):
-    assert run_cli(capsys, "eval", *world.eval, "--out", world.out)[0] == 0
+    assert run_cli_capturing(capsys, "eval", *world.eval, "--out", world.out)[0] == 0
     empty = results_with(world.out / "results.csv", world.root / "empty.csv", n="0", correct="0")
-    code, err = run_cli(capsys, "regress", world.out / "results.csv", empty)
+    code, err = run_cli_capturing(capsys, "regress", world.out / "results.csv", empty)
     assert code == 2
     assert_error_line(err, "current results evaluated no images (n = 0) in 1 of the 1 baseline cells", "fix")
 
@@ -791,10 +776,10 @@ def test_regress_fails_a_run_that_evaluated_nothing(world, capsys):
 @pytest.mark.parametrize("n", ["inf", "1e400"])
 @pytest.mark.parametrize("side", ["baseline", "current"])
 def test_regress_refuses_an_infinite_count(world, capsys, n, side):
-    assert run_cli(capsys, "eval", *world.eval, "--out", world.out)[0] == 0
+    assert run_cli_capturing(capsys, "eval", *world.eval, "--out", world.out)[0] == 0
     good = world.out / "results.csv"
     bad = results_with(good, world.root / "bad.csv", n=n)
-    code, err = run_cli(capsys, "regress", *((bad, good) if side == "baseline" else (good, bad)))
+    code, err = run_cli_capturing(capsys, "regress", *((bad, good) if side == "baseline" else (good, bad)))
     assert code == 2
     assert_error_line(err, f"{bad} line 2: n is inf, not a whole number >= 0", "remove that line")
 
@@ -802,8 +787,8 @@ def test_regress_refuses_an_infinite_count(world, capsys, n, side):
 def test_report_markdown_escapes_html_in_model_names(world, capsys):
     ckpt = world.root / "m<script>alert(1)&x|y.pt"
     ckpt.write_bytes(world.ckpt.read_bytes())
-    assert run_cli(capsys, "eval", "--ckpt", ckpt, *world.common, "--out", world.out)[0] == 0
-    assert run_cli(capsys, "report", world.out, "--out", world.root / "report")[0] == 0
+    assert run_cli_capturing(capsys, "eval", "--ckpt", ckpt, *world.common, "--out", world.out)[0] == 0
+    assert run_cli_capturing(capsys, "report", world.out, "--out", world.root / "report")[0] == 0
     md = (world.root / "report" / "report.md").read_text()
     assert "<script>" not in md and "| m&lt;script&gt;alert(1)&amp;x\\|y |" in md
 
@@ -878,7 +863,7 @@ ONE_LINE_REFUSALS = [eval_out_name_too_long, eval_out_path_too_long, calibrate_o
 def test_refused_in_one_line(world, capsys, entry):
     argv, names = entry(world)
     before = snapshot(world.root)
-    code, err = run_cli(capsys, *argv)
+    code, err = run_cli_capturing(capsys, *argv)
     assert code == 2
     assert_error_line(err, *names)
     assert snapshot(world.root) == before

@@ -24,7 +24,7 @@ from robustlab.outcomes import Outcomes, read_outcomes, write_outcomes
 from robustlab.reports.paired import worst_case
 from robustlab.reports.runs import load_runs, outcome_loader
 from robustlab.schema import CASCADE_FLAG, LambdaMode
-from tests.test_outcomes import outcomes_of, rows
+from tests.helpers import outcomes_of, read_rows
 
 
 def _model(classes: int = 10) -> nn.Module:
@@ -149,7 +149,7 @@ def _worst(run: Path) -> pd.DataFrame:
 
 def _per_image(run: Path) -> dict[tuple[str, float], np.ndarray]:
     """Per model and eps: which images survive every attack at that eps or a smaller one (from the outcomes)."""
-    attacked = [r for r in rows(run) if r["attack"] != "none"]
+    attacked = [r for r in read_rows(run) if r["attack"] != "none"]
     return {(m, e): np.logical_and.reduce([outcomes_of(run, r).ok for r in attacked
                                            if r["model"] == m and float(r["eps"]) <= e])
             for m, e in {(r["model"], float(r["eps"])) for r in attacked}}
@@ -183,7 +183,7 @@ def test_the_worst_case_mode_gives_the_worst_case_of_every_attack_on_every_image
 
 def test_a_row_that_skipped_images_says_so_and_counts_them_broken(demo_runs):
     _, cascade = demo_runs
-    attacked = [r for r in rows(cascade) if r["attack"] != "none"]
+    attacked = [r for r in read_rows(cascade) if r["attack"] != "none"]
     skipped = [r for r in attacked if CASCADE_FLAG.format(n="") in r["flags"]]
     assert skipped, "the larger eps and Square skipped images"
     for row in skipped:
@@ -197,7 +197,7 @@ def test_the_worst_case_mode_saves_attack_time(demo_runs):
     full, cascade = demo_runs
 
     def attack_seconds(run: Path) -> float:
-        return sum(float(r["seconds"]) for r in rows(run) if r["attack"] != "none")
+        return sum(float(r["seconds"]) for r in read_rows(run) if r["attack"] != "none")
     assert attack_seconds(cascade) < attack_seconds(full)
 
 
@@ -207,12 +207,14 @@ def test_a_resumed_worst_case_run_goes_on_from_the_cells_it_had(tmp_path):
     command = ["eval", "--ckpt", "zoo:sdnet18-fashion", "--dataset", "fashion-mnist", "--n", "96", "--batch-size",
                "32", "--attacks", "fashion-pgd", "--cascade", "--skip-diagnostics", "--quiet", "--out", str(out)]
     assert main(command) == 0
-    whole = {(r["attack"], r["eps"]): (r["correct"], r["flags"]) for r in rows(out)}
+    whole = {(r["attack"], r["eps"]): (r["correct"], r["flags"]) for r in read_rows(out)}
     lines = (out / "results.csv").read_text().splitlines(keepends=True)
     (out / "results.csv").write_text("".join(lines[:4]))  # header, clean, PGD at 1/255 and 2/255
     assert main(command) == 0
-    assert {(r["attack"], r["eps"]): (r["correct"], r["flags"]) for r in rows(out)} == whole
-    assert len(rows(out)) == 5 and "cascade_attacked_96" not in whole[rows(out)[4]["attack"], rows(out)[4]["eps"]][1]
+    assert {(r["attack"], r["eps"]): (r["correct"], r["flags"]) for r in read_rows(out)} == whole
+    last = read_rows(out)[4]
+    assert len(read_rows(out)) == 5
+    assert "cascade_attacked_96" not in whole[last["attack"], last["eps"]][1]
 
 
 def test_an_outcomes_file_that_calls_a_skipped_image_robust_is_refused(tmp_path):

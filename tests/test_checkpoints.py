@@ -169,7 +169,7 @@ def test_robustbench_names_are_checked_and_never_downloaded(tmp_path, monkeypatc
 
 def test_saved_step_sizes_belong_to_the_saved_weights(tmp_path):
     from robustlab.models.csc import largest_eigenvalue
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     model = tiny_model("sdnet18")  # never run: its step_size buffer is still the placeholder
     robustlab.save_checkpoint(model, tmp_path / "m.pt")
     layer = robustlab.models.csc_layer(robustlab.load_model(tmp_path / "m.pt"))

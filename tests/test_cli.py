@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import subprocess
 import sys
 
@@ -14,13 +15,8 @@ import torch
 
 from robustlab.allocator import allocator_in_use
 from robustlab.checkpoints import load_model, save_checkpoint
-from robustlab.cli import main
 from robustlab.schema import COLUMNS
-from tests.conftest import tiny_model, write_cifar, write_imagenet
-
-
-def run_cli(*argv) -> int:
-    return main([str(a) for a in argv])
+from tests.helpers import run_cli, tiny_model, write_cifar, write_imagenet
 
 
 def direct_accuracy(ckpt, images_nhwc: np.ndarray, labels) -> int:
@@ -232,3 +228,38 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(argv):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert err == ""
+
+
+def test_help_and_choices_name_no_registered_name_literally():
+    """The CLI's help texts and choices come from the registries: a registered attack, dataset or architecture
+    written into a help string or a choices list would go stale when the registry changes."""
+    import ast
+    from pathlib import Path
+
+    import robustlab.cli
+    from robustlab.attacks import ATTACKS
+    from robustlab.data import DATASETS
+    from robustlab.demo import DEMOS
+    from robustlab.models import ARCHS
+    names = {*ATTACKS, *DATASETS, *ARCHS, *DEMOS}
+    literal = []
+    for path in sorted(Path(robustlab.cli.__file__).parent.glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text())):
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "add_argument":
+                for keyword in call.keywords:
+                    if keyword.arg in ("help", "choices"):
+                        for node in ast.walk(keyword.value):
+                            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                                literal += [(path.name, name) for name in names
+                                            if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", node.value)]
+    assert not literal
+
+
+def test_eval_help_groups_its_options():
+    from robustlab.cli import build_parser
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]
+    groups = {g.title: {a.dest for a in g._group_actions} for g in eval_parser._action_groups}
+    assert {"models", "data", "corruptions", "attacks", "lambda (SDNet)", "output", "execution"} <= set(groups)
+    assert {"ckpt", "arch"} <= groups["models"]
+    assert {"attack", "eps", "cascade"} <= groups["attacks"]
+    assert {"lmbda", "adaptive_lambda", "select_n"} <= groups["lambda (SDNet)"]

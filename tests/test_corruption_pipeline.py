@@ -14,11 +14,7 @@ from robustlab.corruptions.suites import load_corruption_suite
 from robustlab.data import load_dataset
 from robustlab.errors import RobustlabError
 from robustlab.reports.metrics import ALEXNET_ERROR, corruption_summary
-from tests.conftest import write_imagenet
-
-
-def run_cli(*argv) -> int:
-    return main([str(a) for a in argv])
+from tests.helpers import run_cli, write_imagenet
 
 
 @pytest.fixture(autouse=True)
@@ -80,13 +76,13 @@ def test_corrupt_writes_the_published_layout_and_eval_reads_it_back(tmp_path):
 
 
 def test_eval_from_c_dir_equals_generated(tmp_path):
-    from tests.conftest import write_cifar
+    from tests.helpers import write_cifar
     data = write_cifar(tmp_path / "data", n_test=16)
     cdir = tmp_path / "c"
     assert run_cli("corrupt", "--dataset", "cifar10", "--data-dir", data, "--out", cdir,
                    "--corruptions", "impulse_noise,pixelate", "--quiet") == 0
     from robustlab.checkpoints import save_checkpoint
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     ckpt = tmp_path / "m.pt"
     save_checkpoint(tiny_model("sdnet18"), ckpt)
     common = ["eval", "--ckpt", ckpt, "--dataset", "cifar10", "--data-dir", data, "--corruptions",
@@ -103,14 +99,14 @@ def test_eval_from_c_dir_equals_generated(tmp_path):
 
 
 def test_c_dir_errors(tmp_path, capsys):
-    from tests.conftest import write_cifar
+    from tests.helpers import write_cifar
     data = write_cifar(tmp_path / "data", n_test=8)
     cdir = tmp_path / "c"
     cdir.mkdir()
     np.save(cdir / "fog.npy", np.zeros((10, 32, 32, 3), np.uint8))
     np.save(cdir / "labels.npy", np.zeros(7, np.int64))
     from robustlab.checkpoints import save_checkpoint
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     save_checkpoint(tiny_model("sdnet18"), tmp_path / "m.pt")
     base = ["eval", "--ckpt", tmp_path / "m.pt", "--dataset", "cifar10", "--data-dir", data, "--c-dir", cdir,
             "--out", tmp_path / "run"]
@@ -130,7 +126,7 @@ def test_imagenet_c_folders(tmp_path):
         write_imagenet(cdir / "fog" / str(sev), classes=3, per_class=1, seed=sev)
     val = write_imagenet(tmp_path / "val", classes=3, per_class=1)
     from robustlab.checkpoints import save_checkpoint
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     save_checkpoint(tiny_model("resnet18", num_classes=3, size=224), tmp_path / "m.pt")
     assert run_cli("eval", "--ckpt", tmp_path / "m.pt", "--dataset", "imagenet", "--data-dir", val, "--corruptions",
                    "fog", "--severities", "1,2", "--c-dir", cdir, "--out", tmp_path / "run", "--quiet") == 0
@@ -352,7 +348,7 @@ def test_corrupt_writes_imagenet_c_folders_that_read_back_as_generated(tmp_path,
     import robustlab.corruptions.pool as pool
     from robustlab.data.corrupted import GeneratedImageSet, load_imagenet_c
     from robustlab.data.imagenet import FolderImageSet
-    from tests.conftest import write_imagenet
+    from tests.helpers import write_imagenet
     write_imagenet(tmp_path / "val", classes=2, per_class=3)
     args = ["corrupt", "--dataset", "imagenet", "--data-dir", str(tmp_path), "--corruptions",
             "gaussian_noise,contrast", "--batch-size", "2", "--workers", "1", "--quiet"]

@@ -8,6 +8,7 @@ import robustlab
 from robustlab.errors import RobustlabError
 from robustlab.models import CSCConv2d, csc_layer
 from robustlab.models import csc as csc_module
+from tests.helpers import tiny_model
 from tests.numerics import assert_codes_close, assert_residuals_close
 from tests.reference import dense_csc, dense_step, unit_atoms
 
@@ -143,16 +144,8 @@ def test_gradients_reach_the_input():
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-def _tiny_sdnet():
-    from robustlab.models import ModelConfig, RobustModel, build_net
-    cfg = ModelConfig(arch="sdnet18", num_classes=10, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
-                      arch_kwargs={"width": 0.125})
-    torch.manual_seed(0)
-    return RobustModel(build_net(cfg), cfg).eval()
-
-
 def test_lambda_changes_threshold_output_and_residual():
-    model = _tiny_sdnet()
+    model = tiny_model("sdnet18")
     x = torch.rand(4, 3, 32, 32)
     outs, residuals, sparsity = [], [], []
     first = csc_layer(model, 0)
@@ -170,7 +163,7 @@ def test_lambda_changes_threshold_output_and_residual():
 
 
 def test_lambda_api_errors_are_clear():
-    model = _tiny_sdnet()
+    model = tiny_model("sdnet18")
     with pytest.raises(RobustlabError, match="finite number"):
         robustlab.set_lambda(model, float("nan"))
     with pytest.raises(RobustlabError, match="does not exist"):

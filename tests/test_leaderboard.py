@@ -13,8 +13,7 @@ import pytest
 from robustlab.cli import main
 from robustlab.reports.paired import worst_case
 from robustlab.reports.runs import load_runs, outcome_loader
-from tests.test_bad_inputs import assert_error_line, snapshot
-from tests.test_report import _chromium, chromium_check
+from tests.helpers import assert_error_line, chromium_check, chromium_path, snapshot
 
 COMMON = ["--dataset", "fashion-mnist", "--n", "48", "--batch-size", "16", "--corruptions", "gaussian_noise",
           "--severities", "3", "--skip-diagnostics", "--quiet"]
@@ -110,7 +109,7 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (/usr/bin/chromium or chromium on PATH)")
+@pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (/usr/bin/chromium or chromium on PATH)")
 def test_clicking_a_header_sorts_the_rows_in_headless_chromium(board, tmp_path):
     page, rows = board
     wrapper = page.parent / "check.html"  # the page plus a script that clicks and writes the order into the DOM

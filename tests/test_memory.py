@@ -19,7 +19,7 @@ from robustlab.data.corrupted import load_cifar_c
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel
-from tests.conftest import tiny_model, write_cifar
+from tests.helpers import tiny_model, write_cifar
 
 
 def test_npy_rows_read_what_numpy_wrote(tmp_path):

@@ -13,20 +13,10 @@ from robustlab.cli import main
 from robustlab.data import load_dataset
 from robustlab.outcomes import Outcomes, outcomes_name, read_outcomes
 from robustlab.schema import cell_key
-from tests.test_bad_inputs import assert_error_line, snapshot
+from tests.helpers import assert_error_line, outcomes_of, read_rows, snapshot
 
 EVAL = ["eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "40", "--corruptions",
         "gaussian_noise", "--severities", "5", "--attack", "fgsm", "--eps", "16/255", "--skip-diagnostics", "--quiet"]
-
-
-def rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def outcomes_of(run: Path, row: dict[str, str]) -> Outcomes:
-    return read_outcomes(run, row["outcomes"], key=cell_key(row), image_set=row["image_set"], n=int(row["n"]),
-                         correct=int(row["correct"]))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_row_has_its_images_outcomes(run):
     labels = load_dataset("digits").label_array(40)
-    found = rows(run)
+    found = read_rows(run)
     assert len(found) == 3 and len({r["image_set"] for r in found}) == 1 and found[0]["image_set"]
     for row in found:
         got = outcomes_of(run, row)
@@ -68,11 +58,11 @@ def test_outcomes_without_a_row_are_written_again(run, tmp_path):
     shutil.copytree(run, copy)
     lines = (copy / "results.csv").read_bytes().splitlines(keepends=True)
     (copy / "results.csv").write_bytes(b"".join(lines[:-1]))
-    last = rows(run)[-1]
+    last = read_rows(run)[-1]
     (copy / last["outcomes"]).write_bytes(b"half a file")
     assert main([*EVAL, "--out", str(copy)]) == 0
-    assert [cell_key(r) for r in rows(copy)] == [cell_key(r) for r in rows(run)]
-    assert np.array_equal(outcomes_of(copy, rows(copy)[-1]).ok, outcomes_of(run, last).ok)
+    assert [cell_key(r) for r in read_rows(copy)] == [cell_key(r) for r in read_rows(run)]
+    assert np.array_equal(outcomes_of(copy, read_rows(copy)[-1]).ok, outcomes_of(run, last).ok)
 
 
 def _missing(copy: Path, row: dict[str, str]) -> None:
@@ -85,7 +75,7 @@ def _truncated(copy: Path, row: dict[str, str]) -> None:
 
 
 def _another_cells(copy: Path, row: dict[str, str]) -> None:
-    other = next(r for r in rows(copy) if r["outcomes"] != row["outcomes"])
+    other = next(r for r in read_rows(copy) if r["outcomes"] != row["outcomes"])
     shutil.copyfile(copy / other["outcomes"], copy / row["outcomes"])
 
 
@@ -105,7 +95,7 @@ def _other_name(copy: Path, row: dict[str, str]) -> None:
 def test_a_resume_refuses_damaged_outcomes_and_changes_nothing(run, tmp_path, capsys, damage):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    row = rows(copy)[1]
+    row = read_rows(copy)[1]
     damage(copy, row)
     before = snapshot(copy)
     capsys.readouterr()
@@ -167,7 +157,7 @@ def test_the_worst_case_is_every_attack_survived_and_never_above_one(attacked, t
     files = build_report([attacked / "a"], tmp_path / "rep")
     worst = files.tables["worst-case"]
     assert len(worst) == 1 and worst["attacks"].iloc[0] == "fgsm, pgd-linf"
-    found = [r for r in rows(attacked / "a") if r["attack"] != "none"]
+    found = [r for r in read_rows(attacked / "a") if r["attack"] != "none"]
     survived = np.logical_and.reduce([outcomes_of(attacked / "a", r).ok for r in found])
     assert worst["robust"].iloc[0] == survived.sum() and worst["n"].iloc[0] == 40
     assert worst["accuracy"].iloc[0] <= min(float(r["accuracy"]) for r in found)

@@ -11,7 +11,7 @@ import torch
 
 from robustlab.data import load_dataset
 from robustlab.errors import RobustlabError
-from tests.conftest import write_cifar, write_idx, write_imagenet
+from tests.helpers import write_cifar, write_idx, write_imagenet
 
 
 class ReaderTest:

@@ -15,7 +15,7 @@ from scipy import stats
 from robustlab.errors import RobustlabError
 from robustlab.regress import UNPAIRED, compare, drop_test, exit_code, format_table, regress
 from robustlab.schema import COLUMNS, SCHEMA_VERSION, read_results
-from tests.test_report import row
+from tests.helpers import row
 
 
 def frame(*rows: dict) -> pd.DataFrame:

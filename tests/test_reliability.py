@@ -17,15 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-from robustlab.cli import main
 from robustlab.errors import RobustlabError
 from robustlab.rundir import LOCK, RunLock
+from tests.helpers import run_cli
 
 EVAL = ["eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "40", "--quiet"]
 
-
-def cli(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -93,9 +90,9 @@ def test_a_run_killed_before_its_results_file_resumes(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # as if killed right after the manifest was written
     with monkeypatch.context() as m:
         m.setattr(rundir, "ResultStore", killed)
-        assert cli(*EVAL, "--out", out) != 0
+        assert run_cli(*EVAL, "--out", out) != 0
     assert (out / "manifest.json").is_file() and not (out / "results.csv").exists()
-    assert cli(*EVAL, "--out", out) == 0
+    assert run_cli(*EVAL, "--out", out) == 0
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
     assert len(pd.read_csv(out / "results.csv")) == 1
 
@@ -112,10 +109,10 @@ def test_a_run_killed_while_writing_its_first_manifest_resumes(tmp_path, monkeyp
     with monkeypatch.context() as m:
         m.setattr(files, "_fill", killed)
         m.setattr(files.os, "unlink", lambda *a, **k: None)  # a kill runs no clean-up
-        assert cli(*EVAL, "--out", out) != 0
+        assert run_cli(*EVAL, "--out", out) != 0
     left = sorted(p.name for p in out.iterdir())
     assert [n for n in left if n.startswith(".manifest.json.")], left
-    assert cli(*EVAL, "--out", out) == 0
+    assert run_cli(*EVAL, "--out", out) == 0
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "the leftover temporary is removed"
     assert len(pd.read_csv(out / "results.csv")) == 1
 
@@ -127,11 +124,11 @@ def test_a_run_caught_between_its_first_files_is_reported_as_being_written(tmp_p
     held = RunLock(out)  # a writer holds it over a results.csv without a manifest (another tool's, or hand-made)
     try:
         (out / RESULTS).write_text("model\n")
-        assert cli(*EVAL, "--out", out) == 2
+        assert run_cli(*EVAL, "--out", out) == 2
         assert f"is being written by robustlab pid {os.getpid()}" in capsys.readouterr().err
     finally:
         held.release()
-    assert cli(*EVAL, "--out", out) == 2  # nobody writes it now: what it holds is the problem
+    assert run_cli(*EVAL, "--out", out) == 2  # nobody writes it now: what it holds is the problem
     assert "holds results.csv but no readable manifest.json" in capsys.readouterr().err
 
 
@@ -143,17 +140,17 @@ def test_any_failure_midway_is_recorded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "count_correct", broken)
     with pytest.raises(ValueError):
-        cli(*EVAL, "--out", tmp_path / "run")
+        run_cli(*EVAL, "--out", tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "failed: ValueError: labels of shape (N, 1)"
     monkeypatch.undo()
-    assert cli(*EVAL, "--out", tmp_path / "run") == 0, "the failed run's lock went with it; the same command resumes"
+    assert run_cli(*EVAL, "--out", tmp_path / "run") == 0, "the failed run's lock went with it; the command resumes"
 
 
 def test_nan_logits_are_wrong_under_attack_too():
     from robustlab.attacks import attack_batch, make_spec, run_diagnostics
     from robustlab.attacks.harness import guarded
-    from tests.conftest import tiny_model
+    from tests.helpers import tiny_model
     model = tiny_model("resnet18")
     with torch.no_grad():
         for p in model.parameters():
@@ -189,7 +186,7 @@ def test_every_reader_refuses_a_bad_results_file(tmp_path, edit, words):
     if words:
         assert words in str(e.value)
     for command in (["metrics", path], ["regress", path, path], ["report", path, "--out", tmp_path / "rep"]):
-        assert cli(*command) == 2
+        assert run_cli(*command) == 2
 
 
 def test_correct_above_n_and_empty_correct_name_the_line(tmp_path):
@@ -209,13 +206,13 @@ def test_the_generated_cache_is_written_by_eval_verified_and_keyed_by_content(tm
     from robustlab.data.corrupted import GeneratedImageSet
     cache = tmp_path / "cache" / "corruptions"
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
-    assert cli(*EVAL, "--corruptions", "fog", "--severities", "5", "--out", tmp_path / "a") == 0
+    assert run_cli(*EVAL, "--corruptions", "fog", "--severities", "5", "--out", tmp_path / "a") == 0
     files = sorted(cache.glob("*.npy"))
     assert len(files) == 1 and files[0].with_suffix(".json").is_file(), "eval writes the cache"
     want = pd.read_csv(tmp_path / "a" / "results.csv")["correct"].tolist()
     np.save(files[0], np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))  # planted
     capsys.readouterr()
-    assert cli(*EVAL, "--corruptions", "fog", "--severities", "5", "--out", tmp_path / "b") == 0
+    assert run_cli(*EVAL, "--corruptions", "fog", "--severities", "5", "--out", tmp_path / "b") == 0
     assert "does not match its checksum" in capsys.readouterr().err
     assert pd.read_csv(tmp_path / "b" / "results.csv")["correct"].tolist() == want
     rng = np.random.default_rng(1)
@@ -232,21 +229,21 @@ def test_outputs_are_replaced_only_with_overwrite(tmp_path, monkeypatch):
     calib.write_text("mine\n")
     args = ["calibrate", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", "16", "--levels", "0.1",
             "--lambdas", "0.1:0.2:2", "--out", calib, "--quiet"]
-    assert cli(*args) == 2 and calib.read_text() == "mine\n"
-    assert cli(*args, "--overwrite") == 0 and calib.read_text() != "mine\n"
+    assert run_cli(*args) == 2 and calib.read_text() == "mine\n"
+    assert run_cli(*args, "--overwrite") == 0 and calib.read_text() != "mine\n"
     out = tmp_path / "c"
     out.mkdir()
     (out / "results.csv").write_text("precious\n")
     corrupt = ["corrupt", "--dataset", "digits", "--n", "8", "--corruptions", "brightness", "--out", out, "--quiet"]
-    assert cli(*corrupt) == 2 and (out / "results.csv").read_text() == "precious\n"
+    assert run_cli(*corrupt) == 2 and (out / "results.csv").read_text() == "precious\n"
     fresh = tmp_path / "layout"
-    assert cli(*corrupt[:-3], "--out", fresh, "--quiet") == 0
+    assert run_cli(*corrupt[:-3], "--out", fresh, "--quiet") == 0
     done = (fresh / "brightness.npy").stat().st_mtime_ns
-    assert cli("corrupt", "--dataset", "digits", "--n", "8", "--corruptions", "brightness,contrast", "--out", fresh,
+    assert run_cli("corrupt", "--dataset", "digits", "--n", "8", "--corruptions", "brightness,contrast", "--out", fresh,
                "--quiet") == 0
     assert (fresh / "brightness.npy").stat().st_mtime_ns == done, "a resumed layout keeps its finished files"
     assert np.load(fresh / "labels.npy").dtype == np.uint8
-    assert cli("eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "8", "--c-dir", fresh,
+    assert run_cli("eval", "--ckpt", "zoo:resnet18-digits", "--dataset", "digits", "--n", "8", "--c-dir", fresh,
                "--corruptions", "contrast", "--severities", "1", "--out", tmp_path / "e", "--quiet") == 0, \
         "corrupt's output reads back with eval --c-dir"
 
@@ -271,7 +268,7 @@ def test_the_source_images_are_hashed_once_per_run_not_once_per_cell(tmp_path, m
     monkeypatch.setattr(corrupted, "content_digest", counted)
     monkeypatch.setattr(evaluate, "content_digest", counted)
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
-    assert cli(*EVAL, "--corruptions", "fog,contrast", "--severities", "1,2", "--out", tmp_path / "run") == 0
+    assert run_cli(*EVAL, "--corruptions", "fog,contrast", "--severities", "1,2", "--out", tmp_path / "run") == 0
     assert calls == [40]
 
 
@@ -365,7 +362,7 @@ def test_a_killed_worker_ends_eval_with_one_line_and_a_failed_status(tmp_path, m
     import robustlab.corruptions.pool as pool
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(pool, "_run", _kill_this_process)
-    assert cli(*EVAL, "--corruptions", "fog", "--severities", "1", "--workers", "2", "--out", tmp_path / "run") == 2
+    assert run_cli(*EVAL, "--corruptions", "fog", "--severities", "1", "--workers", "2", "--out", tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert err.startswith("robustlab: error: a corruption worker process died (") and err.count("\n") == 1, err
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -374,7 +371,7 @@ def test_a_killed_worker_ends_eval_with_one_line_and_a_failed_status(tmp_path, m
 
 
 def _corrupt_fog(out: Path) -> int:
-    return cli("corrupt", "--dataset", "digits", "--n", "12", "--corruptions", "fog,contrast", "--workers", "1",
+    return run_cli("corrupt", "--dataset", "digits", "--n", "12", "--corruptions", "fog,contrast", "--workers", "1",
                "--out", out, "--quiet")
 
 

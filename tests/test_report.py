@@ -2,13 +2,9 @@
 Chromium when it is installed)."""
 from __future__ import annotations
 
-import html
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -16,24 +12,10 @@ import pytest
 
 from robustlab.errors import RobustlabError
 from robustlab.reports.report import TABLES, build_report, format_eps, variant_colors
-from robustlab.schema import COLUMNS, SCHEMA_VERSION, wilson_interval
+from robustlab.schema import COLUMNS, SCHEMA_VERSION
+from tests.helpers import chromium_check, chromium_path, row
 
 CORRUPTIONS = ["gaussian_noise", "fog"]
-
-
-def row(model: str, *, arch: str = "sdnet18", corruption: str = "none", severity: int = 0, attack: str = "none",
-        source: str = "", norm: str = "none", eps: float = math.nan, steps: int = 0, mode: str = "fixed",
-        lam: float = math.nan, lam_std: float = math.nan, n: int = 100, correct: int = 90, flags: str = "",
-        dataset: str = "digits") -> dict:
-    lo, hi = wilson_interval(correct, n)
-    values = {"model": model, "arch": arch, "checkpoint_sha256": "ab" * 32, "dataset": dataset, "split": "test",
-              "corruption": corruption, "severity": severity, "attack": attack, "attack_source": source, "norm": norm,
-              "eps": eps, "steps": steps, "restarts": 1 if attack != "none" else 0, "lambda_mode": mode,
-              "lambda": lam, "lambda_std": lam_std, "n": n, "correct": correct, "accuracy": correct / n,
-              "ci_low": lo, "ci_high": hi, "top5_correct": math.nan, "top5_accuracy": math.nan,
-              "residual_mean": math.nan, "flags": flags, "seconds": 0.1, "seed": 0, "robustlab_version": "0.1.0",
-              "schema_version": SCHEMA_VERSION}
-    return {c: values.get(c, "") for c in COLUMNS}  # whatever the schema holds today
 
 
 def synthetic_rows() -> list[dict]:
@@ -180,25 +162,6 @@ def test_format_eps():
     assert format_eps(8 / 255, "Linf") == "8/255" and format_eps(0.5, "L2") == "0.5" and format_eps(math.nan) == "–"
 
 
-def _chromium() -> str | None:
-    if os.path.exists("/usr/bin/chromium"):
-        return "/usr/bin/chromium"
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def chromium_check(page: Path, profile: Path) -> dict:
-    """Open a page in headless Chromium (offline) and return the JSON its script wrote into
-    <pre id="robustlab-check">."""
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
-           "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={profile}",
-           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    match = re.search(r'<pre id="robustlab-check">(.*?)</pre>', proc.stdout, re.S)
-    assert match, f"no check result in the DOM (exit {proc.returncode}): {proc.stderr[-2000:]}"
-    return json.loads(html.unescape(match.group(1)))
-
-
 CHECK = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -213,7 +176,7 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (/usr/bin/chromium or chromium on PATH)")
+@pytest.mark.skipif(chromium_path() is None, reason="Chromium is not installed (/usr/bin/chromium or chromium on PATH)")
 def test_html_renders_in_headless_chromium(report, tmp_path):
     page = report.html.read_text()
     wrapper = tmp_path / "check.html"  # the report plus a script that writes what loaded into the DOM

@@ -18,7 +18,7 @@ from robustlab.cli import main
 from robustlab.outcomes import read_outcomes
 from robustlab.results import ResultStore
 from robustlab.schema import COLUMNS, cell_key
-from tests.conftest import tiny_model, write_cifar
+from tests.helpers import tiny_model, write_cifar
 
 CORRUPTIONS = "gaussian_noise,shot_noise,impulse_noise,contrast"
 CELLS = 1 + 4 * 5  # clean + four corruptions at five severities

@@ -13,7 +13,7 @@ from robustlab.outcomes import Outcomes
 from robustlab.progress import progress_bars
 from robustlab.runner import run_cells
 from robustlab.schema import LambdaMode, Record, cell_key
-from tests.conftest import tiny_model
+from tests.helpers import tiny_model
 
 
 class MemoryStore:
@@ -62,11 +62,11 @@ def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
 def test_adaptive_outcomes_hold_each_images_lambda():
     """Per image, the outcome file keeps the lambda Algorithm 1 chose for that image (their mean is the row's
     lambda); per set, every image carries the set's lambda."""
-    from tests.test_adaptive import _calib
+    from tests.helpers import make_calibration
     data = fake_set()
     model = tiny_model("sdnet18")
     grid = [0.05, 0.1, 0.2, 0.4]
-    calib = _calib(grid, a=0.0, b=0.17)  # the line is flat at 0.17: every image picks 0.2
+    calib = make_calibration(grid, a=0.0, b=0.17)  # the line is flat at 0.17: every image picks 0.2
     settings = [LambdaSetting(LambdaMode.ADAPTIVE_IMAGE, calibration=calib),
                 LambdaSetting(LambdaMode.ADAPTIVE_SET, calibration=calib)]
     info = RunInfo(seed=0, batch_size=5, device=torch.device("cpu"), diagnostics=False)

@@ -157,7 +157,7 @@ def test_eval_says_and_records_which_settings_were_assumed(tmp_path, capsys, mon
     import json
 
     from robustlab.cli import main
-    from tests.conftest import write_cifar
+    from tests.helpers import write_cifar
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     data = write_cifar(tmp_path / "data", n_test=8)
     path = _official(tmp_path, None)

@@ -124,8 +124,8 @@ def glass_blur(images: np.ndarray, c: tuple[float, int, int], rngs: Rngs) -> np.
     # filter reproduced operation for operation (bytes equal), without the whole-batch float temporaries.
     count = iterations * len(range(h - delta, delta, -1)) * len(range(w - delta, delta, -1))
     images, weights = np.ascontiguousarray(images), gaussian_kernel(sigma)
-    # offsets for a few images at a time, so that they are still in cache when the loop reads them: at 224x224
-    # (2.3 MB per image at severity 3) this ran 1.3-1.4x faster than drawing the whole batch's first (32x32: the same)
+    # offsets for a few images at a time, so that they are still in cache when the loop reads them (at 224x224 an
+    # image's offsets fill megabytes: drawing the whole batch's first ran slower)
     per = max(1, GLASS_OFFSETS_BYTES // max(1, count * 16))  # count is 0 on images of 2 delta + 1 pixels or less
     out = []
     for i in range(0, len(images), per):
@@ -159,7 +159,7 @@ def box_enlarge_index(in_size: int, out_size: int) -> np.ndarray:
 
 def pixelate(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:
     # BOX down and BOX up, as the published code (imagecorruptions upscales with NEAREST, which agrees at 32 and
-    # 224); the enlargement is a gather, 8x faster than Pillow's 3-tap resampling with two zero weights
+    # 224); the enlargement is a gather, much cheaper than Pillow's 3-tap resampling with two zero weights
     h, w = images.shape[1:3]
     small = box_resize(images, int(h * c), int(w * c))
     cols = np.take(small, box_enlarge_index(small.shape[2], w), axis=2)

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from robustlab.errors import RobustlabError
 
 GOLDEN = (1 + math.sqrt(5)) / 2  # t after the second FISTA iteration, starting from t = 1
-# solve_at's working set per chunk of (image, lambda) pairs: their code maps. On the 2-core CPU, 8 MiB (32 CIFAR
-# code maps of SDNet-18's stem) ran Algorithm 1's per-image search 1.06x faster than 4 MiB, 1.16x than 16 and 1.26x
-# than 2 (2026-12, one 128-image batch of random images); a GPU wants large launches instead.
+# solve_at's working set per chunk of (image, lambda) pairs: their code maps. On a CPU a chunk that stays in cache
+# (8 MiB: 32 CIFAR code maps of SDNet-18's stem) ran Algorithm 1's per-image search fastest of 2 to 16 MiB
+# (bench/adaptive.py); a GPU wants large launches instead.
 SOLVE_CHUNK_BYTES = (8 << 20, 512 << 20)  # (cpu, cuda)
 # Decoding into image-like inputs (few channels) without gradients goes through patch space (one matmul plus
-# k * k shifted slices) instead of oneDNN's transposed convolution, which vectorizes over the output channels:
-# 64 -> 3 channels ran 2.2x faster for 128 CIFAR images, 2.4x for the 7x7 stride-2 ImageNet stem. With gradients
-# the slices' backward is 10x slower, and for 64 -> 64 the matmul loses 2x, so those stay on conv_transpose2d.
-# (The same trick for the forward 3 -> 64 convolution lost 10-80% to oneDNN.)
+# k * k shifted slices) instead of oneDNN's transposed convolution, which vectorizes over the output channels and
+# so wastes most of its lanes on 3 of them. With gradients the slices' backward is far slower, and for 64 -> 64
+# channels the matmul loses, so those stay on conv_transpose2d; the same trick for the forward 3 -> 64 convolution
+# lost to oneDNN.
 PATCH_MAX_CHANNELS = 4
 # lambda is the CSC sparsity weight: models train near 0.1 and the official grid ends at 1.4 (design.md, Algorithm 1),
 # so a lambda over 100 is a typo, not a setting (and one over 3.4e38 overflows the layer's float32)
@@ -44,7 +44,7 @@ def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: in
     additions (see PATCH_MAX_CHANNELS)."""
     n, c_out, h, w = code.shape
     c_in, k = weight.shape[1], weight.shape[-1]
-    # the transposed weight made contiguous: MKL's batched matmul ran 1.2-1.3x faster than on the transposed view
+    # the transposed weight made contiguous: MKL's batched matmul is faster on it than on the transposed view
     # (same numbers)
     patches = torch.matmul(weight.reshape(c_out, -1).t().contiguous(), code.reshape(n, c_out, h * w))
     patches = patches.view(n, c_in, k, k, h, w)
