@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import robustlab
-from robustlab.checkpoints import infer_config, official_state_dict
 from robustlab.errors import RobustlabError
 from robustlab.models.registry import CIFAR_MEAN, CIFAR_STD
+from robustlab.models.sdnet import from_official_keys, infer_config
+from robustlab.safe_loading import plain_state_dict
 from tests.reference import official_sdnet18_forward, official_sdnet18_state_dict
 
 
@@ -69,7 +70,7 @@ def test_official_layouts_load_with_inferred_arch(tmp_path, kw, arch):
 
 
 def test_imagenet_stem_and_normalization_are_inferred():
-    sd = official_state_dict(official_sdnet18_state_dict(stem="imagenet", num_classes=1000), "x")
+    sd = from_official_keys(plain_state_dict(official_sdnet18_state_dict(stem="imagenet", num_classes=1000), "x"))
     cfg = infer_config(sd)
     assert cfg.arch == "sdnet18" and cfg.input_size == 224 and cfg.dataset == "imagenet"
     assert cfg.mean == (0.485, 0.456, 0.406) and cfg.arch_kwargs["stem"] == "imagenet"

@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustlab.checkpoints import load_model, read_checkpoint, save_checkpoint
+from robustlab.checkpoints import load_model, save_checkpoint
 from robustlab.cli import main
 from robustlab.data import ArrayImageSet, load_dataset
 from robustlab.errors import RobustlabError
 from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, knn_precision, topk_accuracy
 from robustlab.models import ModelConfig, RobustModel, build_net
 from robustlab.models.rdsn import RDSN
+from robustlab.safe_loading import read_checkpoint
 
 pytestmark = pytest.mark.numerics  # two kernel paths compared: also run under other kernels in .ci/run
 
