@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -53,16 +53,19 @@ class Counts:
         return math.sqrt(max(0.0, self.lambda_sumsq / self.lambda_count - self.lambda_mean ** 2))
 
     def merged(self, shard: Shard) -> "Counts":
-        """The counts of the whole cell, summed over the ranks that shared it."""
+        """The counts of the whole cell, summed over the ranks that shared it (SUMMED; seconds: the slowest rank)."""
         if shard.world == 1:
             return self
-        n, correct, top5, residual, count, total, sumsq = shard.sum(
-            [self.n, self.correct, self.top5_correct or 0, self.residual_sum or 0.0, self.lambda_count,
-             self.lambda_sum, self.lambda_sumsq])
+        own = [getattr(self, name) for name in SUMMED]
+        totals = shard.sum([0.0 if value is None else float(value) for value in own])
+        sums = {name: None if value is None else type(value)(total)  # a field None on one rank is None on all
+                for name, value, total in zip(SUMMED, own, totals)}
         outcomes = None if self.outcomes is None else Outcomes.joined(shard.gather(self.outcomes))
-        return Counts(n=int(n), correct=int(correct), top5_correct=None if self.top5_correct is None else int(top5),
-                      residual_sum=None if self.residual_sum is None else residual, seconds=shard.max(self.seconds),
-                      lambda_count=int(count), lambda_sum=total, lambda_sumsq=sumsq, outcomes=outcomes)
+        return replace(self, **sums, seconds=shard.max(self.seconds), outcomes=outcomes)
+
+
+# the Counts fields that add up over torchrun ranks (ignite names its summed state the same way)
+SUMMED = ("n", "correct", "top5_correct", "residual_sum", "lambda_count", "lambda_sum", "lambda_sumsq")
 
 
 def lambda_sums(chosen: torch.Tensor | None) -> tuple[int, float, float]:
