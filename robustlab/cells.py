@@ -44,12 +44,12 @@ class Cell:
 class LambdaSetting:
     """How a CSC model's lambda is set for a row: the model's own or a fixed value ('fixed'), or chosen by
     Algorithm 1 from a calibration ('adaptive-set' per test set, 'adaptive-image' per image); 'n.a.' without CSC.
-    `select_n`: per test set, select on a seeded sample of select_n of its images (None: on all of them, the exact
-    rule)."""
+    `sample_size`: per test set, select on a seeded sample of that many of its images (None: on all of them, the
+    exact rule); the option `--select-n` resolved."""
     mode: LambdaMode = LambdaMode.FIXED
     value: float | None = None
     calibration: Calibration | None = field(default=None, compare=False)
-    select_n: int | None = None
+    sample_size: int | None = None
 
 
 @dataclass

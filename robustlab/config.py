@@ -108,7 +108,7 @@ class EvalConfig:
     lmbda: float | None = None
     adaptive: str | None = None  # a calibration JSON: add Algorithm 1's rows
     per_image: bool = False
-    select_n: int | str | None = None  # None: the default sample; "all": every image
+    select_n: int | str | None = None  # --select-n as given: a sample size, ALL_IMAGES, or None (DEFAULT_SELECT_N)
     lambda_sweep: str | None = None
     workers: int | None = None  # processes generating corruptions (None: 1 with the model on the CPU, else the cores)
     attacks: tuple[AttackSpec, ...] = ()

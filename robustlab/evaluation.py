@@ -85,7 +85,8 @@ def image_set_fingerprint(data: ImageSet, n: int, digests: dict[int, str]) -> st
 def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive: str | None,
                  per_image: bool, lambda_sweep: str | None, select_n: int | str | None = None) -> list[ModelPlan]:
     """Which lambda settings each model is evaluated under; lambda options on a model without CSC are refused.
-    `select_n`: per-set selection's sample size, "all" for the exact rule, None for DEFAULT_SELECT_N."""
+    `select_n`: the option --select-n (a sample size, "all" for the exact rule, None: not given, DEFAULT_SELECT_N),
+    resolved into each setting's `sample_size` (None: every image)."""
     asked = lmbda is not None or adaptive is not None or lambda_sweep is not None
     if select_n is not None and (adaptive is None or per_image):
         raise RobustlabError("--select-n applies to per-set selection only; add --adaptive-lambda, drop --per-image")
@@ -110,7 +111,7 @@ def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive
             matched = True
             mode = LambdaMode.ADAPTIVE_IMAGE if per_image else LambdaMode.ADAPTIVE_SET
             sample = DEFAULT_SELECT_N if select_n is None else None if select_n == ALL_IMAGES else int(select_n)
-            settings.append(LambdaSetting(mode, calibration=calib, select_n=None if per_image else sample))
+            settings.append(LambdaSetting(mode, calibration=calib, sample_size=None if per_image else sample))
         plans.append(ModelPlan(model, sha, settings))
     if calib is not None and not matched:
         load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint

@@ -48,7 +48,7 @@ def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, i
 
     Per-image selection, and any selection under attack (the attack must see the whole pipeline), run through
     AdaptiveLambda, which selects on every batch it is given; per-set selection on clean data picks one lambda
-    from the whole cell first, as in the paper (or from a seeded sample of `select_n` of its images).
+    from the whole cell first, as in the paper (or from a seeded sample of `sample_size` of its images).
     """
     if setting.mode == LambdaMode.NOT_APPLICABLE:
         yield Applied(model, math.nan)
@@ -69,7 +69,7 @@ def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, i
                         zip(indices, checked_batches(data, info.batch_size, total, info.shard)))
             with torch.inference_mode():
                 selection = select_for_set(model, batches, setting.calibration, info.device, total=total,
-                                           mask=sample_mask(total, setting.select_n, info.seed), shard=info.shard)
+                                           mask=sample_mask(total, setting.sample_size, info.seed), shard=info.shard)
             csc.lmbda = selection.lmbda
         else:
             csc.lmbda = fixed_lambda(model, setting)
