@@ -332,8 +332,8 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
                 with torch.no_grad():
                     model(x)
                 handle.remove()
-                assert_codes_close(chosen.given.code, out[0], csc)
-                assert_residuals_close(chosen.given.residual, csc.residual, csc)
+                assert_codes_close(chosen.presolved.code, out[0], csc)
+                assert_residuals_close(chosen.presolved.residual, csc.residual, csc)
         assert len(set(c.select(table).tolist())) > 1 or severity == 0
     assert sum(ties.values()) <= len(images), f"near-ties must be rare for the equality to mean much: {ties}"
     assert all(whole[name, s] <= 5 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))

@@ -173,3 +173,19 @@ def test_lambda_api_errors_are_clear():
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3))
     with pytest.raises(RobustlabError, match="no CSC layer"):
         robustlab.set_lambda(plain, 0.2)
+
+
+def test_a_presolved_output_is_used_inside_its_block_only():
+    from robustlab.models.csc import Presolved
+    layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=1, padding=1)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        solved = layer(x)
+    stand_in = Presolved(torch.full_like(solved, 7.0), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with torch.no_grad(), layer.presolved(stand_in):
+        assert torch.equal(layer(x), stand_in.code)
+        assert torch.equal(layer.residual, stand_in.residual)
+        with pytest.raises(RobustlabError, match="presolved code has 2 images but the batch has 1"):
+            layer(x[:1])
+    with torch.no_grad():
+        assert torch.equal(layer(x), solved), "outside the block the layer solves again"

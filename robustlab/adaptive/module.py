@@ -28,16 +28,16 @@ class AdaptiveLambda(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            given = None
+            presolved = None
             if self.per_image:
                 chosen = select_per_image(self.model, x.detach(), self.calib)
-                lambdas, given = chosen.lambdas.to(x.dtype), chosen.given
+                lambdas, presolved = chosen.lambdas.to(x.dtype), chosen.presolved
             else:
                 solve = layer_solver(self.model, x.detach(), self.calib.grid, self.calib.layer)  # for every pass
                 lambdas = x.new_full((len(x),), SetSums(lambda: [(solve, len(x))], self.calib).search())
         self.last_lambdas = lambdas
-        with restored(csc_layer(self.model, self.calib.layer)) as csc:
+        # a gradient needs the layer solved in the graph; an evaluation takes the codes the selection solved
+        with restored(csc_layer(self.model, self.calib.layer)) as csc, \
+                csc.presolved(None if torch.is_grad_enabled() else presolved):
             csc.lmbda = lambdas
-            if not torch.is_grad_enabled():  # a gradient needs the layer solved in the graph; an evaluation does not
-                csc.given = given
             return self.model(x)

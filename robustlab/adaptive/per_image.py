@@ -12,14 +12,14 @@ from robustlab.adaptive.calibration import Calibration
 from robustlab.adaptive.residuals import layer_input
 from robustlab.adaptive.search import GridSearch
 from robustlab.models import RobustModel, csc_layer
-from robustlab.models.csc import Given
+from robustlab.models.csc import Presolved
 
 
 @dataclass
 class PerImageSelection:
     lambdas: torch.Tensor  # (N,) each image's grid lambda
     evaluations: int  # residuals (image, lambda) evaluated
-    given: Given | None  # the CSC layer's output at each image's lambda, and its residual (None: not kept)
+    presolved: Presolved | None  # the CSC layer's output at each image's lambda, and its residual (None: not kept)
 
 
 class _PerImageSearch(GridSearch):
@@ -29,13 +29,13 @@ class _PerImageSearch(GridSearch):
         csc = csc_layer(model, calib.layer)
         inputs = layer_input(model, csc, x)
         super().__init__(calib, len(x), inputs.dtype, x.device)
-        self._solve = csc.solve_at(inputs, calib.grid)
+        self.grid_solver = csc.solve_at(inputs, calib.grid)
         self.kept = _ChosenCodes(len(x), x.device)
 
-    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
-        return self._solve(rows, index)
+    def residuals(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+        return self.grid_solver(rows, index)
 
-    def solved(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
+    def on_chunk(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
         self.kept.add(rows, index, self.choice(rows), payload)
 
 
@@ -49,8 +49,9 @@ def select_per_image(model: RobustModel, x: torch.Tensor, calib: Calibration) ->
     final = search.run()
     # a choice no evaluation made (a row of infinite gaps takes index 0, evaluated or not) has no code kept
     kept = torch.equal(final, search.kept.chosen)
-    given = Given(search.kept.gather(), search.known[torch.arange(len(x), device=x.device), final]) if kept else None
-    return PerImageSelection(search.grid[final], int(search.evaluated.sum()), given)
+    rows = torch.arange(len(x), device=x.device)
+    presolved = Presolved(search.kept.gather(), search.known[rows, final]) if kept else None
+    return PerImageSelection(search.grid[final], int(search.evaluated.sum()), presolved)
 
 
 class _ChosenCodes:

@@ -15,7 +15,7 @@ from robustlab.data import to_pixels
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel
-from robustlab.models.csc import Solver
+from robustlab.models.csc import GridSolver
 
 SELECTION_CONFIDENCE = 0.95  # of the bounds, simultaneous over the grid (Bonferroni)
 
@@ -63,7 +63,7 @@ def select_for_set(model: RobustModel, batches: Callable[[], Iterable[tuple[int,
     count, and the bounds carry the sample's standard error (finite-population corrected). Without one the rule's
     lambda is searched as per image (a few passes, each at one or a few lambdas, instead of the whole grid). Under
     torchrun `batches` are this rank's, and the sums are added up over the ranks (every rank searches alike)."""
-    def solvers() -> Iterator[tuple[Solver, int]]:
+    def solvers() -> Iterator[tuple[GridSolver, int]]:
         for first, images in batches():
             if mask is not None:
                 images = images[torch.from_numpy(mask[first:first + len(images)])]
@@ -95,7 +95,7 @@ class SetSums:
     pass over the batches per call of mean_at, solving the CSC layer only at the lambdas asked for. `batches()`
     yields, per batch, the layer's solver on it (CSCConv2d.solve_at) and its number of images."""
 
-    def __init__(self, batches: Callable[[], Iterable[tuple[Solver, int]]], calib: Calibration,
+    def __init__(self, batches: Callable[[], Iterable[tuple[GridSolver, int]]], calib: Calibration,
                  shard: Shard = Shard()) -> None:
         self.batches, self.calib, self.shard = batches, calib, shard
         self.sum = np.zeros(len(calib.grid))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from robustlab.models import CSCConv2d, RobustModel, csc_layer
-from robustlab.models.csc import Solver
+from robustlab.models.csc import GridSolver
 
 
 class _Stop(Exception):
@@ -32,14 +32,14 @@ def layer_input(model: RobustModel, layer: CSCConv2d, x: torch.Tensor) -> torch.
     return seen["x"]
 
 
-def layer_solver(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> Solver:
+def layer_solver(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> GridSolver:
     """One CSC layer's solver at grid lambdas (CSCConv2d.solve_at) on the pixels x: the layers before it run once."""
     csc = csc_layer(model, layer)
     with torch.no_grad():
         return csc.solve_at(layer_input(model, csc, x), grid)
 
 
-def residuals_at(solve: Solver, n: int, index: Sequence[int]) -> torch.Tensor:
+def residuals_at(solve: GridSolver, n: int, index: Sequence[int]) -> torch.Tensor:
     """(len(index), n) residuals of all n images at the grid lambdas `index`, solved lambda-major."""
     pairs = solve(torch.arange(n).repeat(len(index)), torch.tensor(index, dtype=torch.long).repeat_interleave(n))
     return torch.cat([r for r, _ in pairs]).view(len(index), n)

@@ -30,7 +30,7 @@ class GridSearch:
     exception: a residual that is NaN at a lambda never evaluated (and finite at those evaluated) is not seen, where
     the exhaustive rule's argmin would pick that NaN.
 
-    Subclasses supply `solve`; `solved` sees each chunk once its residuals are recorded."""
+    Subclasses supply `residuals`; `on_chunk` sees each chunk once its residuals are recorded."""
 
     def __init__(self, calib: Calibration, n: int, dtype: torch.dtype, device: torch.device) -> None:
         self.calib, self.n = calib, n
@@ -38,12 +38,12 @@ class GridSearch:
         self.evaluated = torch.zeros_like(self.known, dtype=torch.bool)
         self.grid = torch.tensor(calib.grid, dtype=dtype, device=device)  # as Calibration.select builds it
 
-    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
-        """The residuals of rows at grid[index] (a pair per row), in chunks in order, each with what `solved` gets."""
+    def residuals(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+        """The residuals of rows at grid[index] (a pair per row), in chunks in order, each with what `on_chunk` gets."""
         raise NotImplementedError
 
-    def solved(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
-        """Called per chunk of `solve`, after its residuals are recorded."""
+    def on_chunk(self, rows: torch.Tensor, index: torch.Tensor, payload: Any) -> None:
+        """Called per chunk of `residuals`, after they are recorded."""
 
     def choice(self, rows: torch.Tensor) -> torch.Tensor:
         """The rule's grid index per row over the lambdas evaluated so far."""
@@ -55,11 +55,11 @@ class GridSearch:
         missing = ~self.evaluated[rows, index]
         if bool(missing.any()):
             start, todo, at = 0, rows[missing], index[missing]
-            for r, payload in self.solve(todo, at):
+            for r, payload in self.residuals(todo, at):
                 some, where = todo[start:start + len(r)], at[start:start + len(r)]
                 start += len(r)
                 self.known[some, where], self.evaluated[some, where] = r.to(self.known.dtype), True
-                self.solved(some, where, payload)
+                self.on_chunk(some, where, payload)
         return self.grid[index] - self.calib.fit.predict(self.known[rows, index])
 
     def run(self) -> torch.Tensor:
@@ -120,7 +120,7 @@ class MeanSearch(GridSearch):
         super().__init__(calib, 1, torch.float64, torch.device("cpu"))
         self.mean_at = mean_at
 
-    def solve(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
+    def residuals(self, rows: torch.Tensor, index: torch.Tensor) -> Iterator[tuple[torch.Tensor, Any]]:
         yield torch.from_numpy(np.asarray(self.mean_at(index.tolist()), dtype=np.float64)), None
 
 

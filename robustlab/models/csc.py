@@ -144,11 +144,11 @@ class Dictionary(nn.Module):
         return out
 
 
-Solved = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (residuals, codes) of a chunk of images
-Solver = Callable[[torch.Tensor, torch.Tensor], Solved]  # solve_at's: (images, lambda index) -> chunks
+Chunks = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (residuals, codes) of a chunk of images
+GridSolver = Callable[[torch.Tensor, torch.Tensor], Chunks]  # solve_at's: (images, lambda index) -> chunks
 
 
-class Given(NamedTuple):
+class Presolved(NamedTuple):
     """A forward's code solved beforehand (Algorithm 1 per image), with its residual: the forward neither solves
     the layer nor decodes the code again."""
     code: torch.Tensor
@@ -173,7 +173,7 @@ class CSCConv2d(nn.Module):
         self.non_negative, self.n_dict = non_negative, n_dict
         self.record_residual = False
         self.residual: torch.Tensor | None = None
-        self.given: Given | None = None  # the next forward's output, solved already (used once)
+        self._presolved: Presolved | None = None  # set only inside `presolved`
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -206,7 +206,7 @@ class CSCConv2d(nn.Module):
     def _residual(self, x: torch.Tensor, A: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return (x - self._decode(code, A, x)).pow(2).sum(dim=(1, 2, 3)) / self.n_dict
 
-    def _solve(self, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, scale: float, theta: float | torch.Tensor,
+    def _fista(self, x: torch.Tensor, A: torch.Tensor, W: torch.Tensor, scale: float, theta: float | torch.Tensor,
                first: torch.Tensor | None = None) -> torch.Tensor:
         """The code after n_steps FISTA steps with threshold theta (a number, or one per image as (N, 1, 1, 1));
         `first`, when given with a per-image theta, is conv(x, W), which does not depend on lambda (read only: it
@@ -244,18 +244,28 @@ class CSCConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._tiled(x)
         A, W, s, scale = self._operator(x)
-        given, self.given = self.given, None  # for this forward only
+        given = self._presolved
         if given is not None:  # Algorithm 1 per image solved this layer at each lambda it selected
             if given.code.shape[0] != x.shape[0]:
-                raise RobustlabError(f"the given code has {given.code.shape[0]} images but the batch has "
+                raise RobustlabError(f"the presolved code has {given.code.shape[0]} images but the batch has "
                                      f"{x.shape[0]}")
             c = given.code
         else:
-            c = self._solve(x, A, W, scale, self._theta(x, s, scale))
+            c = self._fista(x, A, W, scale, self._theta(x, s, scale))
         if self.record_residual:
             with torch.no_grad():
                 self.residual = given.residual if given is not None else self._residual(x, A, c)
         return c
+
+    @contextmanager
+    def presolved(self, output: Presolved | None) -> Iterator[CSCConv2d]:
+        """Inside the block the layer's forward returns `output` (its code and residual for the batch, solved
+        beforehand) instead of solving; None: it solves as usual."""
+        saved, self._presolved = self._presolved, output
+        try:
+            yield self
+        finally:
+            self._presolved = saved
 
     def _theta(self, x: torch.Tensor, s: float, scale: float) -> float | torch.Tensor:
         """The soft threshold of this forward: one number, or (N, 1, 1, 1) for one lambda per image."""
@@ -277,7 +287,7 @@ class CSCConv2d(nn.Module):
         return max(1, SOLVE_CHUNK_BYTES[x.device.type == "cuda"] // code_bytes)
 
     @torch.no_grad()
-    def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> Solver:
+    def solve_at(self, x: torch.Tensor, lambdas: Sequence[float]) -> GridSolver:
         """A function (images, index) -> (residuals, codes) of those images of x at lambdas[index], a lambda per
         (image, index) pair, chunk by chunk in order (Algorithm 1's selection): what a forward without gradients
         records and outputs at that lambda, to float rounding (tested): the kernels PyTorch picks, and so the order
@@ -290,12 +300,12 @@ class CSCConv2d(nn.Module):
         chunk = self._images_per_chunk(x)
 
         @torch.no_grad()
-        def at(images: torch.Tensor, index: torch.Tensor) -> Solved:
+        def at(images: torch.Tensor, index: torch.Tensor) -> Chunks:
             images, theta = images.to(x.device), thetas[index.to(x.device)].view(-1, 1, 1, 1)
             for some, th in zip(images.split(chunk), theta.split(chunk)):  # gathered per chunk: still in cache
                 rows = _rows(some)
                 xs = rows(x)
-                code = self._solve(xs, A, W, scale, th, rows(first))
+                code = self._fista(xs, A, W, scale, th, rows(first))
                 yield self._residual(xs, A, code), code
         return at
 
@@ -349,12 +359,12 @@ def set_lambda(model: nn.Module, value: float | torch.Tensor, layer: int | None 
 
 @contextmanager
 def restored(layer: CSCConv2d) -> Iterator[CSCConv2d]:
-    """Lambda, residual recording and a given code may be changed inside; all are put back on exit."""
-    saved = layer.lmbda, layer.record_residual, layer.given
+    """Lambda and residual recording may be changed inside; both are put back on exit."""
+    saved = layer.lmbda, layer.record_residual
     try:
         yield layer
     finally:
-        layer.lmbda, layer.record_residual, layer.given = saved
+        layer.lmbda, layer.record_residual = saved
 
 
 def get_lambda(model: nn.Module, layer: int = 0) -> float | torch.Tensor:
