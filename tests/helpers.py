@@ -103,7 +103,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def assert_error_line(err: str, *names: str) -> None:
     """One line, `robustlab: error: ...`, naming each of `names`, ending in a fix."""
-    assert err.startswith("robustlab: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("robustlab: error: "), err
+    assert err.endswith("\n"), err
+    assert err.count("\n") == 1, err
     assert "Traceback" not in err
     for name in names:
         assert name in err, (name, err)

@@ -51,7 +51,9 @@ def test_fit_recovers_a_known_line():
     points = best_lambdas(synthetic_sweep(0.1, 0.1))
     assert [p["lambda"] for p in points] == pytest.approx([0.2, 0.3, 0.4, 0.5])
     fit = fit_line([p["residual"] for p in points], [p["lambda"] for p in points])
-    assert fit.a == pytest.approx(0.1) and fit.b == pytest.approx(0.1) and fit.r2 == pytest.approx(1.0)
+    assert fit.a == pytest.approx(0.1)
+    assert fit.b == pytest.approx(0.1)
+    assert fit.r2 == pytest.approx(1.0)
 
 
 def test_ties_take_the_smaller_lambda_and_constant_lambda_is_no_line():
@@ -59,7 +61,8 @@ def test_ties_take_the_smaller_lambda_and_constant_lambda_is_no_line():
             for lam in (0.3, 0.1, 0.2)]
     assert best_lambdas(rows)[0]["lambda"] == 0.1
     fit = fit_line([1.0, 2.0, 3.0], [0.1, 0.1, 0.1])
-    assert fit.a == 0 and fit.b == pytest.approx(0.1)
+    assert fit.a == 0
+    assert fit.b == pytest.approx(0.1)
 
 
 def test_selection_picks_the_self_consistent_grid_point():
@@ -141,7 +144,8 @@ def test_fast_selection_picks_what_the_whole_network_per_lambda_picks():
     assert assert_rule_choice(per_image.last_lambdas, calib, reference, rtol) < len(x) // 2
     batches = [(0, images[:5]), (5, images[5:])]
     chosen = select_for_set(model, lambda: batches, calib, torch.device("cpu"), total=8)
-    assert chosen.low == chosen.lmbda == chosen.high and chosen.n == 8
+    assert chosen.low == chosen.lmbda == chosen.high
+    assert chosen.n == 8
     assert chosen.lmbda in rule_choices(calib, reference.double().mean(dim=1, keepdim=True), rtol)[0]
 
 
@@ -164,7 +168,8 @@ def test_adaptive_model_passes_gradients_straight_through_selection():
     calib = make_calibration([0.1, 0.2], a=0.0, b=0.2)
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     AdaptiveLambda(model, calib, per_image=True)(x).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert x.grad is not None
+    assert x.grad.abs().sum() > 0
     assert csc_layer(model).lmbda == 0.1, "the model's own lambda is restored after the forward"
 
 
@@ -193,7 +198,9 @@ def test_calibration_round_trip_and_rejections(tmp_path):
 def test_grids():
     assert parse_grid("official", 0.1) == pytest.approx([0.1 * k for k in range(1, 15)])
     g = default_grid(0.1)
-    assert len(g) == 14 and g[0] == pytest.approx(0.1) and g[-1] == pytest.approx(0.3)
+    assert len(g) == 14
+    assert g[0] == pytest.approx(0.1)
+    assert g[-1] == pytest.approx(0.3)
     assert parse_grid("0.1:0.4:4", 0.1) == pytest.approx([0.1, 0.2, 0.3, 0.4])
     with pytest.raises(RobustlabError, match="bad lambda grid"):
         parse_grid("0.1:x", 0.1)
@@ -205,8 +212,11 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
     assert run_cli("calibrate", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--levels",
                    "0.1,0.4", "--lambdas", "geom:0.1:0.3:3", "--out", calib_path, "--quiet") == 0
     calib = load_calibration(calib_path)
-    assert calib.calibration_split == "digits/train" and len(calib.sweep) == 6 and len(calib.points) == 2
-    assert (tmp_path / "calib.png").is_file() and (tmp_path / "calib.svg").is_file()
+    assert calib.calibration_split == "digits/train"
+    assert len(calib.sweep) == 6
+    assert len(calib.points) == 2
+    assert (tmp_path / "calib.png").is_file()
+    assert (tmp_path / "calib.svg").is_file()
     for flag in ([], ["--per-image"], ["--select-n", 8]):
         out = tmp_path / f"run{len(flag)}"
         assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", 24, "--corruptions",
@@ -223,7 +233,8 @@ def test_calibrate_then_evaluate_fixed_and_adaptive(tmp_path, monkeypatch):
         assert bounds[df["lambda_mode"] == "fixed"].isna().all().all()
         if mode == "adaptive-set":  # the default sample (1000) holds all 24 images: the bounds are the lambda
             rows = df[df["lambda_mode"] == mode]
-            assert (rows["lambda_low"] <= rows["lambda"]).all() and (rows["lambda"] <= rows["lambda_high"]).all()
+            assert (rows["lambda_low"] <= rows["lambda"]).all()
+            assert (rows["lambda"] <= rows["lambda_high"]).all()
             assert sampled or (rows["lambda_low"] == rows["lambda_high"]).all()
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
                    "--per-image", "--select-n", 8, "--out", tmp_path / "refused") == 2
@@ -244,7 +255,8 @@ def test_lambda_options_refused_without_csc_or_with_a_foreign_calibration(tmp_pa
     assert run_cli("eval", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--adaptive-lambda", calib_path,
                    "--out", tmp_path / "b") == 2
     assert "calibrated for checkpoint ffffffffffff" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
 
 
 def test_per_set_selection_over_ranks_sums_their_residuals():
@@ -293,7 +305,9 @@ def test_per_set_selection_over_ranks_sums_their_residuals():
         if isinstance(chosen[k], BaseException) and not isinstance(chosen[k], threading.BrokenBarrierError):
             raise chosen[k]
     assert counts[0] + counts[1] == 10, "the image counts add up"
-    assert chosen[0] == chosen[1] and chosen[1].lmbda == whole and chosen[1].n == 10
+    assert chosen[0] == chosen[1]
+    assert chosen[1].lmbda == whole
+    assert chosen[1].n == 10
     alone = select_for_set(model, lambda: batches[1::2], calib, torch.device("cpu"), total=10)
     assert alone.lmbda != whole, "a rank alone would differ"
     with pytest.raises(RobustlabError, match="no images"):
@@ -361,7 +375,8 @@ def test_selection_bounds_equal_the_rule_over_every_corner_of_the_box():
         low, high = selection_bounds(calib, mean, half)
         assert (low, high) == (min(chosen), max(chosen))
         widths.add(high - low)
-    assert min(widths) == 0 and max(widths) >= 0.1, "the trials must include narrow and wide bounds"
+    assert min(widths) == 0, "the trials must include narrow and wide bounds"
+    assert max(widths) >= 0.1, "the trials must include narrow and wide bounds"
 
 
 def test_a_sampled_selection_bounds_the_whole_sets_lambda():
@@ -373,7 +388,8 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
     model = robustlab.load_model("zoo:sdnet18-digits")
     calib = load_calibration(Path(__file__).parents[1] / "reports" / "adaptive-digits-calibration.json")
     images = load_dataset("digits").images[:450]
-    assert sample_mask(450, 450, 0) is None and sample_mask(450, 100, 1).sum() == 100
+    assert sample_mask(450, 450, 0) is None
+    assert sample_mask(450, 100, 1).sum() == 100
     assert np.array_equal(sample_mask(450, 100, 1), sample_mask(450, 100, 1))
     assert not np.array_equal(sample_mask(450, 100, 1), sample_mask(450, 100, 2))
     informative = 0
@@ -385,7 +401,8 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
         for seed in (0, 1, 2):
             part = select_for_set(model, batches, calib, torch.device("cpu"), total=450,
                                   mask=sample_mask(450, 100, seed))
-            assert part.n == 100 and part.low <= whole.lmbda <= part.high, (severity, seed)
+            assert part.n == 100, (severity, seed)
+            assert part.low <= whole.lmbda <= part.high, (severity, seed)
             informative += part.high - part.low < max(calib.grid) - min(calib.grid)
     assert informative, "the bounds must be narrower than the grid somewhere"
 
@@ -466,7 +483,8 @@ def test_per_set_search_selects_the_exhaustive_rules_lambda_in_a_few_passes(monk
                 calls.append(1)
                 return [(i, x[i:i + 40]) for i in range(0, len(x), 40)]
             chosen = select_for_set(model, batches, c, torch.device("cpu"), total=len(x))
-            assert chosen.lmbda == chosen.low == chosen.high and chosen.n == len(x), (severity, name)
+            assert chosen.lmbda == chosen.low == chosen.high, (severity, name)
+            assert chosen.n == len(x), (severity, name)
             assert chosen.lmbda in rule_choices(c, mean, rtol)[0], (severity, name, want)
             passes[name, severity], lambdas[name, severity] = len(calls), sum(solved) / len(x)
             per_set = AdaptiveLambda(model, c, per_image=False)
@@ -494,7 +512,8 @@ def test_a_set_search_takes_few_passes_where_d_hardly_changes():
                      14.659, 15.247])
     calib = make_calibration(OFFICIAL_GRID, a=0.11825, b=-0.55039)
     lmbda, passes = search(calib, flat)
-    assert lmbda == float(calib.select(torch.tensor(flat).view(-1, 1))[0]) and passes <= 3, passes
+    assert lmbda == float(calib.select(torch.tensor(flat).view(-1, 1))[0]), passes
+    assert passes <= 3, passes
     rng = np.random.default_rng(0)
     for _ in range(300):
         table = np.cumsum(rng.uniform(0, 2, len(OFFICIAL_GRID))) + 5

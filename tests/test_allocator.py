@@ -33,7 +33,8 @@ def probe(env_malloc: str | None) -> tuple[str, int]:
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     kept, kept_faults = probe(None)
     system, system_faults = probe("system")
-    assert kept.startswith("glibc") and system == "system"
+    assert kept.startswith("glibc")
+    assert system == "system"
     per_block = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert system_faults >= 19 * per_block, "glibc's defaults map every 64 MiB block anew"
     # kept: the heap grows once (2-3 blocks' worth of faults, run to run), then reuses its memory

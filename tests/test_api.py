@@ -64,7 +64,8 @@ def test_a_module_defined_here_gives_the_numbers_of_robustlab_eval_on_its_weight
     inner, mean, std = _zoo_net()
     net = PixelNet(inner, mean, std).eval()
     df = robustlab.evaluate(net, **RUN)
-    assert len(df) == 3 and set(df["model"]) == {"PixelNet"}
+    assert len(df) == 3
+    assert set(df["model"]) == {"PixelNet"}
     assert set(df["checkpoint_sha256"]) == {model_digest(robustlab.api.as_robust_model(
         net, robustlab.data.load_dataset("fashion-mnist"), dataset="fashion-mnist"))}
     pd.testing.assert_frame_equal(_counts(df), _counts(cli_rows))
@@ -84,8 +85,10 @@ def test_a_checkpoint_with_out_is_an_ordinary_resumable_run(cli_rows, tmp_path):
     pd.testing.assert_frame_equal(_counts(df), _counts(cli_rows))
     before = (out / "results.csv").read_bytes()
     again = robustlab.evaluate("zoo:resnet18-fashion", out=out, **RUN)
-    assert (out / "results.csv").read_bytes() == before and len(again) == 3
-    assert (out / "manifest.json").is_file() and any((out / "outcomes").iterdir())
+    assert (out / "results.csv").read_bytes() == before
+    assert len(again) == 3
+    assert (out / "manifest.json").is_file()
+    assert any((out / "outcomes").iterdir())
 
 
 class Wrong(nn.Module):
@@ -110,7 +113,8 @@ def test_a_model_that_cannot_be_evaluated_is_refused_in_one_line(model, message,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RobustlabError, match=message) as e:
         robustlab.evaluate(model, **RUN)
-    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_normalization_that_does_not_fit_the_dataset_is_refused():
@@ -156,5 +160,6 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out
-    assert "TinyNet" in printed and "robust Linf 2/255" in printed
+    assert "TinyNet" in printed
+    assert "robust Linf 2/255" in printed
     assert np.isfinite([float(v) for v in re.findall(r"clean_accuracy\s+([0-9.]+)", printed)]).all()

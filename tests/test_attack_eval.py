@@ -17,7 +17,9 @@ def test_pgd_sweep_rows_and_saved_examples(tmp_path):
     df = pd.read_csv(out / "results.csv")
     clean, attacked = df[df["attack"] == "none"].iloc[0], df[df["attack"] == "pgd-linf"]
     assert list(attacked["eps"]) == pytest.approx([2 / 255, 0.1])
-    assert (attacked["norm"] == "Linf").all() and (attacked["steps"] == 5).all() and (attacked["restarts"] == 1).all()
+    assert (attacked["norm"] == "Linf").all()
+    assert (attacked["steps"] == 5).all()
+    assert (attacked["restarts"] == 1).all()
     assert (attacked["correct"] <= clean["correct"]).all()
     assert attacked["accuracy"].iloc[1] < attacked["accuracy"].iloc[0], "eps 0.1 must hurt more than 2/255"
     assert attacked["flags"].isna().all(), "a plain ResNet shows no gradient masking"
@@ -26,7 +28,8 @@ def test_pgd_sweep_rows_and_saved_examples(tmp_path):
     clean_x = load_dataset("digits").images[:32].transpose(0, 3, 1, 2) / 255.0
     assert saved["adversarial"].shape == (32, 3, 32, 32)
     assert np.abs(saved["adversarial"] - clean_x).max() <= 0.1 + 1e-6
-    assert saved["adversarial"].min() >= 0 and saved["adversarial"].max() <= 1
+    assert saved["adversarial"].min() >= 0
+    assert saved["adversarial"].max() <= 1
     assert int(saved["robust"].sum()) == attacked["correct"].iloc[1]
 
 
@@ -48,7 +51,8 @@ def test_transfer_rows_name_their_source(tmp_path):
     attacked = df[df["attack"] == "pgd-linf"]
     assert sorted(attacked["attack_source"]) == ["", "sdnet18-digits"]  # the target's own white-box row too
     row = attacked[attacked["attack_source"] != ""].iloc[0]
-    assert row["attack_source"] == "sdnet18-digits" and row["model"] == "resnet18-digits"
+    assert row["attack_source"] == "sdnet18-digits"
+    assert row["model"] == "resnet18-digits"
     assert row["correct"] <= df.iloc[0]["correct"]
 
 
@@ -68,7 +72,9 @@ def test_bad_attack_input(tmp_path, capsys, args, expected):
     except SystemExit as e:  # argparse's own usage errors
         code = e.code
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and expected.lower() in err.lower(), err
+    assert code == 2, err
+    assert "\n" not in err, err
+    assert expected.lower() in err.lower(), err
     assert not (tmp_path / "run").exists()
 
 
@@ -82,8 +88,10 @@ def test_every_attack_setting_is_in_the_row_and_the_cell(tmp_path, capsys):
     df = pd.read_csv(out / "results.csv", keep_default_na=False)
     attacked = df[df["attack"] == "pgd-linf"]
     assert sorted(attacked["alpha"].astype(float)) == pytest.approx([1 / 255, 8 / 255])
-    assert set(attacked["batch_size"]) == {16} and set(df[df["attack"] == "none"]["batch_size"]) == {0}
-    assert set(attacked["queries"]) == {0} and set(attacked["steps"]) == {3}
+    assert set(attacked["batch_size"]) == {16}
+    assert set(df[df["attack"] == "none"]["batch_size"]) == {0}
+    assert set(attacked["queries"]) == {0}
+    assert set(attacked["steps"]) == {3}
     assert set(attacked["attack_config"]) == {"torchattacks.PGD;random_start_per_image"}
 
 
@@ -92,7 +100,8 @@ def test_square_counts_queries_and_autoattack_both(tmp_path):
     assert run_cli(*BASE, "--n", 8, "--ckpt", "zoo:resnet18-digits", "--attack", "square", "--eps", "8/255",
                    "--queries", 20, "--skip-diagnostics", "--out", out) == 0
     row = pd.read_csv(out / "results.csv").iloc[1]
-    assert (row["attack"], row["steps"], row["queries"]) == ("square", 0, 20) and np.isnan(row["alpha"])
+    assert (row["attack"], row["steps"], row["queries"]) == ("square", 0, 20)
+    assert np.isnan(row["alpha"])
     assert "resc_schedule" in row["attack_config"]
     from robustlab.attacks import make_spec
     auto = make_spec("autoattack", eps="8/255")
@@ -106,8 +115,10 @@ def test_transfer_flags_describe_the_source(tmp_path):
     df = pd.read_csv(out / "results.csv", keep_default_na=False)
     white = df[(df["attack"] == "pgd-linf") & (df["attack_source"] == "")].iloc[0]
     transfer = df[df["attack_source"] == "resnet18-digits"].iloc[0]
-    assert white["flags_model"] == "rdsn-digits" and "zero_gradients" in white["flags"]
-    assert transfer["flags_model"] == "resnet18-digits" and transfer["flags"] == ""
+    assert white["flags_model"] == "rdsn-digits"
+    assert "zero_gradients" in white["flags"]
+    assert transfer["flags_model"] == "resnet18-digits"
+    assert transfer["flags"] == ""
     assert transfer["accuracy"] < white["accuracy"], "the transfer attack works where the white-box one cannot"
 
 
@@ -121,5 +132,7 @@ def test_two_transfer_sources_of_one_name_are_refused(tmp_path, capsys):
     code = run_cli(*BASE, "--ckpt", "zoo:sdnet18-digits", "--attack", "pgd-linf", "--eps", "8/255",
                    "--transfer-from", f"{tmp_path / 'a' / 'm.pt'},{tmp_path / 'b' / 'm.pt'}", "--out", tmp_path / "run")
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "two models 'm'" in err and "\n" not in err
+    assert code == 2
+    assert "two models 'm'" in err
+    assert "\n" not in err
     assert not (tmp_path / "run").exists()

@@ -99,7 +99,8 @@ def test_parse_eps_accepts(text, value):
 def test_parse_eps_refuses_with_the_value(text):
     with pytest.raises(RobustlabError) as e:
         parse_eps(text)
-    assert repr(text)[:20] in str(e.value) and "8/255" in str(e.value)
+    assert repr(text)[:20] in str(e.value)
+    assert "8/255" in str(e.value)
 
 
 def test_make_spec_resolves_defaults():
@@ -108,12 +109,15 @@ def test_make_spec_resolves_defaults():
     assert pgd.alpha == pytest.approx(2.5 * (8 / 255) / 10)
     assert make_spec("pgd-linf", eps="8/255", steps=20, alpha="1/255").alpha == pytest.approx(1 / 255)
     assert make_spec("pgd-l2", eps=0.5).norm == "L2"
-    assert make_spec("apgd-ce", eps="8/255").norm == "Linf" and make_spec("apgd-ce", eps=0.5, norm="L2").norm == "L2"
-    assert make_spec("apgd-ce", eps="8/255").steps == 100 and make_spec("apgd-ce", eps="8/255").alpha is None
+    assert make_spec("apgd-ce", eps="8/255").norm == "Linf"
+    assert make_spec("apgd-ce", eps=0.5, norm="L2").norm == "L2"
+    assert make_spec("apgd-ce", eps="8/255").steps == 100
+    assert make_spec("apgd-ce", eps="8/255").alpha is None
     assert (make_spec("square", eps="8/255").queries, make_spec("square", eps="8/255").steps) == (5000, 0)
     assert make_spec("autoattack", eps="8/255").steps == 100
     assert make_spec("pgd-l2", eps=8).eps == 8.0  # an L2 budget may exceed 1
-    assert not ATTACKS.get("square").white_box and ATTACKS.get("pgd-linf").white_box
+    assert not ATTACKS.get("square").white_box
+    assert ATTACKS.get("pgd-linf").white_box
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -146,7 +150,8 @@ def test_unknown_attack_lists_the_known_ones():
     with pytest.raises(RobustlabError) as e:
         make_spec("pgd", eps="8/255")
     msg = str(e.value)
-    assert "did you mean" in msg and all(name in msg for name in ATTACKS)
+    assert "did you mean" in msg
+    assert all(name in msg for name in ATTACKS)
     assert sorted(ATTACKS) == ["apgd-ce", "apgd-t", "autoattack", "fab-t", "fgsm", "pgd-l2", "pgd-linf", "square",
                                "square-aa"]
 
@@ -200,9 +205,12 @@ def test_every_attack_stays_in_the_ball_and_the_pixel_range(case, resnet, batch)
     delta = (out.adversarial - x).flatten(1).double()
     size = delta.abs().amax(1) if spec.norm == "Linf" else delta.norm(dim=1)
     slack = spec.eps * 1e-6 + ULP * (1 if spec.norm == "Linf" else math.sqrt(3 * 32 * 32))
-    assert out.adversarial.shape == x.shape and out.adversarial.dtype == torch.float32
-    assert float(out.adversarial.min()) >= 0 and float(out.adversarial.max()) <= 1
-    assert float(size.max()) <= spec.eps + slack and out.max_perturbation == pytest.approx(float(size.max()))
+    assert out.adversarial.shape == x.shape
+    assert out.adversarial.dtype == torch.float32
+    assert float(out.adversarial.min()) >= 0
+    assert float(out.adversarial.max()) <= 1
+    assert float(size.max()) <= spec.eps + slack
+    assert out.max_perturbation == pytest.approx(float(size.max()))
     assert out.clean_accuracy == pytest.approx(4 / 6)
     assert out.robust_accuracy < out.clean_accuracy  # the attack did something: every one breaks this tiny net
     assert not out.projected.any()
@@ -216,7 +224,8 @@ def test_robust_means_clean_correct_and_still_correct(resnet, batch):
     assert torch.equal(out.adv_correct, adv_correct)
     assert torch.equal(out.clean_correct, torch.tensor([True] * 4 + [False] * 2))
     assert torch.equal(out.robust, out.clean_correct & adv_correct)
-    assert not (out.robust & ~out.clean_correct).any() and 0 < out.robust.sum() < 4
+    assert not (out.robust & ~out.clean_correct).any()
+    assert 0 < out.robust.sum() < 4
 
 
 def test_same_seed_same_result_and_caller_rng_untouched(sdnet, batch):
@@ -229,11 +238,13 @@ def test_same_seed_same_result_and_caller_rng_untouched(sdnet, batch):
     assert torch.equal(torch.rand(3), expected)  # the harness gives the caller its random stream back
     b = attack_batch(sdnet, x, y, spec, seed=7)
     c = attack_batch(sdnet, x, y, spec, seed=8)
-    assert torch.equal(a.adversarial, b.adversarial) and torch.equal(a.robust, b.robust)
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert torch.equal(a.robust, b.robust)
     assert not torch.equal(a.adversarial, c.adversarial)  # the seed drives the random start
     for spec in (make_spec("apgd-ce", eps="8/255", steps=3), make_spec("square", eps="8/255", queries=20)):
         a, b = (attack_batch(sdnet, x, y, spec, seed=5) for _ in range(2))
-        assert torch.equal(a.adversarial, b.adversarial) and a.robust_accuracy == b.robust_accuracy
+        assert torch.equal(a.adversarial, b.adversarial)
+        assert a.robust_accuracy == b.robust_accuracy
 
 
 def test_pgd_matches_torchattacks_called_directly(resnet, batch):
@@ -248,7 +259,8 @@ def test_pgd_matches_torchattacks_called_directly(resnet, batch):
         direct_robust = (resnet(x).argmax(1) == y) & (resnet(direct).argmax(1) == y)
     assert 0 < out.robust_accuracy < out.clean_accuracy  # a budget where the comparison means something
     assert out.robust_accuracy == float(direct_robust.float().mean())
-    assert torch.equal(out.robust, direct_robust) and torch.equal(out.adversarial, direct)
+    assert torch.equal(out.robust, direct_robust)
+    assert torch.equal(out.adversarial, direct)
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +321,8 @@ def test_eval_mode_bn_statistics_and_weights_are_untouched(sdnet, batch):
     before, params = bn_buffers(sdnet), {k: v.clone() for k, v in sdnet.named_parameters()}
     attack_batch(sdnet, x, y, make_spec("apgd-ce", eps="8/255", steps=3), seed=0)
     assert not any(m.training for m in sdnet.modules())
-    assert all(torch.equal(v, bn_buffers(sdnet)[k]) for k, v in before.items()) and len(before) > 10
+    assert all(torch.equal(v, bn_buffers(sdnet)[k]) for k, v in before.items())
+    assert len(before) > 10
     assert all(torch.equal(v, dict(sdnet.named_parameters())[k]) for k, v in params.items())
     assert all(p.requires_grad and p.grad is None for p in sdnet.parameters())
 
@@ -333,7 +346,8 @@ def test_an_attack_that_leaves_training_mode_is_caught(misbehaving, batch):
     misbehaving(train_mode)
     with pytest.raises(RobustlabError, match="left the model in training mode"):
         attack_batch(model, *batch, make_spec("fgsm", eps="8/255"), seed=0)
-    assert not model.training and all(torch.equal(v, bn_buffers(model)[k]) for k, v in before.items())
+    assert not model.training
+    assert all(torch.equal(v, bn_buffers(model)[k]) for k, v in before.items())
 
 
 def test_an_attack_that_moves_bn_statistics_is_caught_and_undone(misbehaving, batch):
@@ -357,7 +371,8 @@ def test_slightly_outside_is_projected_and_counted_grossly_outside_is_an_error(m
     spec = make_spec("fgsm", eps="8/255")
     misbehaving(lambda model, x, y, spec, **kw: (x + spec.eps * (1 + 1e-4)).clamp(0, 1))
     out = attack_batch(resnet, x, y, spec, seed=0)
-    assert out.projected.all() and out.max_perturbation <= spec.eps * (1 + 1e-6) + ULP
+    assert out.projected.all()
+    assert out.max_perturbation <= spec.eps * (1 + 1e-6) + ULP
 
     def above_one(model, x, y, spec, **kw):
         adv = x.clone()
@@ -366,7 +381,8 @@ def test_slightly_outside_is_projected_and_counted_grossly_outside_is_an_error(m
 
     misbehaving(above_one)
     out = attack_batch(resnet, x, y, spec, seed=0)
-    assert out.projected.tolist() == [True] + [False] * 5 and float(out.adversarial.max()) <= 1
+    assert out.projected.tolist() == [True] + [False] * 5
+    assert float(out.adversarial.max()) <= 1
 
     misbehaving(lambda model, x, y, spec, **kw: (x + 2 * spec.eps).clamp(0, 1))
     with pytest.raises(RobustlabError, match="far outside the Linf ball"):
@@ -415,7 +431,8 @@ def test_zero_gradient_diagnostic_fires_on_a_sign_model_and_white_box_attacks_st
     x, y = batch
     model = SignNet(no_grad=no_grad).eval()
     flag, warning = check_zero_gradients(input_gradient(model, x, y))
-    assert flag and "100% of the images have a zero input gradient" in warning
+    assert flag
+    assert "100% of the images have a zero input gradient" in warning
     for spec in (make_spec("pgd-linf", eps="8/255", steps=2), make_spec("apgd-ce", eps="8/255", steps=2)):
         out = attack_batch(model, x, y, spec, seed=0)
         assert out.max_perturbation <= spec.eps + ULP
@@ -424,12 +441,17 @@ def test_zero_gradient_diagnostic_fires_on_a_sign_model_and_white_box_attacks_st
 
 def test_crafted_results_fire_the_other_checks():
     flag, warning = check_eps_monotonic([(2 / 255, 0.30), (1 / 255, 0.50), (4 / 255, 0.35)])
-    assert flag and "rises from 30.00%" in warning and "35.00%" in warning
+    assert flag
+    assert "rises from 30.00%" in warning
+    assert "35.00%" in warning
     assert check_eps_monotonic([(1 / 255, 0.5), (2 / 255, 0.3), (4 / 255, 0.3)]) == (False, "")
     assert not check_eps_monotonic([(1 / 255, 0.30), (2 / 255, 0.31)], tolerance=0.02).flag
-    assert check_large_eps(0.40, eps=0.5).flag and "40.00%" in check_large_eps(0.40, eps=0.5).warning
-    assert check_large_eps(0.0, eps=0.5) == (False, "") and not check_large_eps(0.05, eps=0.5).flag
-    assert check_black_box(0.40, 0.25).flag and check_black_box(0.25, 0.40) == (False, "")
+    assert check_large_eps(0.40, eps=0.5).flag
+    assert "40.00%" in check_large_eps(0.40, eps=0.5).warning
+    assert check_large_eps(0.0, eps=0.5) == (False, "")
+    assert not check_large_eps(0.05, eps=0.5).flag
+    assert check_black_box(0.40, 0.25).flag
+    assert check_black_box(0.25, 0.40) == (False, "")
     logits = torch.randn(4, 10)
     assert check_deterministic(logits, logits.clone()) == (False, "")
     assert check_deterministic(logits, logits + 1e-6).flag
@@ -442,7 +464,8 @@ def test_run_diagnostics_flags(resnet, batch):
                      "shattered_gradients": False,
                      "large_eps_survives": False, "randomized": False} and warnings == []
     flags, warnings = run_diagnostics(SignNet().eval(), x, y, seed=0, steps=3, queries=50)
-    assert flags["zero_gradients"] and any("zero input gradient" in w for w in warnings)
+    assert flags["zero_gradients"]
+    assert any("zero input gradient" in w for w in warnings)
     assert len(warnings) == sum(flags.values())
 
 
@@ -482,7 +505,8 @@ def test_invalid_suite_names_file_line_and_reason(tmp_path, text, words):
     with pytest.raises(RobustlabError) as e:
         load_attack_suite(path)
     msg = str(e.value)
-    assert str(path) in msg and all(w in msg for w in words), msg
+    assert str(path) in msg, msg
+    assert all(w in msg for w in words), msg
 
 
 def test_unknown_suite_name_and_missing_file():
@@ -550,7 +574,8 @@ def test_rounded_input_and_sign_step_models_stay_flagged(digits_batch):
     model = robustlab.load_model("zoo:resnet18-digits")
     x, y = digits_batch
     flags, _ = run_diagnostics(Rounded(model).eval(), x[:16], y[:16], seed=0, steps=3, queries=20)
-    assert flags["zero_gradients"] and not flags["shattered_gradients"]
+    assert flags["zero_gradients"]
+    assert not flags["shattered_gradients"]
     flags, _ = run_diagnostics(SignNet().eval(), torch.rand(8, 3, 32, 32), torch.arange(8), seed=0, steps=3,
                                queries=20)
     assert flags["zero_gradients"]

@@ -308,11 +308,15 @@ def test_nan_weights_warn_and_their_nan_logits_count_as_wrong(world, capsys):
     code, err = run_eval(capsys, "--ckpt", world.root / "nan.pt", *world.common, "--out", world.out)
     assert code == 0, "NaN weights are a warning: the run goes on"
     assert err.startswith("robustlab: warning: nan: 1 tensor holds NaN or inf (net.linear.weight)")
-    assert err.count("\n") == 1 and "count as wrong" in err
+    assert err.count("\n") == 1
+    assert "count as wrong" in err
     row = pd.read_csv(world.out / "results.csv").iloc[0]
-    assert row["n"] == N and row["correct"] == 0 and row["accuracy"] == 0
+    assert row["n"] == N
+    assert row["correct"] == 0
+    assert row["accuracy"] == 0
     manifest = json.loads((world.out / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["warnings"] == [err.strip().removeprefix("robustlab: ")]
+    assert manifest["status"] == "finished"
+    assert manifest["warnings"] == [err.strip().removeprefix("robustlab: ")]
 
 
 def test_nan_weights_warn_before_a_calibration(world, capsys):
@@ -326,7 +330,9 @@ def test_nan_weights_warn_before_a_calibration(world, capsys):
     err = capsys.readouterr().err
     assert code == 0
     assert err.startswith("robustlab: warning: nan: 1 tensor holds NaN or inf (net.linear.weight)")
-    assert err.count("\n") == 1 and "mean nothing" in err and "retrain" in err
+    assert err.count("\n") == 1
+    assert "mean nothing" in err
+    assert "retrain" in err
 
 
 class _NanOnOddImages(nn.Module):
@@ -385,7 +391,8 @@ def test_full_disk_keeps_the_finished_rows(world, capsys, monkeypatch):
     assert_error_line(err, str(world.out / "results.csv"), "No space left on device", "free space",
                       "pick another --out")
     rows = pd.read_csv(world.out / "results.csv")
-    assert len(rows) == 2 and list(rows["corruption"]) == ["none", "fog"]
+    assert len(rows) == 2
+    assert list(rows["corruption"]) == ["none", "fog"]
     same = [c for c in rows.columns if c != "seconds"]
     pd.testing.assert_frame_equal(rows[same], complete[same].iloc[:2])
     manifest = json.loads((world.out / "manifest.json").read_text())
@@ -436,10 +443,12 @@ def test_undecodable_image_midway_keeps_the_finished_rows(tmp_path):
     assert proc.returncode == 2
     assert_error_line(proc.stderr, f"cannot decode {broken}", "remove or replace the file")
     rows = pd.read_csv(out / "results.csv")
-    assert list(rows["corruption"]) == ["none", "fog"] and list(rows["severity"]) == [0, 1]
+    assert list(rows["corruption"]) == ["none", "fog"]
+    assert list(rows["severity"]) == [0, 1]
     assert (rows["n"] == 3).all()
     status = json.loads((out / "manifest.json").read_text())["status"]
-    assert status.startswith("failed: cannot decode") and str(broken) in status
+    assert status.startswith("failed: cannot decode")
+    assert str(broken) in status
 
 
 # ---- issue #27: inputs that crashed, hung or took gigabytes
@@ -520,7 +529,9 @@ def test_report_skips_a_broken_manifest_or_calibration_with_a_warning(world, cap
     code = main(["report", str(world.out), "--out", str(world.root / "report")])
     err = capsys.readouterr().err
     assert code == 0
-    assert err.startswith("robustlab: warning: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("robustlab: warning: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err, err
     for part in names:
         assert part in err, (part, err)
     assert snapshot(world.out) == before
@@ -790,7 +801,8 @@ def test_report_markdown_escapes_html_in_model_names(world, capsys):
     assert run_cli_capturing(capsys, "eval", "--ckpt", ckpt, *world.common, "--out", world.out)[0] == 0
     assert run_cli_capturing(capsys, "report", world.out, "--out", world.root / "report")[0] == 0
     md = (world.root / "report" / "report.md").read_text()
-    assert "<script>" not in md and "| m&lt;script&gt;alert(1)&amp;x\\|y |" in md
+    assert "<script>" not in md
+    assert "| m&lt;script&gt;alert(1)&amp;x\\|y |" in md
 
 
 # entries refused with one line, changing nothing: (set up the input) -> (arguments, what the line names)
@@ -881,4 +893,5 @@ def test_suite_levels_of_the_wrong_shape_are_refused_before_any_work(world, caps
     code, err = run_eval(capsys, *world.eval, "--corruptions", suite, "--out", world.out)
     assert code == 2
     assert_error_line(err, "odd.toml", *names)
-    assert snapshot(world.root) == before and not world.out.exists()
+    assert snapshot(world.root) == before
+    assert not world.out.exists()

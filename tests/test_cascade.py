@@ -74,14 +74,16 @@ def test_each_image_draws_its_own_stream_and_others_are_left_to_the_global_one()
         shared = torch.rand(3, 1, 1)  # not one row per image: Square's square, shared by the batch
     with ImageDraws.seeded([2]):
         alone = torch.empty(1, 1, 2, 2).uniform_(-1, 1)
-    assert torch.equal(starts[1], alone[0]) and not torch.equal(starts[0], starts[1])
+    assert torch.equal(starts[1], alone[0])
+    assert not torch.equal(starts[0], starts[1])
     torch.manual_seed(0)
     with ImageDraws.seeded([1, 2, 3]):
         torch.rand(3, 1, 1)
     following = torch.rand(1)
     torch.manual_seed(0)
     torch.rand(3, 1, 1)
-    assert torch.equal(following, torch.rand(1)) and shared.shape == (3, 1, 1)
+    assert torch.equal(following, torch.rand(1))
+    assert shared.shape == (3, 1, 1)
 
 
 def test_only_batch_independent_attacks_skip_images():
@@ -119,7 +121,8 @@ def test_an_image_broken_at_a_smaller_eps_is_broken_at_every_larger_one():
 
 
 def test_only_a_clean_cell_not_under_per_set_selection_decides():
-    assert clean_decides(Cell(), LambdaMode.FIXED) and clean_decides(Cell(), LambdaMode.ADAPTIVE_IMAGE)
+    assert clean_decides(Cell(), LambdaMode.FIXED)
+    assert clean_decides(Cell(), LambdaMode.ADAPTIVE_IMAGE)
     assert not clean_decides(Cell(), LambdaMode.ADAPTIVE_SET)
     assert not clean_decides(Cell("fog", 1), LambdaMode.FIXED)
 
@@ -135,7 +138,8 @@ def test_the_worst_case_at_eps_covers_the_attacks_at_smaller_eps():
     store = [Outcomes(index=np.arange(4), ok=ok, pred=np.zeros(4, np.int64)) for ok in (small, large)]
     table = worst_case(df, lambda r: store[r["key"]]).set_index("eps")
     assert table.loc[0.01, "robust"] == 3
-    assert table.loc[0.03, "robust"] == 2 and table.loc[0.03, "attacks"] == "pgd-linf, pgd-linf at 0.01"
+    assert table.loc[0.03, "robust"] == 2
+    assert table.loc[0.03, "attacks"] == "pgd-linf, pgd-linf at 0.01"
 
 
 def test_cascade_needs_attacks():
@@ -173,7 +177,8 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_the_worst_case_mode_gives_the_worst_case_of_every_attack_on_every_image(demo_runs):
     full, cascade = demo_runs
     expected, got = _worst(full), _worst(cascade)
-    assert len(expected) == 4 and expected["robust"].nunique() > 2  # two models, two eps: figures that differ
+    assert len(expected) == 4
+    assert expected["robust"].nunique() > 2  # two models, two eps: figures that differ
     pd.testing.assert_frame_equal(expected.reset_index(drop=True), got.reset_index(drop=True))
     per_full, per_cascade = _per_image(full), _per_image(cascade)
     assert per_full.keys() == per_cascade.keys()
@@ -189,8 +194,10 @@ def test_a_row_that_skipped_images_says_so_and_counts_them_broken(demo_runs):
     for row in skipped:
         out = outcomes_of(cascade, row)
         n = int(re.search(CASCADE_FLAG.format(n=r"(\d+)"), row["flags"]).group(1))
-        assert out.attacked is not None and int(out.attacked.sum()) == n < int(row["n"])
-        assert not out.ok[~out.attacked].any() and (out.pred[~out.attacked] == -1).all()
+        assert out.attacked is not None
+        assert int(out.attacked.sum()) == n < int(row["n"])
+        assert not out.ok[~out.attacked].any()
+        assert (out.pred[~out.attacked] == -1).all()
 
 
 def test_the_worst_case_mode_saves_attack_time(demo_runs):

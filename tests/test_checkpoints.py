@@ -32,7 +32,9 @@ def test_official_sdnet18_matches_design_definition(tmp_path, wrap):
         stored["layer0.0.dn.step_size"] = sd["layer0.0.dn.step_size"].reshape(())
     path = _save(stored, tmp_path / "model_best.pth.tar")
     model = robustlab.load_model(path)
-    assert model.config.arch == "sdnet18" and model.config.num_classes == 10 and not model.training
+    assert model.config.arch == "sdnet18"
+    assert model.config.num_classes == 10
+    assert not model.training
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     for lam in (0.1, 0.5, 1.0):
         robustlab.set_lambda(model, lam)
@@ -72,8 +74,11 @@ def test_official_layouts_load_with_inferred_arch(tmp_path, kw, arch):
 def test_imagenet_stem_and_normalization_are_inferred():
     sd = from_official_keys(plain_state_dict(official_sdnet18_state_dict(stem="imagenet", num_classes=1000), "x"))
     cfg = infer_config(sd)
-    assert cfg.arch == "sdnet18" and cfg.input_size == 224 and cfg.dataset == "imagenet"
-    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.arch_kwargs["stem"] == "imagenet"
+    assert cfg.arch == "sdnet18"
+    assert cfg.input_size == 224
+    assert cfg.dataset == "imagenet"
+    assert cfg.mean == (0.485, 0.456, 0.406)
+    assert cfg.arch_kwargs["stem"] == "imagenet"
 
 
 def test_robustlab_format_round_trip(tmp_path):
@@ -81,7 +86,8 @@ def test_robustlab_format_round_trip(tmp_path):
     robustlab.set_lambda(model, 0.3)
     robustlab.save_checkpoint(model, tmp_path / "ours.pt")
     raw = torch.load(tmp_path / "ours.pt", weights_only=True)
-    assert raw["format"] == "robustlab" and raw["format_version"] == 1
+    assert raw["format"] == "robustlab"
+    assert raw["format_version"] == 1
     assert raw["config"]["mean"] == list(CIFAR_MEAN)
     again = robustlab.load_model(tmp_path / "ours.pt")
     robustlab.set_lambda(again, 0.3)
@@ -105,8 +111,10 @@ def test_wrong_arch_names_keys_and_the_likely_arch(tmp_path):
     with pytest.raises(RobustlabError) as err:
         robustlab.load_model(path, arch="resnet18")
     msg = str(err.value)
-    assert "missing keys layer0.0.weight" in msg and "unexpected keys layer0.0.dn" in msg
-    assert "--arch sdnet18" in msg and "\n" not in msg
+    assert "missing keys layer0.0.weight" in msg
+    assert "unexpected keys layer0.0.dn" in msg
+    assert "--arch sdnet18" in msg
+    assert "\n" not in msg
 
 
 class _Exploit:

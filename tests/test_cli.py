@@ -31,24 +31,36 @@ def test_eval_end_to_end_on_cifar10_pickles(tmp_path, cifar10_dir, sdnet_ckpt, c
     assert run_cli("eval", "--ckpt", sdnet_ckpt, "--dataset", "cifar10", "--data-dir", cifar10_dir,
                    "--out", out, "--batch-size", 7, "--quiet") == 0
     printed = capsys.readouterr().out
-    assert "top-1 %" in printed and "results:" in printed
+    assert "top-1 %" in printed
+    assert "results:" in printed
     df = pd.read_csv(out / "results.csv")
-    assert list(df.columns) == COLUMNS and len(df) == 1
+    assert list(df.columns) == COLUMNS
+    assert len(df) == 1
     row = df.iloc[0]
     with open(cifar10_dir / "test_batch", "rb") as f:
         raw = pickle.load(f, encoding="bytes")
     images = raw[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    assert row["n"] == 24 and row["correct"] == direct_accuracy(sdnet_ckpt, images, raw[b"labels"])
+    assert row["n"] == 24
+    assert row["correct"] == direct_accuracy(sdnet_ckpt, images, raw[b"labels"])
     assert row["accuracy"] == pytest.approx(row["correct"] / 24)
-    assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["ci_high"] - row["ci_low"] > 0.1
-    assert 0 <= row["top5_accuracy"] <= 1 and row["top5_correct"] >= row["correct"]
-    assert row["corruption"] == "none" and row["severity"] == 0 and row["attack"] == "none"
-    assert row["lambda_mode"] == "fixed" and row["lambda"] == pytest.approx(0.1) and row["residual_mean"] > 0
+    assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    assert row["ci_high"] - row["ci_low"] > 0.1
+    assert 0 <= row["top5_accuracy"] <= 1
+    assert row["top5_correct"] >= row["correct"]
+    assert row["corruption"] == "none"
+    assert row["severity"] == 0
+    assert row["attack"] == "none"
+    assert row["lambda_mode"] == "fixed"
+    assert row["lambda"] == pytest.approx(0.1)
+    assert row["residual_mean"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     sha = hashlib.sha256(sdnet_ckpt.read_bytes()).hexdigest()
-    assert row["checkpoint_sha256"] == sha and manifest["models"]["sdnet"]["sha256"] == sha
-    assert manifest["status"] == "finished" and manifest["device"].startswith("cpu")
-    assert manifest["arguments"]["dataset"] == "cifar10" and torch.__version__.startswith(manifest["versions"]["torch"])
+    assert row["checkpoint_sha256"] == sha
+    assert manifest["models"]["sdnet"]["sha256"] == sha
+    assert manifest["status"] == "finished"
+    assert manifest["device"].startswith("cpu")
+    assert manifest["arguments"]["dataset"] == "cifar10"
+    assert torch.__version__.startswith(manifest["versions"]["torch"])
     assert manifest["malloc"] == allocator_in_use() != "system"  # main() kept freed memory (robustlab/allocator.py)
 
 
@@ -72,7 +84,9 @@ def test_cifar100_and_imagenet_layouts(tmp_path):
     assert run_cli("eval", "--ckpt", ck, "--dataset", "cifar100", "--data-dir", c100, "--out", tmp_path / "a",
                    "--quiet") == 0
     row = pd.read_csv(tmp_path / "a" / "results.csv").iloc[0]
-    assert row["n"] == 12 and row["lambda_mode"] == "n.a." and np.isnan(row["lambda"])
+    assert row["n"] == 12
+    assert row["lambda_mode"] == "n.a."
+    assert np.isnan(row["lambda"])
 
     inet = write_imagenet(tmp_path / "val")
     ck = tmp_path / "inet.pt"
@@ -80,7 +94,9 @@ def test_cifar100_and_imagenet_layouts(tmp_path):
     assert run_cli("eval", "--ckpt", ck, "--dataset", "imagenet", "--data-dir", inet, "--out", tmp_path / "b",
                    "--batch-size", 4, "--quiet") == 0
     row = pd.read_csv(tmp_path / "b" / "results.csv").iloc[0]
-    assert row["n"] == 6 and row["split"] == "val" and np.isnan(row["top5_accuracy"])
+    assert row["n"] == 6
+    assert row["split"] == "val"
+    assert np.isnan(row["top5_accuracy"])
 
 
 def test_shipped_digits_models_are_accurate(tmp_path):
@@ -88,7 +104,8 @@ def test_shipped_digits_models_are_accurate(tmp_path):
         assert load_model(f"zoo:{name}").config.dataset == "digits"
         assert run_cli("eval", "--ckpt", f"zoo:{name}", "--dataset", "digits", "--out", tmp_path / name, "--quiet") == 0
         row = pd.read_csv(tmp_path / name / "results.csv").iloc[0]
-        assert row["n"] == 450 and row["accuracy"] > 0.95
+        assert row["n"] == 450
+        assert row["accuracy"] > 0.95
 
 
 def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
@@ -98,7 +115,8 @@ def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
     df = pd.read_csv(tmp_path / "demo" / "results.csv")
     assert set(df["model"]) == {"sdnet18-digits", "resnet18-digits"}
     # resnet: clean + 75 corruption cells + 2 PGD eps; sdnet: the same at fixed lambda and with Algorithm 1
-    assert len(df) == 3 * (1 + 75 + 2) and (df["n"] == 24).all()
+    assert len(df) == 3 * (1 + 75 + 2)
+    assert (df["n"] == 24).all()
     attacked = df[df["attack"] == "pgd-linf"]
     assert sorted(attacked["eps"].unique()) == pytest.approx([1 / 255, 2 / 255])
     assert (attacked[attacked["lambda_mode"] == "adaptive-set"]["flags"].str.contains("bpda_selection")).all()
@@ -106,7 +124,8 @@ def test_demo_runs_the_pipeline(tmp_path, capsys, monkeypatch):
     assert df[(df["corruption"] == "none") & (df["attack"] == "none")]["accuracy"].min() > 0.9
     assert (tmp_path / "demo" / "calibration.json").is_file()
     assert (tmp_path / "demo" / "figures" / "lambda-residual.png").is_file()
-    assert "mean_corruption_accuracy" in printed and "resnet18-digits" in printed
+    assert "mean_corruption_accuracy" in printed
+    assert "resnet18-digits" in printed
 
 
 def test_train_is_reproducible_and_its_checkpoint_evaluates(tmp_path):
@@ -118,7 +137,8 @@ def test_train_is_reproducible_and_its_checkpoint_evaluates(tmp_path):
                        "--epochs", 1, "--batch-size", 16, "--out", path, "--quiet") == 0
         paths.append(path)
     a, b = (torch.load(p, weights_only=True) for p in paths)
-    assert a["training"]["epochs"] == 1 and a["config"]["arch_kwargs"]["width"] == 0.125
+    assert a["training"]["epochs"] == 1
+    assert a["config"]["arch_kwargs"]["width"] == 0.125
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert run_cli("eval", "--ckpt", paths[0], "--dataset", "cifar10", "--data-dir", data, "--out",
@@ -128,7 +148,8 @@ def test_train_is_reproducible_and_its_checkpoint_evaluates(tmp_path):
 def test_list(capsys):
     assert run_cli("list", "models") == 0
     out = capsys.readouterr().out
-    assert "sdnet18-all" in out and "resnet34" in out
+    assert "sdnet18-all" in out
+    assert "resnet34" in out
     assert run_cli("list", "zoo") == 0
     assert "zoo:sdnet18-digits" in capsys.readouterr().out
 
@@ -180,7 +201,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cifar10_dir, sdnet_ckpt, cap
     out = tmp_path / "out"
     assert run_cli(*argv, "--out", out) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("robustlab: error: ") and "\n" not in err, err
+    assert err.startswith("robustlab: error: "), err
+    assert "\n" not in err, err
     assert expected in err, err
     assert not out.exists(), "nothing may be written on bad input"
     assert "code ran" not in capsys.readouterr().out
@@ -190,7 +212,8 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "robustlab", "eval", "--ckpt", str(tmp_path / "nope.pt"),
                            "--dataset", "digits"], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_existing_run_is_never_overwritten(tmp_path, cifar10_dir, sdnet_ckpt, capsys):

@@ -27,7 +27,9 @@ def test_shipped_suites_parse():
     assert load_corruption_suite("imagenet-c").table == "imagenet"
     calib = load_corruption_suite("noise-calibration")
     gauss = [c.param for c in calib.cells if c.corruption == "gaussian_noise"]
-    assert gauss[0] == pytest.approx(0.02) and gauss[-1] == pytest.approx(0.20) and len(gauss) == 10
+    assert gauss[0] == pytest.approx(0.02)
+    assert gauss[-1] == pytest.approx(0.20)
+    assert len(gauss) == 10
 
 
 @pytest.mark.parametrize("text,match", [
@@ -67,11 +69,14 @@ def test_corrupt_writes_the_published_layout_and_eval_reads_it_back(tmp_path):
                    "--n", 20, "--quiet") == 0
     arr = np.load(out / "gaussian_noise.npy")
     labels = np.load(out / "labels.npy")
-    assert arr.shape == (100, 32, 32, 3) and arr.dtype == np.uint8 and labels.shape == (100,)
+    assert arr.shape == (100, 32, 32, 3)
+    assert arr.dtype == np.uint8
+    assert labels.shape == (100,)
     clean = load_dataset("digits")
     expected = corrupt(clean.images[:20], "gaussian_noise", 3, table="cifar", seed=0)
     assert np.array_equal(arr[40:60], expected), "severity 3 must be the third block of N"
-    assert np.array_equal(labels[:20], clean.labels[:20]) and np.array_equal(labels[80:], clean.labels[:20])
+    assert np.array_equal(labels[:20], clean.labels[:20])
+    assert np.array_equal(labels[80:], clean.labels[:20])
     assert not list(out.glob("*.tmp"))
 
 
@@ -91,7 +96,8 @@ def test_eval_from_c_dir_equals_generated(tmp_path):
     assert run_cli(*common, "--out", tmp_path / "gen") == 0
     read = pd.read_csv(tmp_path / "read" / "results.csv")
     gen = pd.read_csv(tmp_path / "gen" / "results.csv")
-    assert len(read) == 5 and list(read["correct"]) == list(gen["correct"])
+    assert len(read) == 5
+    assert list(read["correct"]) == list(gen["correct"])
     assert list(read["split"].unique()) == ["test"]
     # a second generated run reads the cache and gives the same rows
     assert run_cli(*common, "--out", tmp_path / "again") == 0
@@ -113,7 +119,8 @@ def test_c_dir_errors(tmp_path, capsys):
     for corruptions, expected in [("snow", "snow.npy is missing"), ("fog", "7 labels for 10 images")]:
         assert run_cli(*base, "--corruptions", corruptions) == 2
         err = capsys.readouterr().err
-        assert expected in err and err.count("\n") == 1
+        assert expected in err
+        assert err.count("\n") == 1
         assert not (tmp_path / "run").exists()
     np.save(cdir / "fog.npy", np.zeros((10, 32, 32), np.uint8))
     assert run_cli(*base, "--corruptions", "fog") == 2
@@ -131,7 +138,8 @@ def test_imagenet_c_folders(tmp_path):
     assert run_cli("eval", "--ckpt", tmp_path / "m.pt", "--dataset", "imagenet", "--data-dir", val, "--corruptions",
                    "fog", "--severities", "1,2", "--c-dir", cdir, "--out", tmp_path / "run", "--quiet") == 0
     df = pd.read_csv(tmp_path / "run" / "results.csv")
-    assert list(df["corruption"]) == ["none", "fog", "fog"] and (df["n"] == 3).all()
+    assert list(df["corruption"]) == ["none", "fog", "fog"]
+    assert (df["n"] == 3).all()
 
 
 def _rows(model, clean_acc, accs):
@@ -211,7 +219,8 @@ def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
                 want = whole[rank::world]
                 assert len(got) == len(want), (type(data).__name__, rank, world)
                 for (gi, gl), (wi, wl) in zip(got, want):
-                    assert torch.equal(gi, wi) and torch.equal(gl, wl)
+                    assert torch.equal(gi, wi)
+                    assert torch.equal(gl, wl)
                 if isinstance(data, FolderImageSet):
                     assert len(decoded) == sum(len(b[1]) for b in want)
                 if isinstance(data, GeneratedImageSet):
@@ -220,7 +229,8 @@ def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
     # a whole cache, once written, serves shards too (read by rows, nothing generated)
     corrupted.clear()
     got = list(generated("whole").batches(5, 21, shard=Shard(1, 2)))
-    assert corrupted == [] and len(got) == 2
+    assert corrupted == []
+    assert len(got) == 2
 
 
 def test_calibration_levels_are_the_official_aranges():
@@ -230,7 +240,8 @@ def test_calibration_levels_are_the_official_aranges():
     for noise, want in official.items():
         assert calibration_levels(noise) == pytest.approx(list(want)), noise
     fine = calibration_levels("speckle", "noise-calibration-fine")
-    assert len(fine) == 11 and fine[1] == pytest.approx(0.15)
+    assert len(fine) == 11
+    assert fine[1] == pytest.approx(0.15)
 
 
 def test_mce_says_how_many_corruptions_it_covers():
@@ -238,7 +249,8 @@ def test_mce_says_how_many_corruptions_it_covers():
     a = {("fog", 1): 0.8, ("fog", 2): 0.6, ("snow", 1): 0.7, ("snow", 2): 0.5}
     b = {("fog", 1): 0.6, ("fog", 2): 0.4, ("snow", 1): 0.8, ("snow", 2): 0.8}
     s = corruption_summary(pd.DataFrame(_rows("a", 0.9, a) + _rows("b", 0.8, b)), baseline="b").set_index("model")
-    assert s.loc["a", "mCE_corruptions"] == 2 and s.loc["a", "relative_mCE_corruptions"] == 1
+    assert s.loc["a", "mCE_corruptions"] == 2
+    assert s.loc["a", "relative_mCE_corruptions"] == 1
     assert s.loc["a", "relative_mCE"] == pytest.approx((0.1 + 0.3) / (0.2 + 0.4))
     accs = {("fog", sev): 0.5 for sev in range(1, 6)} | {("snow", sev): 0.4 for sev in range(1, 4)}
     alex = corruption_summary(pd.DataFrame(_rows("m", 0.7, accs)), alexnet=True).iloc[0]
@@ -336,7 +348,8 @@ def test_eval_generates_the_same_corruptions_with_a_pool_of_workers(tmp_path, mo
         rows[workers] = pd.read_csv(out / "results.csv")[["corruption", "severity", "correct"]]
     pd.testing.assert_frame_equal(rows[1], rows[2])
     caches = [sorted((tmp_path / f"cache{w}" / "corruptions").glob("*.npy")) for w in (1, 2)]
-    assert len(caches[0]) == 2 and [p.name for p in caches[0]] == [p.name for p in caches[1]]
+    assert len(caches[0]) == 2
+    assert [p.name for p in caches[0]] == [p.name for p in caches[1]]
     for one, two in zip(*caches):
         assert one.read_bytes() == two.read_bytes(), one.name
 
@@ -354,7 +367,8 @@ def test_corrupt_writes_imagenet_c_folders_that_read_back_as_generated(tmp_path,
             "gaussian_noise,contrast", "--batch-size", "2", "--workers", "1", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.JPEG"))
-    assert len(files) == 2 * 5 * 6 and str(files[0]) == "contrast/1/n00000000/img0.JPEG"
+    assert len(files) == 2 * 5 * 6
+    assert str(files[0]) == "contrast/1/n00000000/img0.JPEG"
     base = FolderImageSet(tmp_path / "val", name="imagenet", split="val", workers=0)
     for name in ("gaussian_noise", "contrast"):
         for severity in (1, 5):
@@ -362,7 +376,8 @@ def test_corrupt_writes_imagenet_c_folders_that_read_back_as_generated(tmp_path,
             read.workers = 0
             generated = GeneratedImageSet(base, name, severity, table="imagenet", seed=0)
             for (a, la), (b, lb) in zip(read.batches(3), generated.batches(3)):
-                assert torch.equal(a, b) and torch.equal(la, lb), (name, severity)
+                assert torch.equal(a, b), (name, severity)
+                assert torch.equal(la, lb), (name, severity)
     for r in (1, 0):
         monkeypatch.setenv("RANK", str(r))
         monkeypatch.setenv("WORLD_SIZE", "2")

@@ -204,7 +204,8 @@ def test_shapes_and_dtype_both_tables(name):
         images = sized(h, w, n=1 if h == 224 else 2)
         for severity in range(1, 6):
             out = corrupt(images, name, severity, table=table, seed=3)
-            assert out.dtype == np.uint8 and out.shape == images.shape, (table, h, w, severity)
+            assert out.dtype == np.uint8, (table, h, w, severity)
+            assert out.shape == images.shape, (table, h, w, severity)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -213,8 +214,10 @@ def test_grayscale_inputs_keep_their_shape(name):
     for table in ("cifar", "imagenet"):
         flat = corrupt(gray, name, 3, table=table, seed=1)
         chan = corrupt(gray[..., None], name, 3, table=table, seed=1)
-        assert flat.shape == gray.shape and flat.dtype == np.uint8
-        assert chan.shape == gray.shape + (1,) and chan.dtype == np.uint8
+        assert flat.shape == gray.shape
+        assert flat.dtype == np.uint8
+        assert chan.shape == gray.shape + (1,)
+        assert chan.dtype == np.uint8
         np.testing.assert_array_equal(flat, chan[..., 0])
         rgb = corrupt(np.repeat(gray[..., None], 3, axis=-1), name, 3, table=table, seed=1)
         luma = np.floor(rgb @ np.array([0.299, 0.587, 0.114]) + 0.5).astype(np.uint8)
@@ -449,7 +452,8 @@ def test_random_corruptions_equal_imagecorruptions_given_the_same_numbers(name, 
         for k, im in enumerate(photos224()):
             ours, theirs = _same_numbers(icc, name, severity, im, k)
             diff = np.abs(ours.astype(np.int16) - theirs)
-            assert within_one(ours, theirs) >= share and diff.max() <= max_diff, (severity, k, diff.max())
+            assert within_one(ours, theirs) >= share, (severity, k, diff.max())
+            assert diff.max() <= max_diff, (severity, k, diff.max())
             if name == "snow":
                 bias = float((ours.astype(np.float64) - theirs).mean())
                 assert -0.6 <= bias < 0, (severity, k, bias)  # the floored layer: darker, by under a level
@@ -522,7 +526,8 @@ def test_our_versions_of_the_corruptions_broken_in_imagecorruptions_work(name):
     x = photos224()
     for severity in range(1, 6) if name != "glass_blur" else (1, 5):
         out = corrupt(x, name, severity, table="imagenet", reencode=False, seed=2)
-        assert out.shape == x.shape and out.dtype == np.uint8
+        assert out.shape == x.shape
+        assert out.dtype == np.uint8
         assert 0 < np.abs(out.astype(float) - x).mean() < 100  # changed, and still an image of the same scene
 
 

@@ -94,7 +94,8 @@ def test_patch_space_decode_equals_conv_transpose2d(k, stride, padding, size, c_
     op = csc_module._adjoint_output_padding(x.shape[-2:], code.shape[-2:], k, stride, padding)
     expected = torch.nn.functional.conv_transpose2d(code, weight, stride=stride, padding=padding, output_padding=op)
     got = csc_module.transpose_by_patches(code, weight, stride=stride, padding=padding, out_hw=x.shape[-2:])
-    assert got.shape == x.shape and torch.allclose(got, expected, atol=1e-12)
+    assert got.shape == x.shape
+    assert torch.allclose(got, expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("c_in,c_out,k,stride,padding,size", [(3, 8, 3, 2, 1, 8), (3, 16, 3, 1, 1, 10),
@@ -141,7 +142,9 @@ def test_gradients_reach_the_input():
     layer = make_layer(in_channels=3, out_channels=8, kernel_size=3, stride=1, padding=1)
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
     layer(x).pow(2).sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert x.grad is not None
+    assert torch.isfinite(x.grad).all()
+    assert x.grad.abs().sum() > 0
 
 
 def test_lambda_changes_threshold_output_and_residual():
@@ -156,8 +159,10 @@ def test_lambda_changes_threshold_output_and_residual():
             outs.append(model(x))
         residuals.append(robustlab.last_residual(model).clone())
     hook.remove()
-    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
-    assert (residuals[0] < residuals[1]).all() and (residuals[1] < residuals[2]).all()
+    assert not torch.allclose(outs[0], outs[1])
+    assert not torch.allclose(outs[1], outs[2])
+    assert (residuals[0] < residuals[1]).all()
+    assert (residuals[1] < residuals[2]).all()
     assert sparsity[0] > sparsity[1] > sparsity[2]
     assert residuals[0].shape == (4,)
 

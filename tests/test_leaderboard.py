@@ -46,19 +46,23 @@ def test_one_row_per_variant_with_the_report_s_figures(runs, board):
     for row in rows:
         clean = df[(df["variant"] == row["variant"]) & (df["corruption"] == "none") & (df["attack"] == "none")]
         assert row["clean_accuracy"] == pytest.approx(float(clean["accuracy"].iloc[0]))
-        assert row["clean_n"] == 48 and len(row["checkpoint"]) == 12
+        assert row["clean_n"] == 48
+        assert len(row["checkpoint"]) == 12
         assert row["mean_corruption_accuracy"] is not None
         if row["variant"] in worst.index:
             assert row["robust Linf 2/255"] == pytest.approx(float(worst.loc[row["variant"], "accuracy"]))
             assert row["attacks"] == "pgd-linf"
         else:  # the RDSN run has no attack
-            assert row["robust Linf 2/255"] is None and row["attacks"] == ""
+            assert row["robust Linf 2/255"] is None
+            assert row["attacks"] == ""
 
 
 def test_the_page_is_self_contained_and_links_each_run(runs, board):
     page, rows = board
     text = page.read_text()
-    assert "http://" not in text and "https://" not in text and "<script src" not in text
+    assert "http://" not in text
+    assert "https://" not in text
+    assert "<script src" not in text
     for row in rows:
         assert (page.parent / row["link"]).resolve() == (Path(runs[0] if "rdsn" not in row["variant"] else runs[1])
                                                          / "results.csv").resolve()
@@ -118,6 +122,7 @@ def test_clicking_a_header_sorts_the_rows_in_headless_chromium(board, tmp_path):
     figure = {r["variant"]: r["mean_corruption_accuracy"] for r in rows}
     descending = sorted(figure, key=lambda v: -figure[v])
     assert len(set(figure.values())) == len(figure), "distinct figures, so the order is defined"
-    assert result["first"] == descending and result["second"] == descending[::-1]
+    assert result["first"] == descending
+    assert result["second"] == descending[::-1]
     assert result["before"] != result["first"] or result["before"] != result["second"]
     assert result["shown"] == 1

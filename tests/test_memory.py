@@ -30,11 +30,16 @@ def test_npy_rows_read_what_numpy_wrote(tmp_path):
             writer.append(piece)
     assert np.array_equal(np.load(path), array)
     rows = NpyRows(path)
-    assert rows.shape == array.shape and rows.dtype == np.uint8 and len(rows) == 11
-    assert np.array_equal(rows[2:7], array[2:7]) and np.array_equal(rows[9:20], array[9:])
-    assert np.array_equal(rows[np.array([8, 1, 4])], array[[8, 1, 4]]) and rows[5:5].shape == (0, 4, 5, 3)
+    assert rows.shape == array.shape
+    assert rows.dtype == np.uint8
+    assert len(rows) == 11
+    assert np.array_equal(rows[2:7], array[2:7])
+    assert np.array_equal(rows[9:20], array[9:])
+    assert np.array_equal(rows[np.array([8, 1, 4])], array[[8, 1, 4]])
+    assert rows[5:5].shape == (0, 4, 5, 3)
     block = NpyRows(path, 3, 8)
-    assert block.shape == (5, 4, 5, 3) and np.array_equal(block[1:3], array[4:6])
+    assert block.shape == (5, 4, 5, 3)
+    assert np.array_equal(block[1:3], array[4:6])
     assert rows[2:4].flags.writeable, "torch.from_numpy wants a writable array"
 
 
@@ -63,7 +68,8 @@ def test_cifar_c_blocks_stream_from_the_file(tmp_path):
     data = load_cifar_c(tmp_path, "fog", 4, name="cifar10", num_classes=10)
     assert isinstance(data.images, NpyRows), "a memory map would keep every page it read resident"
     got = torch.cat([x for x, _ in data.batches(4)]).permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(got, images[18:24]) and list(data.label_array()) == [8, 9, 0, 1, 2, 3]
+    assert np.array_equal(got, images[18:24])
+    assert list(data.label_array()) == [8, 9, 0, 1, 2, 3]
 
 
 class _SmallDevice(nn.Module):
@@ -136,4 +142,5 @@ def test_eval_says_it_halved_the_batch(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == f"robustlab: {message}\n"
     assert json.loads((tmp_path / "halved" / "manifest.json").read_text())["warnings"] == [message]
     plain, halved = (pd.read_csv(tmp_path / d / "results.csv") for d in ("plain", "halved"))
-    assert list(halved["correct"]) == list(plain["correct"]) and list(halved["n"]) == [12]
+    assert list(halved["correct"]) == list(plain["correct"])
+    assert list(halved["n"]) == [12]

@@ -29,10 +29,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_row_has_its_images_outcomes(run):
     labels = load_dataset("digits").label_array(40)
     found = read_rows(run)
-    assert len(found) == 3 and len({r["image_set"] for r in found}) == 1 and found[0]["image_set"]
+    assert len(found) == 3
+    assert len({r["image_set"] for r in found}) == 1
+    assert found[0]["image_set"]
     for row in found:
         got = outcomes_of(run, row)
-        assert np.array_equal(got.index, np.arange(40)) and got.correct == int(row["correct"])
+        assert np.array_equal(got.index, np.arange(40))
+        assert got.correct == int(row["correct"])
         assert got.lambdas is None  # a ResNet: no lambda
         if row["attack"] == "none":  # correct means the predicted class is the label
             assert np.array_equal(got.ok, got.pred == labels)
@@ -107,7 +110,8 @@ def test_a_resume_refuses_damaged_outcomes_and_changes_nothing(run, tmp_path, ca
 def test_a_file_name_is_fixed_by_the_cells_identity():
     key = ("m", "x", "1")
     assert outcomes_name(key) == outcomes_name(list(key)) != outcomes_name(("m", "x", "2"))
-    assert outcomes_name(key).startswith("outcomes/") and outcomes_name(key).endswith(".npz")
+    assert outcomes_name(key).startswith("outcomes/")
+    assert outcomes_name(key).endswith(".npz")
 
 
 def test_packed_outcomes_round_trip_with_any_indices_and_many_classes(tmp_path):
@@ -123,7 +127,9 @@ def test_packed_outcomes_round_trip_with_any_indices_and_many_classes(tmp_path):
         path.write_bytes(data)
         got = read_outcomes(tmp_path, outcomes_name(("k",)), key=("k",), image_set="set", n=len(index),
                             correct=int(ok.sum()))
-        assert np.array_equal(got.index, index) and np.array_equal(got.ok, ok) and np.array_equal(got.pred, pred)
+        assert np.array_equal(got.index, index)
+        assert np.array_equal(got.ok, ok)
+        assert np.array_equal(got.pred, pred)
         assert np.array_equal(got.lambdas, lambdas)
     big = Outcomes(index=np.arange(10_000), ok=rng.random(10_000) < 0.9, pred=rng.integers(0, 10, 10_000))
     assert len(big.to_bytes(("k",), "set")) < 8_000  # a 10,000-image cell is a few KB
@@ -156,10 +162,12 @@ def test_the_worst_case_is_every_attack_survived_and_never_above_one(attacked, t
     from robustlab.reports.report import build_report
     files = build_report([attacked / "a"], tmp_path / "rep")
     worst = files.tables["worst-case"]
-    assert len(worst) == 1 and worst["attacks"].iloc[0] == "fgsm, pgd-linf"
+    assert len(worst) == 1
+    assert worst["attacks"].iloc[0] == "fgsm, pgd-linf"
     found = [r for r in read_rows(attacked / "a") if r["attack"] != "none"]
     survived = np.logical_and.reduce([outcomes_of(attacked / "a", r).ok for r in found])
-    assert worst["robust"].iloc[0] == survived.sum() and worst["n"].iloc[0] == 40
+    assert worst["robust"].iloc[0] == survived.sum()
+    assert worst["n"].iloc[0] == 40
     assert worst["accuracy"].iloc[0] <= min(float(r["accuracy"]) for r in found)
     assert "Robust accuracy under every attack" in (tmp_path / "rep" / "report.md").read_text()
     capsys.readouterr()

@@ -52,7 +52,8 @@ def test_bootstrap_interval_matches_a_hand_written_bootstrap_and_the_normal_widt
     draws = np.random.default_rng(7).integers(0, 1000, (4000, 1000))
     means = per_image[draws].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
-    assert got.low == pytest.approx(lo, abs=0.004) and got.high == pytest.approx(hi, abs=0.004)
+    assert got.low == pytest.approx(lo, abs=0.004)
+    assert got.high == pytest.approx(hi, abs=0.004)
     half = 1.96 * per_image.std() / math.sqrt(1000)
     assert (got.high - got.low) / 2 == pytest.approx(half, rel=0.1)
     # the pooled interval treats 6,000 cell-images as independent: much narrower than the images allow
@@ -81,9 +82,12 @@ def test_worst_case_is_the_images_that_survive_every_attack():
     store = {"p": _outcomes(pgd), "s": _outcomes(square)}
     table = worst_case(df, lambda r: store[r["key"]])
     row = table.iloc[0]
-    assert row["robust"] == int((pgd & square).sum()) and row["n"] == 200
-    assert row["accuracy"] <= min(pgd.mean(), square.mean()) and row["accuracy"] < min(pgd.mean(), square.mean())
-    assert row["attacks"] == "pgd-linf, square" and row["ci_low"] < row["accuracy"] < row["ci_high"]
+    assert row["robust"] == int((pgd & square).sum())
+    assert row["n"] == 200
+    assert row["accuracy"] <= min(pgd.mean(), square.mean())
+    assert row["accuracy"] < min(pgd.mean(), square.mean())
+    assert row["attacks"] == "pgd-linf, square"
+    assert row["ci_low"] < row["accuracy"] < row["ci_high"]
     assert worst_case(df, lambda r: None).iloc[0]["status"] == NEEDS_OUTCOMES
     other = df.assign(image_set=["s1", "s2"])
     assert worst_case(other, lambda r: store[r["key"]]).iloc[0]["status"] == OTHER_IMAGES
@@ -102,7 +106,8 @@ def test_paired_cells_give_mcnemar_and_refuse_other_images():
     (d,) = paired_cells(df, "a", "b", lambda r: store[r["key"]])
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     assert d.difference.estimate == pytest.approx(a.mean() - b.mean())
-    assert d.p_value == pytest.approx(brute_mcnemar(only_a, only_b)) and d.p_value < 0.01
+    assert d.p_value == pytest.approx(brute_mcnemar(only_a, only_b))
+    assert d.p_value < 0.01
     assert d.difference.low > 0
     assert paired_cells(df.assign(image_set=["s1", "s2"]), "a", "b", lambda r: store[r["key"]]) == OTHER_IMAGES
 
@@ -118,7 +123,8 @@ def test_variants_are_compared_only_over_the_attacks_both_ran_with_the_same_sett
     store = {"pa": _outcomes(pgd_a), "sa": _outcomes(square_a), "pb": _outcomes(pgd_b),
              "pb50": _outcomes(clean & (rng.random(300) < 0.1))}
     (what, n, interval), = aggregate_differences(df, "a", "b", lambda r: store[r["key"]])
-    assert "1 attacks run on both" in what and n == 300
+    assert "1 attacks run on both" in what
+    assert n == 300
     assert interval.estimate == pytest.approx(pgd_a.mean() - pgd_b.mean())  # not a's Square, not b's PGD-50
     (cell,) = paired_cells(df, "a", "b", lambda r: store[r["key"]])
     assert cell.difference.estimate == pytest.approx(pgd_a.mean() - pgd_b.mean())
@@ -131,4 +137,6 @@ def test_a_rank_without_images_leaves_the_lambdas_of_the_others():
                     lambdas=np.full(3, 0.2, np.float32))
     empty = Outcomes(index=np.zeros(0, np.int64), ok=np.zeros(0, bool), pred=np.zeros(0, np.int64))
     joined = Outcomes.joined([empty, part])
-    assert joined.n == 3 and joined.lambdas is not None and joined.lambdas.tolist() == pytest.approx([0.2] * 3)
+    assert joined.n == 3
+    assert joined.lambdas is not None
+    assert joined.lambdas.tolist() == pytest.approx([0.2] * 3)

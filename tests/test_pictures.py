@@ -52,7 +52,8 @@ def test_the_report_holds_the_gallery_and_each_saved_attack(run, tmp_path):
     assert all((tmp_path / "report" / "figures" / n).is_file() for n in adversarial)
     page = files.html.read_text()
     assert "<h3>Corruptions as the model saw them (run)</h3>" in page
-    assert page.count("<h3>Adversarial examples: pgd-linf") == 2 and page.count("data:image/png;base64") >= 3
+    assert page.count("<h3>Adversarial examples: pgd-linf") == 2
+    assert page.count("data:image/png;base64") >= 3
     assert "corruption-gallery-run.png" in files.markdown.read_text()
 
 
@@ -60,7 +61,8 @@ def test_each_saved_file_is_matched_to_its_row(run):
     df, runs, _ = load_runs([run])
     for path in sorted((run / "adversarial").glob("*.npz")):
         row = _adversarial_row(df, runs[0], path)
-        assert row is not None and f"eps{row['eps']:.6f}" in path.name
+        assert row is not None
+        assert f"eps{row['eps']:.6f}" in path.name
         with np.load(path) as npz:
             assert int(npz["robust"].sum()) == int(row["correct"])
 

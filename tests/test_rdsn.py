@@ -61,7 +61,8 @@ def test_features_do_not_depend_on_the_chunk_size() -> None:
 
 def test_random_tensors_come_from_the_seed_and_are_not_stored() -> None:
     a, b, c = (RDSN(num_classes=3, k=8, seed=s) for s in (1, 1, 2))
-    assert torch.equal(a.weight0, b.weight0) and torch.equal(a.offset2, b.offset2)
+    assert torch.equal(a.weight0, b.weight0)
+    assert torch.equal(a.offset2, b.offset2)
     assert not torch.equal(a.weight0, c.weight0)
     assert sorted(a.state_dict()) == ["feature_mean", "feature_std", "head.bias", "head.weight"]
     assert torch.allclose(a.weight1.flatten(1).norm(dim=1), torch.ones(8))
@@ -71,7 +72,8 @@ def test_sign_network_has_no_input_gradient() -> None:
     net = RDSN(num_classes=3, k=8, depth=2)
     x = torch.rand(2, 3, 16, 16, requires_grad=True)
     net(x).sum().backward()
-    assert x.grad is not None and torch.count_nonzero(x.grad) == 0
+    assert x.grad is not None
+    assert torch.count_nonzero(x.grad) == 0
 
 
 @pytest.mark.parametrize("kwargs", [{"k": 0}, {"depth": 0}, {"kernel_size": 2}, {"pool": "mean"}])
@@ -110,13 +112,15 @@ def fitted() -> tuple[RobustModel, dict]:
 
 def test_fit_learns_digits_and_the_head_reproduces_its_metrics(fitted, tmp_path: Path) -> None:
     model, metrics = fitted
-    assert metrics["top1"] > 0.8 and metrics["top2"] >= metrics["top1"]
+    assert metrics["top1"] > 0.8
+    assert metrics["top2"] >= metrics["top1"]
     assert 0.5 < metrics["knn_precision@10"] <= 1
     images, logits = assert_reproduces(model, metrics)
     path = tmp_path / "rdsn.pt"
     save_checkpoint(model, path)
     payload = read_checkpoint(path)
-    assert payload["config"]["arch_kwargs"]["seed"] == 0 and "weight0" not in payload["state_dict"]
+    assert payload["config"]["arch_kwargs"]["seed"] == 0
+    assert "weight0" not in payload["state_dict"]
     with torch.no_grad():
         assert torch.equal(load_model(path)(images.float() / 255), logits)
 
@@ -132,7 +136,9 @@ def test_binary_problem_gets_one_score_per_class(monkeypatch) -> None:
     monkeypatch.setattr("robustlab.fit_rdsn.load_dataset", two_classes)
     model, metrics = fit_rdsn(RDSNConfig(dataset="digits", k=16, depth=1), data_dir=None,
                               device=torch.device("cpu"), progress=lambda it, **_: it)
-    assert model.net.head.out_features == 2 and metrics["top1"] > 0.9 and metrics["top2"] == 1.0
+    assert model.net.head.out_features == 2
+    assert metrics["top1"] > 0.9
+    assert metrics["top2"] == 1.0
 
 
 def test_fit_rdsn_cli_then_eval_gives_the_same_accuracy(tmp_path: Path, capsys) -> None:
@@ -143,7 +149,8 @@ def test_fit_rdsn_cli_then_eval_gives_the_same_accuracy(tmp_path: Path, capsys) 
     assert main(["eval", "--ckpt", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "run"), "--quiet",
                  "--json", "--device", "cpu"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["arch"] == "rdsn" and row["lambda_mode"] == "n.a."
+    assert row["arch"] == "rdsn"
+    assert row["lambda_mode"] == "n.a."
     assert row["accuracy"] == pytest.approx(fit["top1"])
 
 
@@ -155,7 +162,8 @@ def test_gradient_attacks_on_rdsn_are_flagged() -> None:
     torch.manual_seed(0)
     flags, warnings = run_diagnostics(model, torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,)), seed=0,
                                       steps=2, queries=5)
-    assert flags["zero_gradients"] and any("zero input gradient" in w for w in warnings)
+    assert flags["zero_gradients"]
+    assert any("zero input gradient" in w for w in warnings)
 
 
 def test_shipped_rdsn_checkpoint_reproduces_its_recorded_accuracy() -> None:

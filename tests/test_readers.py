@@ -30,12 +30,17 @@ class ReaderTest:
     def test_reads_the_fake_files(self, tmp_path):
         data_dir, n = self.inject_fake_data(tmp_path)
         data = load_dataset(self.dataset, data_dir)
-        assert len(data) == n and data.image_size == self.image_size and data.num_classes == self.num_classes
+        assert len(data) == n
+        assert data.image_size == self.image_size
+        assert data.num_classes == self.num_classes
         labels = data.label_array()
-        assert labels.dtype == np.int64 and labels.min() >= 0 and labels.max() < self.num_classes
+        assert labels.dtype == np.int64
+        assert labels.min() >= 0
+        assert labels.max() < self.num_classes
         batches = list(data.batches(5))
         images = torch.cat([b[0] for b in batches])
-        assert images.dtype == torch.uint8 and images.shape == (n, 3, *self.image_size)
+        assert images.dtype == torch.uint8
+        assert images.shape == (n, 3, *self.image_size)
         assert torch.equal(torch.cat([b[1] for b in batches]), torch.from_numpy(labels))
         assert torch.equal(torch.cat([b[0] for b in data.batches(n)]), images), "batch size changes nothing"
 
@@ -45,7 +50,8 @@ class ReaderTest:
         with pytest.raises(RobustlabError) as e:
             data = load_dataset(self.dataset, data_dir)
             list(data.batches(4))
-        assert name in str(e.value) and "\n" not in str(e.value)
+        assert name in str(e.value)
+        assert "\n" not in str(e.value)
 
 
 class TestCifar10(ReaderTest):
@@ -79,7 +85,8 @@ class TestImageNet(ReaderTest):
     def test_reads_the_fake_files(self, tmp_path):
         data_dir, n = self.inject_fake_data(tmp_path)
         data = load_dataset(self.dataset, data_dir)
-        assert len(data) == n and data.image_size == self.image_size  # class folders: labels by sorted wnid
+        assert len(data) == n
+        assert data.image_size == self.image_size  # class folders: labels by sorted wnid
 
     def break_a_file(self, data_dir):
         bad = sorted(data_dir.rglob("*.JPEG"))[0]
@@ -117,14 +124,17 @@ def test_idx_images_are_padded_and_grey_replicated(tmp_path):
     raw = np.frombuffer(gzip.decompress((root / "t10k-images-idx3-ubyte.gz").read_bytes())[16:], np.uint8)
     data = load_dataset("mnist", root)
     first = data.images[0]
-    assert first.shape == (32, 32, 3) and (first[:2] == 0).all() and (first[:, -2:] == 0).all()
+    assert first.shape == (32, 32, 3)
+    assert (first[:2] == 0).all()
+    assert (first[:, -2:] == 0).all()
     assert np.array_equal(first[2:30, 2:30, 0], raw[:784].reshape(28, 28))
     assert np.array_equal(first[..., 0], first[..., 2])
 
 
 def test_fashion_mnist_without_data_dir_is_the_built_in_subset():
     data = load_dataset("fashion-mnist")
-    assert (len(data), data.split) == (2000, "test-subset") and "built-in subset" in data.notice
+    assert (len(data), data.split) == (2000, "test-subset")
+    assert "built-in subset" in data.notice
     assert np.bincount(data.label_array()).tolist() == [200] * 10
     with pytest.raises(RobustlabError, match="pass --data-dir"):
         load_dataset("mnist")
@@ -137,4 +147,6 @@ def test_a_decompression_bomb_is_one_line_naming_the_file(tmp_path, monkeypatch)
     data = load_dataset("imagenet", root)
     with pytest.raises(RobustlabError) as e:
         list(data.batches(2))
-    assert "cannot decode" in str(e.value) and ".JPEG" in str(e.value) and "\n" not in str(e.value)
+    assert "cannot decode" in str(e.value)
+    assert ".JPEG" in str(e.value)
+    assert "\n" not in str(e.value)

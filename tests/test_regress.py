@@ -53,31 +53,41 @@ def test_z_test_edge_cases():
     assert drop_test(10, 10, 10, 10) == (0.0, 1.0)  # no variation: no evidence of a drop
     assert drop_test(0, 10, 0, 10) == (0.0, 1.0)
     z, p = drop_test(5, 10, 0, 0)
-    assert math.isnan(z) and math.isnan(p)
+    assert math.isnan(z)
+    assert math.isnan(p)
 
 
 def test_large_significant_drop_fails():
     result = compare(frame(clean(), pgd()), frame(clean(correct=850), pgd(correct=500)), max_drop=1.0)
-    assert exit_code(result) == 1 and result.failed
+    assert exit_code(result) == 1
+    assert result.failed
     bad = result.regressions
-    assert len(bad) == 1 and bad.iloc[0]["attack"] == "none" and bad.iloc[0]["drop"] == pytest.approx(5.0)
+    assert len(bad) == 1
+    assert bad.iloc[0]["attack"] == "none"
+    assert bad.iloc[0]["drop"] == pytest.approx(5.0)
     assert bad.iloc[0]["p_value"] == pytest.approx(scipy_one_sided(900, 1000, 850, 1000)[1])
     table = format_table(result)
-    assert "FAIL" in table and "pgd-linf" in table and table.count("\n") >= 4
+    assert "FAIL" in table
+    assert "pgd-linf" in table
+    assert table.count("\n") >= 4
 
 
 def test_large_drop_on_tiny_n_is_noise():
     result = compare(frame(clean(n=20, correct=18)), frame(clean(n=20, correct=16)), max_drop=1.0)
     cell = result.cells.iloc[0]
-    assert cell["drop"] == pytest.approx(10.0) and cell["p_value"] > 0.05
-    assert exit_code(result) == 0 and cell["verdict"] == "ok (drop within noise)"
+    assert cell["drop"] == pytest.approx(10.0)
+    assert cell["p_value"] > 0.05
+    assert exit_code(result) == 0
+    assert cell["verdict"] == "ok (drop within noise)"
 
 
 def test_small_significant_drop_under_max_drop_passes():
     result = compare(frame(clean(n=100000, correct=95000)), frame(clean(n=100000, correct=94500)), max_drop=1.0)
     cell = result.cells.iloc[0]
-    assert cell["drop"] == pytest.approx(0.5) and cell["p_value"] < 1e-6
-    assert exit_code(result) == 0 and cell["verdict"] == "ok (drop within max-drop)"
+    assert cell["drop"] == pytest.approx(0.5)
+    assert cell["p_value"] < 1e-6
+    assert exit_code(result) == 0
+    assert cell["verdict"] == "ok (drop within max-drop)"
     # the same drop fails with a tighter margin
     assert exit_code(compare(frame(clean(n=100000, correct=95000)), frame(clean(n=100000, correct=94500)),
                              max_drop=0.25)) == 1
@@ -94,7 +104,8 @@ def test_alpha_is_respected():
     base, cur = frame(clean(n=400, correct=360)), frame(clean(n=400, correct=343))  # p about 0.033
     p = compare(base, cur).cells.iloc[0]["p_value"]
     assert 0.01 < p < 0.05
-    assert exit_code(compare(base, cur, alpha=0.05)) == 1 and exit_code(compare(base, cur, alpha=0.01)) == 0
+    assert exit_code(compare(base, cur, alpha=0.05)) == 1
+    assert exit_code(compare(base, cur, alpha=0.01)) == 0
 
 
 def test_matching_by_cell_key():
@@ -104,7 +115,9 @@ def test_matching_by_cell_key():
                 clean("s", mode="fixed", lam=0.1), pgd(eps=2 / 255, correct=700), clean(),
                 clean("s", mode="fixed", lam=0.2), pgd("other"))  # new cells are not tested
     result = compare(base, cur)
-    assert len(result.cells) == 5 and result.new_cells == 2 and exit_code(result) == 0
+    assert len(result.cells) == 5
+    assert result.new_cells == 2
+    assert exit_code(result) == 0
     assert "2 new cells" in format_table(result)
     with pytest.raises(RobustlabError, match="cell missing"):
         compare(frame(clean("s", mode="fixed", lam=0.1)), frame(clean("s", mode="fixed", lam=0.2)))
@@ -146,8 +159,10 @@ def test_csv_round_trip_and_exit_code(tmp_path):
     out = io.StringIO()
     assert regress(tmp_path / "baseline.csv", run, stream=out) == 0  # a run directory works too
     text = out.getvalue()
-    assert text.count(" ok") == 4 and "PASS: 4 cells compared, 0 regressed" in text
-    assert "from m" in text and "fog s3" in text
+    assert text.count(" ok") == 4
+    assert "PASS: 4 cells compared, 0 regressed" in text
+    assert "from m" in text
+    assert "fog s3" in text
     worse = [clean(correct=800), *base_rows[1:]]
     frame(*worse).to_csv(tmp_path / "current.csv", index=False)
     assert regress(tmp_path / "baseline.csv", tmp_path / "current.csv", stream=io.StringIO()) == 1
@@ -163,10 +178,14 @@ def test_json_gives_the_key_columns_as_numbers(tmp_path):
     cells = {(c["model"], c["attack"], c["lambda_mode"]): c for c in json.loads(result.to_json())}
     attacked, fog, adaptive = cells["m", "pgd-linf", "n.a."], cells["s", "none", "fixed"], cells["s", "none",
                                                                                                  "adaptive-set"]
-    assert attacked["eps"] == pytest.approx(8 / 255, rel=1e-12) and attacked["steps"] == 10
-    assert fog["severity"] == 3 and fog["lambda"] == 0.1 and fog["eps"] is None
+    assert attacked["eps"] == pytest.approx(8 / 255, rel=1e-12)
+    assert attacked["steps"] == 10
+    assert fog["severity"] == 3
+    assert fog["lambda"] == 0.1
+    assert fog["eps"] is None
     assert adaptive["lambda"] is None, "an adaptive cell is matched without its lambda"
-    assert cells["m", "none", "n.a."]["current_correct"] == 900 and cells["m", "none", "n.a."]["verdict"] == "ok"
+    assert cells["m", "none", "n.a."]["current_correct"] == 900
+    assert cells["m", "none", "n.a."]["verdict"] == "ok"
 
 
 def test_the_paired_gate_sees_a_real_drop_the_unpaired_test_misses_and_no_false_alarm(tmp_path):
@@ -191,12 +210,18 @@ def test_the_paired_gate_sees_a_real_drop_the_unpaired_test_misses_and_no_false_
                      "--out", str(tmp_path / name)]) == 0
         runs[name] = read_results(tmp_path / name)
     paired = compare(runs["base"], runs["worse"]).cells.iloc[0]
-    assert paired["test"] == PAIRED and paired["regression"] and 1.0 < paired["drop"] < 2.0
+    assert paired["test"] == PAIRED
+    assert paired["regression"]
+    assert 1.0 < paired["drop"] < 2.0
     unpaired = compare(runs["base"].assign(outcomes=""), runs["worse"].assign(outcomes="")).cells.iloc[0]
-    assert unpaired["test"] == UNPAIRED and not unpaired["regression"] and unpaired["p_value"] > 0.05
+    assert unpaired["test"] == UNPAIRED
+    assert not unpaired["regression"]
+    assert unpaired["p_value"] > 0.05
     assert unpaired["drop"] == paired["drop"]
     rerun = compare(runs["base"], runs["again"]).cells.iloc[0]
-    assert rerun["test"] == PAIRED and rerun["p_value"] == 1.0 and not rerun["regression"]
+    assert rerun["test"] == PAIRED
+    assert rerun["p_value"] == 1.0
+    assert not rerun["regression"]
 
 
 def test_holm_correction_adjusts_the_cells_p_values():

@@ -66,7 +66,8 @@ def test_a_second_writer_is_refused_and_a_killed_one_never_blocks(tmp_path, monk
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
-    assert f"is being written by robustlab pid {first.pid}" in second.stderr and second.stderr.count("\n") == 1
+    assert f"is being written by robustlab pid {first.pid}" in second.stderr
+    assert second.stderr.count("\n") == 1
     assert first.wait(timeout=300) == 0, first.communicate()
     rows = pd.read_csv(out / "results.csv")
     assert len(rows) == 2, "no duplicated rows"
@@ -91,7 +92,8 @@ def test_a_run_killed_before_its_results_file_resumes(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(rundir, "ResultStore", killed)
         assert run_cli(*EVAL, "--out", out) != 0
-    assert (out / "manifest.json").is_file() and not (out / "results.csv").exists()
+    assert (out / "manifest.json").is_file()
+    assert not (out / "results.csv").exists()
     assert run_cli(*EVAL, "--out", out) == 0
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
     assert len(pd.read_csv(out / "results.csv")) == 1
@@ -157,7 +159,8 @@ def test_nan_logits_are_wrong_under_attack_too():
             p.fill_(float("nan"))
     x, y = torch.rand(30, 3, 32, 32), torch.zeros(30, dtype=torch.long)  # label 0: the argmax of a NaN row
     out = attack_batch(model, x, y, make_spec("pgd-linf", eps="2/255", steps=2), seed=0)
-    assert int(out.clean_correct.sum()) == 0 and int(out.robust.sum()) == 0
+    assert int(out.clean_correct.sum()) == 0
+    assert int(out.robust.sum()) == 0
     flags, _ = run_diagnostics(model, x[:8], y[:8], seed=0, steps=2, queries=10)
     assert not flags["randomized"], "NaN logits that stay NaN are not randomness"
     bn = tiny_model("resnet18")
@@ -182,7 +185,8 @@ def test_every_reader_refuses_a_bad_results_file(tmp_path, edit, words):
     path.write_text("\n".join(edit(lines)) + "\n")
     with pytest.raises(RobustlabError) as e:
         read_results(path)
-    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert str(path) in str(e.value)
+    assert "\n" not in str(e.value)
     if words:
         assert words in str(e.value)
     for command in (["metrics", path], ["regress", path, path], ["report", path, "--out", tmp_path / "rep"]):
@@ -208,7 +212,8 @@ def test_the_generated_cache_is_written_by_eval_verified_and_keyed_by_content(tm
     monkeypatch.setenv("ROBUSTLAB_CACHE", str(tmp_path / "cache"))
     assert run_cli(*EVAL, "--corruptions", "fog", "--severities", "5", "--out", tmp_path / "a") == 0
     files = sorted(cache.glob("*.npy"))
-    assert len(files) == 1 and files[0].with_suffix(".json").is_file(), "eval writes the cache"
+    assert len(files) == 1, "eval writes the cache"
+    assert files[0].with_suffix(".json").is_file(), "eval writes the cache"
     want = pd.read_csv(tmp_path / "a" / "results.csv")["correct"].tolist()
     np.save(files[0], np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))  # planted
     capsys.readouterr()
@@ -229,13 +234,16 @@ def test_outputs_are_replaced_only_with_overwrite(tmp_path, monkeypatch):
     calib.write_text("mine\n")
     args = ["calibrate", "--ckpt", "zoo:sdnet18-digits", "--dataset", "digits", "--n", "16", "--levels", "0.1",
             "--lambdas", "0.1:0.2:2", "--out", calib, "--quiet"]
-    assert run_cli(*args) == 2 and calib.read_text() == "mine\n"
-    assert run_cli(*args, "--overwrite") == 0 and calib.read_text() != "mine\n"
+    assert run_cli(*args) == 2
+    assert calib.read_text() == "mine\n"
+    assert run_cli(*args, "--overwrite") == 0
+    assert calib.read_text() != "mine\n"
     out = tmp_path / "c"
     out.mkdir()
     (out / "results.csv").write_text("precious\n")
     corrupt = ["corrupt", "--dataset", "digits", "--n", "8", "--corruptions", "brightness", "--out", out, "--quiet"]
-    assert run_cli(*corrupt) == 2 and (out / "results.csv").read_text() == "precious\n"
+    assert run_cli(*corrupt) == 2
+    assert (out / "results.csv").read_text() == "precious\n"
     fresh = tmp_path / "layout"
     assert run_cli(*corrupt[:-3], "--out", fresh, "--quiet") == 0
     done = (fresh / "brightness.npy").stat().st_mtime_ns
@@ -348,7 +356,8 @@ def test_a_killed_worker_ends_corrupt_with_one_line(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     err = (tmp_path / "stderr").read_text()
     assert proc.returncode == 2, err
-    assert err.startswith("robustlab: error: a corruption worker process died (") and err.count("\n") == 1, err
+    assert err.startswith("robustlab: error: a corruption worker process died ("), err
+    assert err.count("\n") == 1, err
     assert "run the same command again" in err
     assert sorted(p.name for p in out.iterdir()) == ["robustlab-corrupt.json"], "no partial file"
 
@@ -364,7 +373,8 @@ def test_a_killed_worker_ends_eval_with_one_line_and_a_failed_status(tmp_path, m
     monkeypatch.setattr(pool, "_run", _kill_this_process)
     assert run_cli(*EVAL, "--corruptions", "fog", "--severities", "1", "--workers", "2", "--out", tmp_path / "run") == 2
     err = capsys.readouterr().err
-    assert err.startswith("robustlab: error: a corruption worker process died (") and err.count("\n") == 1, err
+    assert err.startswith("robustlab: error: a corruption worker process died ("), err
+    assert err.count("\n") == 1, err
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == f"failed: {err.strip().removeprefix('robustlab: error: ')}"
     assert len(pd.read_csv(tmp_path / "run" / "results.csv")) == 1, "the clean row finished before"
@@ -405,8 +415,11 @@ def test_corrupt_resume_generates_again_a_file_it_did_not_write(tmp_path, capsys
     printed = capsys.readouterr()
     assert "2 of 2 corruptions complete" in printed.out
     lines = [line for line in printed.err.splitlines() if "fog.npy" in line]
-    assert len(lines) == 1 and words in lines[0] and "generated again" in lines[0], printed.err
-    assert not fog.is_symlink() and fog.read_bytes() == (good / "fog.npy").read_bytes()
+    assert len(lines) == 1, printed.err
+    assert words in lines[0], printed.err
+    assert "generated again" in lines[0], printed.err
+    assert not fog.is_symlink()
+    assert fog.read_bytes() == (good / "fog.npy").read_bytes()
     assert (out / "contrast.npy").stat().st_mtime_ns == contrast, "a good file is kept"
     if spoil == "symlink":
         assert elsewhere.read_bytes() == before, "the link's target is never written"
@@ -422,7 +435,8 @@ def test_corrupt_refuses_a_directory_in_place_of_a_file(tmp_path, capsys, name):
     capsys.readouterr()
     assert _corrupt_fog(out) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"robustlab: error: {out / name} is a directory") and err.count("\n") == 1, err
+    assert err.startswith(f"robustlab: error: {out / name} is a directory"), err
+    assert err.count("\n") == 1, err
     assert "remove it" in err
     assert (out / name / "keep.txt").read_text() == "mine"
 

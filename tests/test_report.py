@@ -82,7 +82,8 @@ def test_every_figure_written_as_png_and_svg(report):
         for ext in (".png", ".svg"):
             assert stem + ext in names
             p = report.markdown.parent / "figures" / (stem + ext)
-            assert p.is_file() and p.stat().st_size > 1000
+            assert p.is_file()
+            assert p.stat().st_size > 1000
     assert (report.markdown.parent / "figures" / "accuracy-vs-severity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -100,26 +101,36 @@ def test_table_contents(report):
     md = report.markdown.read_text()
     t = report.tables
     clean = t["clean"].set_index("variant")["accuracy"]
-    assert clean["resnet-b"] == pytest.approx(0.95) and clean["sdnet-a [lambda 0.1]"] == pytest.approx(0.92)
+    assert clean["resnet-b"] == pytest.approx(0.95)
+    assert clean["sdnet-a [lambda 0.1]"] == pytest.approx(0.92)
     assert "| resnet-b | digits/test | 100 | 95.00 | 88.8–97.8 |" in md  # the Wilson interval of 95/100
     summary = t["corruption-summary"].set_index("variant")
     assert summary.loc["resnet-b", "mCE"] == pytest.approx(1.0)  # the baseline normalizes itself
     assert summary.loc["resnet-b", "mean_corruption_accuracy"] == pytest.approx(0.56)
     assert "mCE vs resnet-b (%)" in md
     assert list(t["per-corruption"]["corruption"]) == CORRUPTIONS
-    assert set(t["robust"]["attack"]) == {"pgd-linf", "square"} and "8/255" in md and "sdnet-a" in md
+    assert set(t["robust"]["attack"]) == {"pgd-linf", "square"}
+    assert "8/255" in md
+    assert "sdnet-a" in md
     lam = t["lambda"]
-    assert len(lam) == 1 + 2 * 3 and set(lam["fixed_lambda"]) == {0.1}
+    assert len(lam) == 1 + 2 * 3
+    assert set(lam["fixed_lambda"]) == {0.1}
     first = lam[lam["corruption"] == "gaussian_noise"].iloc[0]
-    assert first["adaptive-set_gain"] == pytest.approx(1.0) and first["best_fixed_lambda"] == pytest.approx(0.1)
-    assert "adaptive-image λ" in md and "0.17 ± 0.04" in md
-    assert len(t["warnings"]) == 2 and "zero_gradients" in md and "`bpda_selection`:" in md
+    assert first["adaptive-set_gain"] == pytest.approx(1.0)
+    assert first["best_fixed_lambda"] == pytest.approx(0.1)
+    assert "adaptive-image λ" in md
+    assert "0.17 ± 0.04" in md
+    assert len(t["warnings"]) == 2
+    assert "zero_gradients" in md
+    assert "`bpda_selection`:" in md
 
 
 def test_html_is_self_contained(report):
     page = report.html.read_text()
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
-    assert "<link" not in page and "@import" not in page and "url(" not in page
+    assert "<link" not in page
+    assert "@import" not in page
+    assert "url(" not in page
     srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", page)
     assert len(srcs) == len(FIGURES) == page.count("<img")
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
@@ -130,7 +141,8 @@ def test_html_is_self_contained(report):
 
 def test_one_colour_per_variant():
     colors = variant_colors(["b", "a", "c", "a"])
-    assert list(colors) == ["b", "a", "c"] and len(set(colors.values())) == 3
+    assert list(colors) == ["b", "a", "c"]
+    assert len(set(colors.values())) == 3
     assert variant_colors(["b", "a", "c"]) == colors  # the same mapping every time
     assert len(set(variant_colors([str(i) for i in range(25)]).values())) == 25
 
@@ -138,9 +150,12 @@ def test_one_colour_per_variant():
 def test_figures_skipped_without_data(tmp_path):
     rows = [row("resnet-b", arch="resnet18", mode="n.a.", correct=95)]
     files = build_report([write_run(tmp_path / "clean-only", rows)], tmp_path / "out")
-    assert files.figures == [] and not list((tmp_path / "out" / "figures").iterdir())
+    assert files.figures == []
+    assert not list((tmp_path / "out" / "figures").iterdir())
     md = files.markdown.read_text()
-    assert "No attacked rows" in md and "No figure" in md and "<img" not in files.html.read_text()
+    assert "No attacked rows" in md
+    assert "No figure" in md
+    assert "<img" not in files.html.read_text()
 
 
 def test_several_runs_and_errors(tmp_path):
@@ -149,7 +164,8 @@ def test_several_runs_and_errors(tmp_path):
     files = build_report([a, b], tmp_path / "out")
     variants = set(files.tables["clean"]["variant"])
     assert {"resnet-b (a)", "resnet-b (b)"} <= variants  # the same model from two runs stays apart
-    assert any("not finished" in w for w in files.warnings) and "not finished" in files.markdown.read_text()
+    assert any("not finished" in w for w in files.warnings)
+    assert "not finished" in files.markdown.read_text()
     with pytest.raises(RobustlabError, match="not a model variant"):
         build_report([a], tmp_path / "out2", baseline="nope")
     with pytest.raises(RobustlabError, match="results.csv"):
@@ -159,7 +175,9 @@ def test_several_runs_and_errors(tmp_path):
 
 
 def test_format_eps():
-    assert format_eps(8 / 255, "Linf") == "8/255" and format_eps(0.5, "L2") == "0.5" and format_eps(math.nan) == "–"
+    assert format_eps(8 / 255, "Linf") == "8/255"
+    assert format_eps(0.5, "L2") == "0.5"
+    assert format_eps(math.nan) == "–"
 
 
 CHECK = """<script>

@@ -68,11 +68,13 @@ def test_sigkill_mid_run_then_the_same_command_finishes_it(setup, tmp_path: Path
     after = results.read_bytes()
     assert after.startswith(before), "a finished row was lost or rewritten"
     got = rows(tmp_path / "run")
-    assert len(got) == CELLS and len({cell_key(r) for r in got}) == CELLS  # everything, no duplicate
+    assert len(got) == CELLS
+    assert len({cell_key(r) for r in got}) == CELLS  # everything, no duplicate
     assert f"resumed: {finished_before} cells were already in results.csv, {CELLS - finished_before} ran now" \
         in again.stdout
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "finished" and manifest["resumes"][0]["status_before"] == "running"
+    assert manifest["status"] == "finished"
+    assert manifest["resumes"][0]["status_before"] == "running"
 
     fresh = subprocess.run([sys.executable, "-m", "robustlab", *args, "--out", str(tmp_path / "fresh")], env=env,
                            capture_output=True, text=True, timeout=600)
@@ -89,14 +91,17 @@ def test_changed_arguments_are_refused_unless_asked(setup, tmp_path: Path, capsy
     capsys.readouterr()
     assert main([*base, "--n", "16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other arguments (n: 8 -> 16)" in err[0] and "--allow-config-change" in err[0]
+    assert len(err) == 1
+    assert "other arguments (n: 8 -> 16)" in err[0]
+    assert "--allow-config-change" in err[0]
     assert (tmp_path / "run" / "results.csv").read_bytes() == before
 
     assert main([*base, "--n", "16", "--allow-config-change"]) == 0
     got = rows(tmp_path / "run")
     assert [r["n"] for r in got] == ["8", "16"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["resumes"][0]["changed"] == ["n: 8 -> 16"] and manifest["arguments"]["n"] == 16
+    assert manifest["resumes"][0]["changed"] == ["n: 8 -> 16"]
+    assert manifest["arguments"]["n"] == 16
 
     capsys.readouterr()
     assert main([*base, "--n", "16"]) == 0  # the same command on a finished run: nothing to do
@@ -141,7 +146,8 @@ def test_reopening_drops_a_torn_last_line(tmp_path: Path) -> None:
     with open(path, "ab") as f:
         f.write(b"m2,abc,digits")  # killed mid-write
     store = ResultStore(path)
-    assert path.read_bytes() == complete and complete.startswith(header)
+    assert path.read_bytes() == complete
+    assert complete.startswith(header)
     assert store.done == {cell_key(row)}
 
 
@@ -170,7 +176,9 @@ def test_torchrun_two_cpu_ranks_equal_one_process(tmp_path: Path) -> None:
     for row in rows(tmp_path / "single"):  # rank 0 wrote every image's outcome, gathered from both shards
         args = dict(key=cell_key(row), image_set=row["image_set"], n=int(row["n"]), correct=int(row["correct"]))
         one, two = (read_outcomes(tmp_path / d, row["outcomes"], **args) for d in ("single", "sharded"))
-        assert np.array_equal(one.index, np.arange(40)) and np.array_equal(two.index, one.index)
-        assert np.array_equal(two.ok, one.ok) and np.array_equal(two.pred, one.pred)
+        assert np.array_equal(one.index, np.arange(40))
+        assert np.array_equal(two.index, one.index)
+        assert np.array_equal(two.ok, one.ok)
+        assert np.array_equal(two.pred, one.pred)
     assert json.loads((tmp_path / "sharded" / "manifest.json").read_text())["ranks"] == 2
     assert not list((tmp_path / "cache-sharded").glob("**/*.npy"))

@@ -45,18 +45,24 @@ def test_run_cells_counts_each_cell_once_and_skips_what_the_store_holds():
     records = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
     assert len(records) == len(store.records) == 4
     for record, outcomes in zip(store.records, store.outcomes):  # every image's outcome, adding up to the count
-        assert np.array_equal(outcomes.index, np.arange(12)) and outcomes.correct == record.correct
+        assert np.array_equal(outcomes.index, np.arange(12))
+        assert outcomes.correct == record.correct
     clean = [r for r in records if r.attack == "none"]
     with torch.no_grad():
         model.net.layer0[0].lmbda = 0.1
         want = int((model(torch.from_numpy(data.images).permute(0, 3, 1, 2).float() / 255).argmax(1)
                     == torch.from_numpy(data.labels)).sum())
-    assert clean[0].correct == want and clean[0].n == 12 and clean[0].lmbda == 0.1
+    assert clean[0].correct == want
+    assert clean[0].n == 12
+    assert clean[0].lmbda == 0.1
     attacked = [r for r in records if r.attack == "pgd-linf"]
     assert all(a.correct <= c.correct for a, c in zip(attacked, clean))
-    assert attacked[0].batch_size == 5 and attacked[0].steps == 1 and attacked[0].flags_model == model.name
+    assert attacked[0].batch_size == 5
+    assert attacked[0].steps == 1
+    assert attacked[0].flags_model == model.name
     again = run_cells([plan], cells, lambda cell: data, info, store, progress_bars(True))
-    assert again == [] and len(store.records) == 4, "cells already in the store are not run again"
+    assert again == [], "cells already in the store are not run again"
+    assert len(store.records) == 4, "cells already in the store are not run again"
 
 
 def test_adaptive_outcomes_hold_each_images_lambda():
@@ -73,7 +79,8 @@ def test_adaptive_outcomes_hold_each_images_lambda():
     store = MemoryStore()
     run_cells([ModelPlan(model, "sha", settings)], [Cell()], lambda cell: data, info, store, progress_bars(True))
     per_image, per_set = store.outcomes
-    assert per_image.lambdas is not None and len(per_image.lambdas) == 12
+    assert per_image.lambdas is not None
+    assert len(per_image.lambdas) == 12
     assert set(np.round(per_image.lambdas.astype(float), 6).tolist()) == {0.2}
     assert float(per_image.lambdas.mean()) == pytest.approx(store.records[0].lmbda, rel=1e-6)
     assert per_set.lambdas is None or len(set(per_set.lambdas.tolist())) == 1

@@ -86,7 +86,8 @@ def test_variant_matches_reference_logits_and_codes(tmp_path, name, sd_kw, csc):
     assert rel(got, want) < 1e-9, f"logits: relative error {rel(got, want):.2e}"
     assert len(got_codes) == len(want_codes)
     for i, (g, w) in enumerate(zip(got_codes, want_codes)):
-        assert g.shape == w.shape and rel(g, w) < 1e-9, f"CSC layer {i}: relative error {rel(g, w):.2e}"
+        assert g.shape == w.shape, f"CSC layer {i}: relative error {rel(g, w):.2e}"
+        assert rel(g, w) < 1e-9, f"CSC layer {i}: relative error {rel(g, w):.2e}"
 
 
 def _official(tmp_path, csc: dict | None, sd_kw: dict | None = None):
@@ -104,7 +105,8 @@ def test_without_configuration_the_defaults_are_assumed_and_said(tmp_path):
     assert model.csc_settings.source == "defaults"
     assert model.csc_settings.assumed == {"lmbda": 0.1, "mu": 0.0, "n_steps": 2, "non_negative": True,
                                           "w_norm": True}
-    assert "n_steps=2" in model.csc_settings.notice("m") and "--official-config" in model.csc_settings.notice("m")
+    assert "n_steps=2" in model.csc_settings.notice("m")
+    assert "--official-config" in model.csc_settings.notice("m")
     assert all(m.n_steps == 2 for m in csc_layers(model))
 
 
@@ -113,11 +115,14 @@ def test_official_config_sets_hidden_settings_and_robustlab_format_keeps_them(tm
     model = robustlab.load_model(path, official_config=tmp_path / "exp.yaml")
     layer = csc_layers(model)[0]
     assert (layer.n_steps, layer.mu, layer.lmbda) == (3, 0.1, 0.2)
-    assert model.csc_settings.source.startswith("official config") and not model.csc_settings.assumed
+    assert model.csc_settings.source.startswith("official config")
+    assert not model.csc_settings.assumed
     robustlab.save_checkpoint(model, tmp_path / "own.pt")
     again = robustlab.load_model(tmp_path / "own.pt")
-    assert again.config.arch_kwargs["n_steps"] == 3 and csc_layers(again)[0].n_steps == 3
-    assert again.csc_settings.source == "checkpoint" and not again.csc_settings.assumed
+    assert again.config.arch_kwargs["n_steps"] == 3
+    assert csc_layers(again)[0].n_steps == 3
+    assert again.csc_settings.source == "checkpoint"
+    assert not again.csc_settings.assumed
 
 
 def test_three_step_checkpoint_differs_from_its_two_step_reading(tmp_path):
@@ -164,7 +169,8 @@ def test_eval_says_and_records_which_settings_were_assumed(tmp_path, capsys, mon
     assert main(["eval", "--ckpt", str(path), "--dataset", "cifar10", "--data-dir", str(data), "--out",
                  str(tmp_path / "run"), "--quiet"]) == 0
     notice = [line for line in capsys.readouterr().err.splitlines() if "assumed the official defaults" in line]
-    assert len(notice) == 1 and "n_steps=2" in notice[0]
+    assert len(notice) == 1
+    assert "n_steps=2" in notice[0]
     models = json.loads((tmp_path / "run" / "manifest.json").read_text())["models"]
     assert models["m"]["csc_settings"]["source"] == "defaults"
     assert models["m"]["csc_settings"]["assumed_defaults"]["n_steps"] == 2
@@ -173,4 +179,5 @@ def test_eval_says_and_records_which_settings_were_assumed(tmp_path, capsys, mon
                  str(tmp_path / "run2"), "--quiet"]) == 0
     assert "assumed the official defaults" not in capsys.readouterr().err
     settings = json.loads((tmp_path / "run2" / "manifest.json").read_text())["models"]["m"]["csc_settings"]
-    assert settings["source"].startswith("official config") and settings["assumed_defaults"] == {}
+    assert settings["source"].startswith("official config")
+    assert settings["assumed_defaults"] == {}
