@@ -136,7 +136,7 @@ def load_results(*run_dirs: str | os.PathLike) -> pd.DataFrame:
         >>> df = robustlab.load_results("runs/sdnet", "runs/resnet")
     """
     from robustlab.reports.runs import load_runs
-    df, _, notes = load_runs(list(run_dirs))
+    df, _, notes = load_runs([os.fspath(d) for d in run_dirs])
     for note in notes:
         print(f"robustlab: {note}", file=sys.stderr)
     return df

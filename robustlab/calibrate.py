@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from robustlab.adaptive import Calibration, calibrate, parse_grid
-from robustlab.checkpoints import load_model, nonfinite_warning, sha256_file
+from robustlab.checkpoints import load_model, model_digest, nonfinite_warning
 from robustlab.config import CalibrateConfig
 from robustlab.data import load_dataset
 from robustlab.device import resolve_device
@@ -38,7 +38,7 @@ def calibrate_checkpoint(cfg: CalibrateConfig) -> tuple[Calibration, list[Path]]
             print(f"robustlab: {line}", file=sys.stderr)
     grid = parse_grid(cfg.lambdas, float(csc_layer(model, cfg.layer).lmbda))
     base = load_dataset(cfg.dataset, cfg.data_dir, cfg.split)
-    calib = calibrate(model, sha256_file(model.checkpoint_path), base, noise=cfg.noise, levels=cfg.levels, grid=grid,
+    calib = calibrate(model, model_digest(model), base, noise=cfg.noise, levels=cfg.levels, grid=grid,
                       n=cfg.n, seed=cfg.seed, batch_size=cfg.batch_size, device=dev, layer=cfg.layer,
                       progress=progress_bars(cfg.quiet))
     out.parent.mkdir(parents=True, exist_ok=True)

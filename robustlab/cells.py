@@ -51,6 +51,12 @@ class LambdaSetting:
     calibration: Calibration | None = field(default=None, compare=False)
     sample_size: int | None = None
 
+    def required_calibration(self) -> Calibration:
+        """The calibration an adaptive setting selects with."""
+        if self.calibration is None:
+            raise RobustlabError(f"lambda mode {self.mode} needs a calibration; pass --adaptive-lambda FILE.json")
+        return self.calibration
+
 
 @dataclass
 class ModelPlan:
@@ -94,6 +100,6 @@ def fixed_lambda(model: RobustModel, setting: LambdaSetting) -> float:
     return float(setting.value if setting.value is not None else csc_layers(model)[0].lmbda)
 
 
-def adv_file_name(model: RobustModel, cell: Cell, setting: LambdaSetting) -> str:
-    src = f"-from-{cell.source}" if cell.source else ""
-    return f"{model.name}-{setting.mode}-{cell.attack.name}-{cell.attack.norm}-eps{cell.attack.eps:.6f}{src}.npz"
+def adv_file_name(model: RobustModel, attack: AttackSpec, source: str, setting: LambdaSetting) -> str:
+    src = f"-from-{source}" if source else ""
+    return f"{model.name}-{setting.mode}-{attack.name}-{attack.norm}-eps{attack.eps:.6f}{src}.npz"

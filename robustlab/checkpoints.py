@@ -103,6 +103,7 @@ def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = 
     """Build the model a loaded checkpoint object describes (robustlab format or official state_dict); `official`
     is the official experiment configuration of an official checkpoint (its CSC settings)."""
     robustlab_format = is_robustlab_format(obj)
+    guess: ModelConfig | None  # the architecture the checkpoint itself describes
     if robustlab_format:
         if obj.get("format_version", 0) > FORMAT_VERSION:
             raise RobustlabError(f"{path} has checkpoint format {obj['format_version']}, newer than this "
@@ -117,10 +118,13 @@ def model_from_checkpoint(obj: Any, path: str | os.PathLike, arch: str | None = 
     else:
         sd = from_official_keys(plain_state_dict(obj, path))
         guess = infer_config(sd)
-        if guess is None and arch is None:
+        if arch is not None:
+            config = dataclasses.replace(guess or _default_config(arch, sd), arch=arch)
+        elif guess is not None:
+            config = guess
+        else:
             raise RobustlabError(f"cannot tell the architecture of {path} from its keys "
                                  f"(first: {', '.join(list(sd)[:3])}); pass --arch (known: {', '.join(ARCHS)})")
-        config = guess if arch is None else dataclasses.replace(guess or _default_config(arch, sd), arch=arch)
         if official is not None:
             check_official_config(official, config, path)
     config, settings = with_csc_settings(config, official, robustlab_format)

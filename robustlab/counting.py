@@ -7,12 +7,13 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from robustlab.adaptive import AdaptiveLambda
 from robustlab.attacks import AttackSpec, BatchOutcome, attack_batch, predicted, transfer_batch
 from robustlab.data import ImageSet, to_pixels
 from robustlab.data.base import check_labels
@@ -58,8 +59,9 @@ class Counts:
             return self
         own = [getattr(self, name) for name in SUMMED]
         totals = shard.sum([0.0 if value is None else float(value) for value in own])
-        sums = {name: None if value is None else type(value)(total)  # a field None on one rank is None on all
-                for name, value, total in zip(SUMMED, own, totals)}
+        # Any: each value has its own field's type (type(value)), which mypy cannot follow through a field name
+        sums: dict[str, Any] = {name: None if value is None else type(value)(total)  # None on one rank: on all
+                                for name, value, total in zip(SUMMED, own, totals)}
         outcomes = None if self.outcomes is None else Outcomes.joined(shard.gather(self.outcomes))
         return replace(self, **sums, seconds=shard.max(self.seconds), outcomes=outcomes)
 
@@ -125,7 +127,8 @@ class Tally:
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.model, self.device = model, device
-        self.first_csc = (csc_layers(model) or [None])[0]
+        layers = csc_layers(model)
+        self.first_csc = layers[0] if layers else None
         self.start = time.perf_counter()
         self.n = 0
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -147,8 +150,8 @@ class Tally:
         csc = self.first_csc
         if seen.any() and csc is not None and csc.residual is not None:
             self.residual += csc.residual.detach().double().sum().to(self.device)
-        adaptive = hasattr(self.model, "last_lambdas")  # robustlab.adaptive.AdaptiveLambda
-        chosen = self.model.last_lambdas if adaptive and seen.any() else None
+        adaptive = isinstance(self.model, AdaptiveLambda)
+        chosen = self.model.last_lambdas if isinstance(self.model, AdaptiveLambda) and seen.any() else None
         self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(chosen))]
         per_image = None
         if adaptive:  # a skipped image has no lambda (NaN)

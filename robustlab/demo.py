@@ -13,6 +13,7 @@ from robustlab.attacks import load_attack_suite
 from robustlab.calibrate import calibrate_checkpoint
 from robustlab.config import CalibrateConfig, EvalConfig
 from robustlab.corruptions import BENCHMARK, CORRUPTIONS
+from robustlab.errors import RobustlabError
 from robustlab.evaluation import evaluate
 from robustlab.reports.metrics import variants
 from robustlab.reports.report import ReportFiles, build_report
@@ -22,21 +23,27 @@ from robustlab.schema import NONE, Record
 
 
 @dataclass(frozen=True)
+class Blackbox:
+    """A model without gradients (the RDSN), attacked black-box only: its zoo name, attack suite and images."""
+    model: str
+    attacks: str
+    n: int
+
+
+@dataclass(frozen=True)
 class DemoSpec:
     """What the demo runs on one built-in dataset."""
     dataset: str
     models: tuple[str, ...]  # zoo names; the first is the SDNet that Algorithm 1 calibrates
     attacks: str  # an attack suite for the trained models
     default_n: int  # test images per cell (the time budget: at most 5 minutes on 2 CPU cores)
-    blackbox_model: str | None = None  # a model without gradients (the RDSN), attacked black-box only
-    blackbox_attacks: str | None = None
-    blackbox_n: int = 0
+    blackbox: Blackbox | None = None
     calibration_images: int = 300
 
 
 DEMOS = {
     "fashion-mnist": DemoSpec("fashion-mnist", ("sdnet18-fashion", "resnet18-fashion"), "fashion-pgd", 300,
-                              "rdsn-fashion", "fashion-blackbox", 50),
+                              Blackbox("rdsn-fashion", "fashion-blackbox", 50)),
     "digits": DemoSpec("digits", ("sdnet18-digits", "resnet18-digits"), "digits-small", 450),
 }
 CORRUPTION_SUITE = "cifar10-c"  # the 15 benchmark corruptions with the CIFAR parameters (32x32 images)
@@ -65,15 +72,17 @@ def run_demo(dataset: str, *, n: int | None, out: str | Path | None, batch_size:
                                        corruptions=CORRUPTION_SUITE, adaptive=str(calib_path), save_adv=True,
                                        attacks=tuple(load_attack_suite(spec.attacks))))
     runs = [out]
-    if spec.blackbox_model:
+    if spec.blackbox is not None:
         blackbox = out / "blackbox"
-        _, more = evaluate(EvalConfig(ckpts=(f"zoo:{spec.blackbox_model}",), dataset=dataset,
-                                      n=min(n, spec.blackbox_n), batch_size=batch_size, device=device,
+        _, more = evaluate(EvalConfig(ckpts=(f"zoo:{spec.blackbox.model}",), dataset=dataset,
+                                      n=min(n, spec.blackbox.n), batch_size=batch_size, device=device,
                                       out=str(blackbox), quiet=quiet, save_adv=True,
-                                      attacks=tuple(load_attack_suite(spec.blackbox_attacks))))
+                                      attacks=tuple(load_attack_suite(spec.blackbox.attacks))))
         records += more
         runs.append(blackbox)
     report = build_report(runs, out)
+    if run is None:  # evaluate gives the run to rank 0 only
+        raise RobustlabError("robustlab demo runs in one process; start it without torchrun")
     return DemoResult(run, records, report, (calib.fit.a, calib.fit.b))
 
 

@@ -113,7 +113,7 @@ def lambda_plans(models: Sequence[RobustModel], *, lmbda: float | None, adaptive
             sample = DEFAULT_SELECT_N if select_n is None else None if select_n == ALL_IMAGES else int(select_n)
             settings.append(LambdaSetting(mode, calibration=calib, sample_size=None if per_image else sample))
         plans.append(ModelPlan(model, sha, settings))
-    if calib is not None and not matched:
+    if adaptive is not None and not matched:
         load_calibration(adaptive, sha256=plans[0].sha256)  # raises: calibrated for another checkpoint
     return plans
 
@@ -192,9 +192,9 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack, given: Sequence[Robu
         for cell in cells:  # every published file must be there before anything is written
             check_compatible(models[0], source(cell))
     label = f"{models[0].name}-{cfg.dataset}" if len(models) == 1 else cfg.dataset
-    for given, what in ((cfg.data_dir, "--data-dir"), (cfg.c_dir, "--c-dir")):
-        if cfg.out is not None and given is not None and _inside(Path(cfg.out), Path(given)):
-            raise RobustlabError(f"--out {cfg.out} lies inside {what} {given}; write the run elsewhere (pass another "
+    for folder, what in ((cfg.data_dir, "--data-dir"), (cfg.c_dir, "--c-dir")):
+        if cfg.out is not None and folder is not None and _inside(Path(cfg.out), Path(folder)):
+            raise RobustlabError(f"--out {cfg.out} lies inside {what} {folder}; write the run elsewhere (pass another "
                                  "--out), so that the data stay as they are")
     out = Path(cfg.out) if cfg.out is not None else shard.broadcast(default_run_dir(label))  # one name on all ranks
     run = RunDir(out, arguments=cfg.to_manifest(), device=dev, allow_config_change=cfg.allow_config_change) \

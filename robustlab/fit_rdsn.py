@@ -12,6 +12,7 @@ from robustlab.counting import checked_batches
 from robustlab.data import ImageSet, load_dataset, to_pixels
 from robustlab.errors import RobustlabError
 from robustlab.models import ModelConfig, RobustModel, build_net
+from robustlab.models.rdsn import RDSN
 from robustlab.progress import ProgressFactory
 from robustlab.train import normalization
 
@@ -31,10 +32,9 @@ class RDSNConfig:
     batch_size: int = 128
 
 
-def extract_features(model: RobustModel, data: ImageSet, *, batch_size: int, device: torch.device,
+def extract_features(model: RobustModel, net: RDSN, data: ImageSet, *, batch_size: int, device: torch.device,
                      progress: ProgressFactory, desc: str) -> torch.Tensor:
-    """The raw k block features of every image of `data` (float64, on the CPU)."""
-    net = model.net
+    """The raw k block features of every image of `data` (float64, on the CPU); `net` is `model`'s network."""
     out = []
     with torch.inference_mode():
         for images, _ in progress(checked_batches(data, batch_size, None), total=math.ceil(len(data) / batch_size),
@@ -70,11 +70,12 @@ def fit_rdsn(cfg: RDSNConfig, *, data_dir: str | None, device: torch.device,
                          mean=mean, std=std, dataset=cfg.dataset,
                          arch_kwargs={"k": cfg.k, "depth": cfg.depth, "kernel_size": cfg.kernel_size, "pool": cfg.pool,
                                       "seed": cfg.seed, "in_channels": len(mean)})
-    model = RobustModel(build_net(config), config, name=f"rdsn-{cfg.dataset}").to(device).eval()
-    feats = {split: extract_features(model, data, batch_size=cfg.batch_size, device=device, progress=progress,
+    net = build_net(config)
+    assert isinstance(net, RDSN), type(net)  # the "rdsn" architecture builds an RDSN
+    model = RobustModel(net, config, name=f"rdsn-{cfg.dataset}").to(device).eval()
+    feats = {split: extract_features(model, net, data, batch_size=cfg.batch_size, device=device, progress=progress,
                                      desc=f"features ({split})")
              for split, data in (("train", train_set), ("test", test_set))}
-    net = model.net
     net.feature_mean.copy_(feats["train"].mean(0).float())
     net.feature_std.copy_(feats["train"].std(0).clamp_min(MIN_FEATURE_STD).float())
     z_train = net.standardize(feats["train"].float().to(device)).cpu().numpy()

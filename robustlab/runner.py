@@ -55,7 +55,7 @@ def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, i
         return
     per_image = setting.mode == LambdaMode.ADAPTIVE_IMAGE
     if per_image or (setting.mode == LambdaMode.ADAPTIVE_SET and attacked):
-        yield Applied(AdaptiveLambda(model, setting.calibration, per_image=per_image), None)
+        yield Applied(AdaptiveLambda(model, setting.required_calibration(), per_image=per_image), None)
         return
     csc = csc_layers(model)[setting.calibration.layer if setting.calibration is not None else 0]
     with restored(csc):
@@ -68,7 +68,7 @@ def lambda_applied(model: RobustModel, data: ImageSet, setting: LambdaSetting, i
                 return ((i * info.batch_size, images) for i, (images, _) in
                         zip(indices, checked_batches(data, info.batch_size, total, info.shard)))
             with torch.inference_mode():
-                selection = select_for_set(model, batches, setting.calibration, info.device, total=total,
+                selection = select_for_set(model, batches, setting.required_calibration(), info.device, total=total,
                                            mask=sample_mask(total, setting.sample_size, info.seed), shard=info.shard)
             csc.lmbda = selection.lmbda
         else:
@@ -89,9 +89,10 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
     batches, the counts are summed, and only rank 0 (which holds `store`) writes.
     """
     shard = info.shard
+    sources = {} if sources is None else sources
     done = shard.broadcast(store.done if store is not None else set())
     records = []
-    diagnosed: dict[tuple[str, LambdaSetting], list[str]] = {}
+    diagnosed: dict[tuple[str, LambdaSetting | None], list[str]] = {}  # (model, setting); a source: (name, None)
     cascade = Cascade() if info.cascade else None
     for cell in cells:
         data = cell_data(cell)
@@ -104,12 +105,13 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                           lmbda=lmbda, batch_size=info.batch_size)
                 cell_id = cell_key({**planned, "lambda": lmbda})
                 variant = (plan.model.name, setting)
-                remembers = cascade is not None and (cell.attack is not None or clean_decides(cell, setting.mode))
+                # the worst-case mode's memory, where this cell decides images for later cells
+                remembering = cascade if cell.attack is not None or clean_decides(cell, setting.mode) else None
                 if cell_id in done:
-                    if remembers:  # a resumed worst-case run goes on from what the done cells broke
+                    if remembering is not None:  # a resumed worst-case run goes on from what the done cells broke
                         kept = shard.broadcast(store.kept_outcomes(cell_id) if store is not None else None)
                         if kept is not None:
-                            cascade.remember(variant, cell, kept)
+                            remembering.remember(variant, cell, kept)
                     continue
                 torch.manual_seed(info.seed)
                 parts = (plan.model.name, cell.corruption if cell.corruption != NONE else "",
@@ -140,7 +142,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                             diagnosed[key] = diagnose(crafted_on, data, info, log) if run_checks else []
                         selects = not cell.source and setting.mode.adaptive
                         flags = diagnosed[key] + (["bpda_selection"] if selects else [])
-                        save = None if info.save_adv is None else adv_file_name(plan.model, cell, setting)
+                        save = (None if info.save_adv is None else
+                                adv_file_name(plan.model, cell.attack, cell.source, setting))
                         skip = None
                         if cascade is not None and skips_images(cell.attack, setting.mode):
                             skip = partial(cascade.broken, variant, cell.attack.norm, cell.attack.eps)
@@ -148,8 +151,8 @@ def run_cells(plans: Sequence[ModelPlan], cells: Iterable[Cell], cell_data: Call
                                               source=sources[cell.source] if cell.source else None)
                         if info.limit.size is not None and info.limit.size < info.batch_size:
                             flags = flags + [SMALLER_BATCH_FLAG.format(n=info.limit.size)]
-                if remembers and counts.outcomes is not None:  # this rank's images: later cells skip them here
-                    cascade.remember(variant, cell, counts.outcomes)
+                if remembering is not None and counts.outcomes is not None:  # this rank's images: later cells skip them
+                    remembering.remember(variant, cell, counts.outcomes)
                 counts = counts.merged(shard)
                 subset = counts.outcomes.attacked if counts.outcomes is not None else None
                 if subset is not None and not subset.all():  # a row that attacked every image stands alone

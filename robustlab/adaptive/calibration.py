@@ -5,7 +5,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ import torch
 from robustlab.errors import RobustlabError
 from robustlab.schema import read_json_object
 
+Residual = TypeVar("Residual", torch.Tensor, np.ndarray, float)  # what Fit.predict maps: one residual or many
 CALIBRATION_FORMAT = "robustlab-calibration"
 CALIBRATION_VERSION = 1
 NOISES = {"gaussian": "gaussian_noise", "shot": "shot_noise", "speckle": "speckle_noise", "impulse": "impulse_noise"}
@@ -43,7 +44,7 @@ class Fit:
     b: float
     r2: float
 
-    def predict(self, residual: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray | float:
+    def predict(self, residual: Residual) -> Residual:
         return self.a * residual + self.b
 
 

@@ -10,7 +10,7 @@ from robustlab.data import ImageSet, to_pixels
 from robustlab.data.corrupted import GeneratedImageSet
 from robustlab.errors import RobustlabError
 from robustlab.models import RobustModel, csc_layer
-from robustlab.models.csc import restored
+from robustlab.models.csc import last_residual, restored
 from robustlab.progress import ProgressFactory
 
 
@@ -31,7 +31,7 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
                 with torch.inference_mode():
                     for x, y in batches:
                         correct += int((model(x).argmax(1) == y).sum())
-                        residual += float(csc.residual.double().sum())
+                        residual += float(last_residual(model, layer).double().sum())
                         count += len(y)
                 rows.append({"level": float(level), "lambda": float(lmbda), "accuracy": correct / count,
                              "residual_mean": residual / count, "n": count})
@@ -59,8 +59,10 @@ def calibrate(model: RobustModel, sha256: str, base: ImageSet, *, noise: str, le
     """Algorithm 1's fit on calibration images: the sweep, lambda* per level, and the least-squares line."""
     if noise not in NOISES:
         raise RobustlabError(f"unknown noise {noise!r}; use one of {', '.join(NOISES)}")
-    if isinstance(levels, str) or not levels:
-        levels = calibration_levels(noise, levels or CALIBRATION_SUITE)
+    if not levels:
+        levels = calibration_levels(noise)
+    elif isinstance(levels, str):  # a suite's name or file
+        levels = calibration_levels(noise, levels)
     rows = sweep(model, base, corruption=NOISES[noise], levels=levels, grid=grid, n=n, seed=seed,
                  batch_size=batch_size, device=device, layer=layer, progress=progress)
     points = best_lambdas(rows)

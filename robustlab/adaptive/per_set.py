@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import scipy.stats
 import torch
 
@@ -41,7 +42,7 @@ def sample_mask(total: int, n: int | None, seed: int) -> np.ndarray | None:
     return mask
 
 
-def selection_bounds(calib: Calibration, mean: Sequence[float], half: Sequence[float]) -> tuple[float, float]:
+def selection_bounds(calib: Calibration, mean: npt.ArrayLike, half: npt.ArrayLike) -> tuple[float, float]:
     """The smallest and largest grid lambda the rule selects when each grid lambda's residual may be anywhere in
     mean +- half. Grid lambda g is selectable iff its smallest possible gap |g - (a r + b)| is at most every other
     lambda's largest possible gap (the residuals at different lambdas vary independently within the box)."""
@@ -108,12 +109,12 @@ class SetSums:
         index = list(index)
         if not index:
             return np.empty(0)
-        sums, count = torch.zeros(2, len(index), dtype=torch.float64), 0
+        sums, images = torch.zeros(2, len(index), dtype=torch.float64), 0
         for solve, n in self.batches():
             r = residuals_at(solve, n, index).double()
             sums += torch.stack([r.sum(dim=1), (r * r).sum(dim=1)]).cpu()
-            count += n
-        *added, count = self.shard.sum([*sums.view(-1).tolist(), count])
+            images += n
+        *added, count = self.shard.sum([*sums.view(-1).tolist(), images])
         if count == 0:
             raise RobustlabError("no images to select lambda on")
         if self.count and count != self.count:  # a mean mixing different images would select wrongly, silently

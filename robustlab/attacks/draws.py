@@ -51,11 +51,11 @@ class ImageDraws(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _FILLS and self._per_image(args[0].shape) and "generator" not in kwargs:
             target = args[0]
-            rows = torch.empty(target.shape[1:], dtype=target.dtype)
+            row = torch.empty(target.shape[1:], dtype=target.dtype)
             filled = []
             for g in self.generators:
-                func(rows, *args[1:], generator=g, **kwargs)
-                filled.append(rows.clone())
+                func(row, *args[1:], generator=g, **kwargs)
+                filled.append(row.clone())
             with torch.no_grad():
                 target.copy_(torch.stack(filled))
             return target

@@ -2,6 +2,7 @@
 harness (never the attack) enforces eps and [0, 1] and decides which images stay correctly classified."""
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -72,9 +73,7 @@ def _name(model: nn.Module) -> str:
 
 
 def _device(model: nn.Module, fallback: torch.device) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return fallback if tensor is None else tensor.device
 
 

@@ -5,7 +5,9 @@ import argparse
 import json
 
 from robustlab.adaptive import NOISES
+from robustlab.calibrate import calibrate_checkpoint
 from robustlab.cli.arguments import Command, add_common, add_data, add_official_config, levels, positive_int
+from robustlab.config import CalibrateConfig
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -29,8 +31,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.calibrate import calibrate_checkpoint
-    from robustlab.config import CalibrateConfig
     calib, figures = calibrate_checkpoint(CalibrateConfig.from_cli(args))
     if args.json:
         print(json.dumps(calib.to_json(), indent=2))

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Callable
 
 from robustlab.cli.arguments import Command, add_common, add_data, add_workers, positive_int
+from robustlab.corrupt import layout_corruptions, write_c_layout, write_folder_layout
+from robustlab.corruptions.pool import CorruptionPool, default_workers
 from robustlab.corruptions.tables import TABLES
+from robustlab.data import load_dataset
+from robustlab.data.imagenet import FolderImageSet
+from robustlab.device import resolve_device
+from robustlab.distributed import shard_from_env
+from robustlab.evaluation import corruption_suite
+from robustlab.progress import progress_bars
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -24,21 +34,13 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.corrupt import layout_corruptions, write_c_layout, write_folder_layout
-    from robustlab.corruptions.pool import CorruptionPool, default_workers
-    from robustlab.data import load_dataset
-    from robustlab.data.imagenet import FolderImageSet
-    from robustlab.device import resolve_device
-    from robustlab.distributed import shard_from_env
-    from robustlab.evaluation import corruption_suite
-    from robustlab.progress import progress_bars
-
     suite = corruption_suite(args.corruptions, dataset=args.dataset, severities=None)
     names = layout_corruptions(suite)
     base = load_dataset(args.dataset, args.data_dir, args.split)
     shard = shard_from_env()
     folders = isinstance(base, FolderImageSet)  # ImageNet: the published JPEG folders
-    write = write_folder_layout if folders else write_c_layout
+    # Callable[...]: the two writers differ in the image set they take, which `folders` decides
+    write: Callable[..., list[Path]] = write_folder_layout if folders else write_c_layout
     with CorruptionPool(args.workers or default_workers()) as pool:
         paths = write(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
                       batch_size=args.batch_size, device=resolve_device(args.device),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from robustlab.cli.arguments import Command, add_common, positive_int, print_records
-from robustlab.demo import DEMOS
+from robustlab.demo import DEMOS, compact_table, run_demo
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.demo import compact_table, run_demo
     result = run_demo(args.dataset, n=args.n, out=args.out, batch_size=args.batch_size, device=args.device,
                       quiet=args.quiet)
     if args.json or args.verbose:

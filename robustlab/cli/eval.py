@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
 from robustlab.attacks import ATTACKS
 from robustlab.attacks.spec import NORMS
 from robustlab.cli.arguments import (
@@ -16,8 +18,10 @@ from robustlab.cli.arguments import (
     select_n,
     severities,
 )
-from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N
+from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig, attack_specs, comma_list
+from robustlab.evaluation import evaluate
 from robustlab.models import ARCHS
+from robustlab.reports.metrics import corruption_summary
 from robustlab.suites import suite_names
 
 
@@ -83,8 +87,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.config import EvalConfig
-    from robustlab.evaluation import evaluate
     run, records = evaluate(EvalConfig.from_cli(args, tuple(_attack_specs(args))))
     if run is not None:  # under torchrun only rank 0 reports
         _report(run, records, args.json)
@@ -92,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _attack_specs(args: argparse.Namespace) -> list:
-    from robustlab.config import attack_specs, comma_list
     return attack_specs(args.attacks, args.attack, eps=comma_list(args.eps), norm=args.norm, steps=args.steps,
                         alpha=args.alpha, restarts=args.restarts, queries=args.queries,
                         transfer_from=comma_list(args.transfer_from))
@@ -106,9 +107,6 @@ def _report(run, records: list, as_json: bool) -> None:
     if run.resumed:
         print(f"resumed: {run.done_before} cells were already in results.csv, {len(records)} ran now")
     if any(r.corruption != "none" for r in records):
-        import pandas as pd
-
-        from robustlab.reports.metrics import corruption_summary
         print()
         summary = corruption_summary(pd.DataFrame([r.row() for r in records]))  # the records in hand, not the file
         print(summary.to_string(index=False, float_format="%.4f"))

@@ -5,7 +5,12 @@ import argparse
 import json
 from dataclasses import asdict
 
+from robustlab.checkpoints import save_checkpoint
 from robustlab.cli.arguments import Command, add_common, add_data, positive_int
+from robustlab.data import DATASETS
+from robustlab.device import resolve_device
+from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, fit_record
+from robustlab.progress import progress_bars
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -23,12 +28,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.checkpoints import save_checkpoint
-    from robustlab.data import DATASETS
-    from robustlab.device import resolve_device
-    from robustlab.fit_rdsn import RDSNConfig, fit_rdsn, fit_record
-    from robustlab.progress import progress_bars
-
     DATASETS.get(args.dataset)
     cfg = RDSNConfig(dataset=args.dataset, k=args.k, depth=args.depth, kernel_size=args.kernel_size, pool=args.pool,
                      seed=args.seed, C=args.C, knn=args.knn, batch_size=args.batch_size)

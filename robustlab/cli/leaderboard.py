@@ -6,6 +6,7 @@ from pathlib import Path
 
 from robustlab.cli.arguments import Command
 from robustlab.errors import RobustlabError
+from robustlab.reports.leaderboard import build_leaderboard
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +17,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reports.leaderboard import build_leaderboard
     if Path(args.out).suffix.lower() not in (".html", ".htm"):
         raise RobustlabError(f"--out {args.out} is not an .html file; pass a page name, e.g. --out board.html")
     board = build_leaderboard(args.runs, Path(args.out), baseline=args.baseline)

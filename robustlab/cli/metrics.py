@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 
 from robustlab.cli.arguments import Command
+from robustlab.reports.metrics import corruption_summary, read_all, resolve_baseline
+from robustlab.reports.paired import worst_case
+from robustlab.reports.runs import load_runs, outcome_loader
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -14,9 +17,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reports.metrics import corruption_summary, read_all, resolve_baseline
-    from robustlab.reports.paired import worst_case
-    from robustlab.reports.runs import load_runs, outcome_loader
     df = read_all(args.results)
     baseline = resolve_baseline(args.baseline)
     table = corruption_summary(df, baseline=baseline, alexnet=args.alexnet)

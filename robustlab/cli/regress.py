@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 
 from robustlab.cli.arguments import Command
+from robustlab.regress import CORRECTIONS, compare, exit_code, regress
+from robustlab.schema import read_results
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    from robustlab.regress import CORRECTIONS
     p.add_argument("baseline", help="baseline results.csv (or run directory)")
     p.add_argument("current", help="current results.csv (or run directory)")
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy points a cell may lose (default 1.0)")
@@ -18,8 +19,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.regress import compare, exit_code, regress
-    from robustlab.schema import read_results
     if not args.json:
         return regress(args.baseline, args.current, max_drop=args.max_drop, alpha=args.alpha,
                        correction=args.correction)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from robustlab.cli.arguments import Command
+from robustlab.reports.report import build_report
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.reports.report import build_report
     files = build_report([Path(d) for d in args.runs], Path(args.out), baseline=args.baseline)
     if args.json:
         print(json.dumps({"markdown": str(files.markdown), "html": str(files.html),

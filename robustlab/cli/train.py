@@ -6,8 +6,13 @@ import json
 import sys
 from dataclasses import asdict
 
+from robustlab.checkpoints import save_checkpoint
 from robustlab.cli.arguments import Command, add_common, add_data, positive_int
+from robustlab.data import DATASETS
+from robustlab.device import resolve_device
 from robustlab.models import ARCHS
+from robustlab.progress import progress_bars
+from robustlab.train import TrainConfig, train, training_record
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -26,13 +31,6 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustlab.checkpoints import save_checkpoint
-    from robustlab.data import DATASETS
-    from robustlab.device import resolve_device
-    from robustlab.models import ARCHS
-    from robustlab.progress import progress_bars
-    from robustlab.train import TrainConfig, train, training_record
-
     ARCHS.get(args.arch)
     DATASETS.get(args.dataset)
     cfg = TrainConfig(arch=args.arch, dataset=args.dataset, width=args.width, epochs=args.epochs,

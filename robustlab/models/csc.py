@@ -31,11 +31,14 @@ PATCH_MAX_CHANNELS = 4
 MAX_LAMBDA = 100.0
 
 
-def _adjoint_output_padding(in_hw: tuple[int, int], code_hw: tuple[int, int], kernel: int, stride: int,
+def _adjoint_output_padding(in_hw: Sequence[int], code_hw: Sequence[int], kernel: int, stride: int,
                             padding: int) -> tuple[int, int]:
     # The official code hard-codes output_padding 1 for stride 2; deriving it from the sizes gives the
     # same value on even inputs and stays the exact adjoint on odd ones.
-    return tuple(h - ((c - 1) * stride - 2 * padding + kernel) for h, c in zip(in_hw, code_hw))
+    def pad(size: int, code: int) -> int:
+        return size - ((code - 1) * stride - 2 * padding + kernel)
+
+    return pad(in_hw[0], code_hw[0]), pad(in_hw[1], code_hw[1])
 
 
 def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: int, padding: int,
@@ -57,7 +60,7 @@ def transpose_by_patches(code: torch.Tensor, weight: torch.Tensor, *, stride: in
     return full[:, :, padding:padding + H, padding:padding + W]
 
 
-def largest_eigenvalue(weight: torch.Tensor, in_shape: tuple[int, int, int], *, stride: int, padding: int,
+def largest_eigenvalue(weight: torch.Tensor, in_shape: tuple[int, ...], *, stride: int, padding: int,
                        tol: float = 1e-6) -> float:
     """Largest eigenvalue of A^T A (A = conv2d with `weight`) on inputs of `in_shape`, converged by Lanczos.
 
@@ -93,6 +96,8 @@ class Dictionary(nn.Module):
     was computed for; a step loaded from a checkpoint is trusted for any input size.
     """
 
+    step_size: torch.Tensor
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int, padding: int,
                  w_norm: bool) -> None:
         super().__init__()
@@ -114,7 +119,7 @@ class Dictionary(nn.Module):
         """Whether step_size belongs to the present weights (computed or loaded since the last change)."""
         return self._valid_for is not None and self._valid_for[0] == self.weight._version
 
-    def step(self, atoms: torch.Tensor, in_shape: tuple[int, int, int]) -> float:
+    def step(self, atoms: torch.Tensor, in_shape: tuple[int, ...]) -> float:
         """0.9 / L as a Python number (kept beside the buffer so the forward never waits on the device)."""
         valid = self._valid_for
         if valid is None or valid[0] != self.weight._version or valid[1] not in (None, in_shape):
@@ -213,7 +218,7 @@ class CSCConv2d(nn.Module):
         may be a view of a whole batch's)."""
         per_image = isinstance(theta, torch.Tensor)
         # a single non-negative threshold goes into the conv bias, saving a pass over the code maps
-        bias = W.new_full((W.shape[0],), -theta) if self.non_negative and not per_image else None
+        bias = W.new_full((W.shape[0],), -theta) if self.non_negative and not isinstance(theta, torch.Tensor) else None
 
         def prox(z: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
             if per_image and self.non_negative:
@@ -222,9 +227,11 @@ class CSCConv2d(nn.Module):
                 z = z - theta if z is first else z.sub_(theta)
             if base is not None:
                 z.add_(base, alpha=scale)  # in place is safe: conv's backward does not need its output
-            if per_image:
-                return F.relu_(z) if self.non_negative else z.sign() * F.relu(z.abs() - theta)
-            return F.relu_(z) if self.non_negative else F.softshrink(z, theta)
+            if self.non_negative:
+                return F.relu_(z)
+            if isinstance(theta, torch.Tensor):
+                return z.sign() * F.relu(z.abs() - theta)
+            return F.softshrink(z, theta)
 
         def conv(v: torch.Tensor) -> torch.Tensor:
             return F.conv2d(v, W, bias, stride=self.stride, padding=self.padding)

@@ -28,6 +28,9 @@ class RDSN(nn.Module):
     sign() has a zero gradient almost everywhere: gradient attacks find nothing, by construction.
     """
 
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
     def __init__(self, *, num_classes: int, k: int = 2048, depth: int = 3, kernel_size: int = 3, seed: int = 0,
                  pool: str = "none", in_channels: int = 3) -> None:
         super().__init__()

@@ -65,6 +65,9 @@ class ModelConfig:
 class RobustModel(nn.Module):
     """Takes NCHW pixels in [0, 1], normalizes inside and returns one logits tensor."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, config: ModelConfig, name: str | None = None) -> None:
         super().__init__()
         self.net = net

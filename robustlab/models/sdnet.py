@@ -67,7 +67,7 @@ def infer_config(sd: dict[str, torch.Tensor]) -> ModelConfig | None:
     sparse = stem_key.endswith(".dn.weight")
     stem_w = sd[stem_key]
     blocks = [len({k.split(".")[1] for k in sd if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
-    depth = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}.get(tuple(blocks))
+    depth = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}.get((blocks[0], blocks[1], blocks[2], blocks[3]))
     if depth is None:
         return None
     imagenet = stem_w.shape[-1] == 7
