@@ -80,7 +80,7 @@ class Outcomes:
         if self.attacked is not None:
             arrays["attacked"] = np.packbits(self.attacked.astype(bool))
         buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
+        np.savez_compressed(buffer, allow_pickle=False, **arrays)  # no object arrays: the reader refuses them
         return buffer.getvalue()
 
 

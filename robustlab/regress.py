@@ -89,7 +89,7 @@ def _text(v: object) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def _number(v: object) -> str:
+def _number(v: str | float | None) -> str:
     """Numbers as keys: equal after a CSV round trip (10 significant digits), NaN as empty."""
     if v is None or v == "":
         return ""
@@ -100,7 +100,7 @@ def _number(v: object) -> str:
     return "" if math.isnan(f) else f"{f:.10g}"
 
 
-def _count(v: object) -> int:
+def _count(v: float) -> int:
     return 0 if pd.isna(v) else int(v)
 
 

@@ -44,7 +44,7 @@ def pickled_globals(path: str | os.PathLike) -> list[str]:
             if isinstance(arg, str):
                 strings.append(arg)
             if op.name == "GLOBAL":
-                names.append(arg.replace(" ", "."))
+                names.append(str(arg).replace(" ", "."))  # its argument: the text "module name"
             elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                 names.append(f"{strings[-2]}.{strings[-1]}")
     except Exception:  # not a pickle at all

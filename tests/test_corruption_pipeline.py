@@ -184,6 +184,28 @@ def test_generated_cache_hit_returns_the_same_images_and_labels(tmp_path):
     assert np.array_equal(np.concatenate([b[1].numpy() for b in again]), base.labels[:20])
 
 
+def test_a_cache_pass_removes_only_its_own_stale_temporaries(tmp_path):
+    """A killed pass leaves its cache file's temporary behind: the next pass removes it once stale, and leaves a fresh
+    one (another process may be writing it) and the temporaries of other files."""
+    import os
+    import time
+
+    from robustlab.data.corrupted import CACHE_STALE_SECONDS, GeneratedImageSet
+    gen = GeneratedImageSet(load_dataset("digits"), "gaussian_noise", 2, table="cifar", seed=3, cache_dir=tmp_path)
+    cache = gen._cache_path(gen._cache_key(20))
+    stale, fresh = tmp_path / f".{cache.name}.dead1234.tmp", tmp_path / f".{cache.name}.live5678.tmp"
+    other = tmp_path / f".other-{cache.name}.dead1234.tmp"
+    old = time.time() - CACHE_STALE_SECONDS - 60
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    for path in (stale, other):
+        os.utime(path, (old, old))
+    list(gen.batches(7, 20))
+    assert not stale.exists(), "the stale temporary of this cache file is removed"
+    assert fresh.exists(), "a fresh temporary may belong to a live writer"
+    assert other.exists(), "another file's temporary is not this pass's to remove"
+
+
 def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
     """Under torchrun each reader yields rank r's batches (r, r + world, ...) exactly as the whole split has them,
     and reads, decodes and corrupts no other image; a shard writes no cache (it holds only part of the split)."""

@@ -44,10 +44,10 @@ def shot_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
 def impulse_noise(x: torch.Tensor, c: float, rngs: Rngs) -> torch.Tensor:
     # salt and pepper in equal shares on a fraction c of all values (skimage's 's&p', per channel value):
     # u < c flips a value, and u < c / 2 makes it salt
-    u = np.empty(x.shape, dtype=np.float32)
-    for image_u, r in zip(u, rngs):
+    drawn = np.empty(x.shape, dtype=np.float32)
+    for image_u, r in zip(drawn, rngs):
         r.random(dtype=np.float32, out=image_u)
-    u = torch.from_numpy(u).to(x.device)
+    u = torch.from_numpy(drawn).to(x.device)
     return x.masked_fill(u < c, 0).masked_fill_(u < c / 2, 1).mul_(255)
 
 

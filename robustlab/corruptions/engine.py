@@ -4,7 +4,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, overload
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Gene
     return np.random.default_rng([seed, zlib.crc32(name.encode()), severity, index])
 
 
-class ImageStreams(Sequence):
+class ImageStreams(Sequence[np.random.Generator]):
     """The random streams of images start, start + 1, ..., built on first use: deterministic corruptions never
     pay for them (building a Generator costs ~10 us, more than contrast takes on a 32x32 image)."""
 
@@ -85,7 +85,15 @@ class ImageStreams(Sequence):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> np.random.Generator:
+    @overload
+    def __getitem__(self, i: int) -> np.random.Generator: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[np.random.Generator]: ...
+
+    def __getitem__(self, i: int | slice) -> np.random.Generator | list[np.random.Generator]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(self.n))]
         if not 0 <= i < self.n:
             raise IndexError(i)
         return image_rng(self.seed, self.name, self.severity, self.start + i)

@@ -31,7 +31,7 @@ def _gray(x: np.ndarray) -> np.ndarray:
 def snow(x: np.ndarray, c: tuple, rng: np.random.Generator) -> np.ndarray:
     import cv2
     h, w = x.shape[:2]
-    layer = rng.normal(loc=c[0], scale=c[1], size=(h, w))
+    layer: np.ndarray = rng.normal(loc=c[0], scale=c[1], size=(h, w))
     layer = clipped_zoom(torch.from_numpy(layer)[None, None], c[2])[0, 0].numpy()
     layer[layer < c[3]] = 0
     layer = np.uint8(np.clip(layer, 0, 1) * 255).astype(np.float64)
@@ -55,6 +55,8 @@ def frost_texture(index: int, scale: float) -> np.ndarray:
         raise RobustlabError("frost needs the photographs shipped with imagecorruptions: pip install imagecorruptions")
     path = Path(spec.submodule_search_locations[0]) / "frost" / names[index]
     bgr = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise RobustlabError(f"{path} is not an image OpenCV can decode; reinstall imagecorruptions")
     if scale != 1:
         bgr = cv2.resize(bgr, (0, 0), fx=scale, fy=scale)
     return bgr[..., ::-1].copy()
@@ -108,10 +110,10 @@ def elastic_transform(x: np.ndarray, c: tuple[float, float, float], rng: np.rand
     import cv2
     h, w = x.shape[:2]
     alpha, sigma, jitter = (v * min(h, w) for v in c)  # the table holds fractions of the image side
-    img = x.astype(np.float32)
-    centre = np.float32([h, w]) // 2
+    img: np.ndarray = x.astype(np.float32)
+    centre = np.array([h, w], np.float32) // 2
     size = min(h, w) // 3
-    pts1 = np.float32([centre + size, [centre[0] + size, centre[1] - size], centre - size])
+    pts1 = np.array([centre + size, [centre[0] + size, centre[1] - size], centre - size], np.float32)
     pts2 = pts1 + rng.uniform(-jitter, jitter, size=pts1.shape).astype(np.float32)
     img = cv2.warpAffine(img, cv2.getAffineTransform(pts1, pts2), (w, h), borderMode=cv2.BORDER_REFLECT_101)
     dx = ndimage.gaussian_filter(rng.uniform(-1, 1, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha

@@ -138,7 +138,7 @@ def glass_blur(images: np.ndarray, c: tuple[float, int, int], rngs: Rngs) -> np.
 
 def _box(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """Pillow's Image.resize((width, height), BOX) of one (H, W, 3) uint8 array."""
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BOX))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BOX))
 
 
 def box_resize(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
@@ -170,8 +170,15 @@ def jpeg_compression(images: np.ndarray, c: int, rngs: Rngs) -> np.ndarray:
     # libjpeg through OpenCV: byte-identical to the published PIL save(quality=c) and reopen (libjpeg-turbo,
     # 4:2:0, the standard tables), at a quarter of PIL's per-image overhead
     params = [cv2.IMWRITE_JPEG_QUALITY, int(c)]
-    return np.stack([cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), params)[1],
-                                  cv2.IMREAD_COLOR_RGB) for im in images])
+    return np.stack([_jpeg(im, params) for im in images])
+
+
+def _jpeg(image: np.ndarray, params: list[int]) -> np.ndarray:
+    """One RGB uint8 image encoded as JPEG and decoded again."""
+    decoded = cv2.imdecode(cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)[1],
+                           cv2.IMREAD_COLOR_RGB)
+    assert decoded is not None  # libjpeg decodes what it has just encoded
+    return decoded
 
 
 def contrast(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:

@@ -6,14 +6,24 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from robustlab.data.base import ArrayImageSet, check_labels, check_pixels
 from robustlab.errors import RobustlabError
 
-LAYOUTS = {
+
+class _Layout(TypedDict):
+    """Where a CIFAR variant's pickles are (the folder, each split's files) and what they hold."""
+    folder: str
+    train: list[str]
+    test: list[str]
+    labels: str  # the key of the labels in a batch
+    classes: int
+
+
+LAYOUTS: dict[str, _Layout] = {
     "cifar10": {"folder": "cifar-10-batches-py", "train": [f"data_batch_{i}" for i in range(1, 6)],
                 "test": ["test_batch"], "labels": "labels", "classes": 10},
     "cifar100": {"folder": "cifar-100-python", "train": ["train"], "test": ["test"], "labels": "fine_labels",
@@ -57,7 +67,7 @@ def load_cifar(name: str, data_dir: str | Path, split: str) -> ArrayImageSet:
     layout = LAYOUTS[name]
     if split not in ("train", "test"):
         raise RobustlabError(f"{name} has splits train and test, not {split!r}")
-    files = layout[split]
+    files = layout["train"] if split == "train" else layout["test"]
     root = find_root(Path(data_dir), layout["folder"], files[0])
     images, labels = [], []
     for fname in files:

@@ -19,7 +19,7 @@ from robustlab.data.imagenet import FolderImageSet
 from robustlab.data.npy import NpyRows, NpyWriter
 from robustlab.distributed import Shard
 from robustlab.errors import RobustlabError
-from robustlab.files import write_json
+from robustlab.files import temporary_of, write_json
 
 CIFAR_C_PER_SEVERITY = 10000
 
@@ -111,6 +111,7 @@ class GeneratedImageSet(ImageSet):
                 "jpeg": reencode_quality(self.table, self.reencode)}
 
     def _cache_path(self, key: dict[str, Any]) -> Path:
+        assert self.cache_dir is not None  # only a cached set has cache files
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return self.cache_dir / f"{self.base.name}-{self.corruption}-{self.severity}-{digest}.npy"
 
@@ -136,7 +137,9 @@ class GeneratedImageSet(ImageSet):
 
     def _remove_stale(self, path: Path) -> None:
         now = time.time()
-        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        for tmp in path.parent.glob(".*.tmp"):
+            if temporary_of(tmp.name) != path.name:
+                continue
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > CACHE_STALE_SECONDS:
                     tmp.unlink()
@@ -148,7 +151,7 @@ class GeneratedImageSet(ImageSet):
         total = len(self) if n is None else min(n, len(self))
         key = self._cache_key(total) if self.cache_dir is not None else None
         cache = self._cache_path(key) if key is not None else None
-        if cache is not None and self._valid_cache(cache, key, total):
+        if cache is not None and key is not None and self._valid_cache(cache, key, total):
             yield from ArrayImageSet(NpyRows(cache), self.base.label_array(total), name=self.name,
                                      split=self.split, num_classes=self.num_classes).batches(batch_size, total,
                                                                                             shard=shard)
@@ -172,8 +175,8 @@ class GeneratedImageSet(ImageSet):
                 if writer is not None:
                     writer.append(out)  # complete after the last batch: named before that batch is yielded
                     if writer.committed:
-                        write_json(cache.with_suffix(".json"), {"key": key, "sha256": writer.sha256.hexdigest(),
-                                                                "shape": [total, *self.image_size, 3]})
+                        write_json(writer.path.with_suffix(".json"), {"key": key, "sha256": writer.sha256.hexdigest(),
+                                                                      "shape": [total, *self.image_size, 3]})
                 yield torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(), labels.popleft()
 
 

@@ -6,11 +6,11 @@ architectures and the CIFAR corruption table apply unchanged.
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import zlib
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise RobustlabError(f"{path} cannot be read ({e}); copy the file again") from None
 
 
-def _read_idx(f: BinaryIO, path: Path, magic: int) -> np.ndarray:
+def _read_idx(f: io.BufferedIOBase, path: Path, magic: int) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4 or int.from_bytes(head, "big") != magic:
         found = f"0x{int.from_bytes(head, 'big'):08x}" if len(head) == 4 else "nothing"
@@ -78,9 +78,9 @@ def idx_files(root: Path, dataset: str, split: str) -> tuple[Path, Path]:
         raise RobustlabError(f"{dataset} has splits train and test, not {split!r}")
     stems = (f"{PREFIX[split]}-images-idx3-ubyte", f"{PREFIX[split]}-labels-idx1-ubyte")
     for sub in SUBFOLDERS[dataset]:
-        found = [_find(root / sub, stem) for stem in stems]
-        if all(found):
-            return found[0], found[1]
+        images, labels = _find(root / sub, stems[0]), _find(root / sub, stems[1])
+        if images is not None and labels is not None:
+            return images, labels
     raise RobustlabError(f"{root} holds no {stems[0]}[.gz] and {stems[1]}[.gz] (looked in "
                          f"{', '.join(str(root / s) for s in SUBFOLDERS[dataset])}); point --data-dir at the folder "
                          "holding them")

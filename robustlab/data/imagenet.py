@@ -91,7 +91,9 @@ class FolderImageSet(ImageSet):
             yield images, labels.to(torch.int64)
 
 
-def load_imagenet(data_dir: str | Path, split: str) -> FolderImageSet:
+def load_imagenet(data_dir: str | Path | None, split: str) -> FolderImageSet:
+    if data_dir is None:
+        raise RobustlabError("dataset imagenet is read from disk: pass --data-dir (nothing is downloaded)")
     data_dir = Path(data_dir)
     if split not in ("val", "train"):
         raise RobustlabError(f"imagenet has splits val and train, not {split!r}")

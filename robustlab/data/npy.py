@@ -67,7 +67,7 @@ class NpyRows:
         out = np.empty((stop - start, *self.row_shape), self.dtype)
         with open(self.path, "rb") as f:
             f.seek(self.offset + (self.start + start) * self.row_bytes)
-            got = f.readinto(out.reshape(-1).view(np.uint8))
+            got = f.readinto(out.reshape(-1).view(np.uint8).data)
         if got != out.nbytes:
             raise RobustlabError(f"{self.path} ended early (read {got} of {out.nbytes} bytes at row "
                                  f"{self.start + start}); download or copy it again")

@@ -7,7 +7,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 import pandas as pd
 
@@ -36,7 +36,7 @@ def headline_table(df: pd.DataFrame, load: Loader, *, baseline: str | None = Non
         out = out.merge(corruption, on=["variant", "dataset"], how="outer")
     worst = worst_case_quietly(df, load) if worst is None else worst
     for (norm, eps), rows in worst.groupby(["norm", "eps"], sort=True):
-        column = f"robust {norm} {format_eps(eps, norm)}"
+        column = f"robust {norm} {format_eps(cast(float, eps), str(norm))}"  # keys typed Hashable
         part = rows[["variant", "dataset", "accuracy", "ci_low", "ci_high"]].rename(
             columns={"accuracy": column, "ci_low": f"{column} low", "ci_high": f"{column} high"})
         out = out.merge(part, on=["variant", "dataset"], how="outer")
@@ -123,7 +123,7 @@ def leaderboard_html(board: pd.DataFrame, *, title: str = "robustlab leaderboard
     """The page: figures in percent with their 95% intervals, flags as badges, a link per row to its run."""
     renames = {"clean_accuracy": "clean", "mean_corruption_accuracy": "mean corruption"}
     figures = ["clean_accuracy", *[c for c in ("mean_corruption_accuracy", "mCE", "relative_mCE") if c in board],
-               *[c for c in board if c.startswith("robust ") and not c.endswith((" low", " high"))]]
+               *[c for c in map(str, board) if c.startswith("robust ") and not c.endswith((" low", " high"))]]
     bounds = {"clean_accuracy": "clean", "mean_corruption_accuracy": "mean_corruption"}
     head = "".join(f'<th class="text">{h}</th>' for h in ("variant", "dataset")) + \
         "".join(f"<th>{html.escape(renames.get(c, c))}</th>" for c in figures) + \

@@ -36,7 +36,7 @@ def reference_lambda(fixed: pd.DataFrame) -> float:
     return float(min(counts[counts == counts.max()].index))
 
 
-def _errors(df: pd.DataFrame, model: str) -> tuple[pd.DataFrame, float]:
+def _errors(df: pd.DataFrame, model: str) -> tuple[pd.Series, float]:
     """(corruption, severity) -> error rows of the benchmark corruptions, and the clean error, of one variant."""
     rows = df[(df["variant"] == model) & (df["attack"] == "none")]
     clean = rows[rows["corruption"] == "none"]
@@ -99,7 +99,7 @@ def corruption_summary(df: pd.DataFrame, *, baseline: str | pd.DataFrame | None 
         base_df = df if isinstance(baseline, str) else baseline.assign(variant=variants(baseline))
         base_models = list(base_df["variant"].unique())
         name = baseline if isinstance(baseline, str) else (base_models[0] if len(base_models) == 1 else None)
-        if name not in base_models:
+        if name is None or name not in base_models:
             raise RobustlabError(f"baseline {baseline if isinstance(baseline, str) else 'file'} must name one model; "
                                  f"models: {', '.join(map(str, base_models))}")
         base = _errors(base_df, name)

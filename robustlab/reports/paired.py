@@ -47,8 +47,9 @@ def worst_case_images(group: pd.DataFrame, load: Loader) -> tuple[np.ndarray, st
     """Per image of an attacked group (one variant, dataset, norm, and the attacks at an eps and every smaller eps):
     robust under every attack of the group (clean-correct and never fooled), with the image set; or why it cannot
     be told."""
-    outcomes = [load(r) for _, r in group.iterrows()]
-    if any(o is None for o in outcomes):
+    loaded = [load(r) for _, r in group.iterrows()]
+    outcomes = [o for o in loaded if o is not None]
+    if len(outcomes) < len(loaded):
         return NEEDS_OUTCOMES
     if not _same_images(outcomes, group):
         return OTHER_IMAGES
@@ -172,8 +173,9 @@ def corruption_outcomes(df: pd.DataFrame, variant: str, load: Loader) -> CellOut
               & (df["corruption"].isin(BENCHMARK) | (df["corruption"] == NONE))]
     if not rows["corruption"].isin(BENCHMARK).any():
         return "no corruption cells"
-    outcomes = [load(r) for _, r in rows.iterrows()]
-    if any(o is None for o in outcomes):
+    loaded = [load(r) for _, r in rows.iterrows()]
+    outcomes = [o for o in loaded if o is not None]
+    if len(outcomes) < len(loaded):
         return NEEDS_OUTCOMES
     if not _same_images(outcomes, rows):
         return OTHER_IMAGES
@@ -197,7 +199,8 @@ def mce_intervals(c: CellOutcomes, base: CellOutcomes) -> tuple[Interval, Interv
     if c.image_set != base.image_set:
         return OTHER_IMAGES
     common = sorted(set(c.cells) & set(base.cells))
-    if not common or c.clean is None or base.clean is None:
+    clean, base_clean = c.clean, base.clean
+    if not common or clean is None or base_clean is None:
         return "no common cells"
     mine = np.stack([c.cells[k] for k in common], axis=1)
     theirs = np.stack([base.cells[k] for k in common], axis=1)
@@ -206,7 +209,7 @@ def mce_intervals(c: CellOutcomes, base: CellOutcomes) -> tuple[Interval, Interv
     def ratios(idx: np.ndarray, relative: bool) -> float:
         err, base_err = 1 - mine[idx].mean(axis=0), 1 - theirs[idx].mean(axis=0)
         if relative:
-            err, base_err = err - (1 - c.clean[idx].mean()), base_err - (1 - base.clean[idx].mean())
+            err, base_err = err - (1 - clean[idx].mean()), base_err - (1 - base_clean[idx].mean())
         values = [err[g].sum() / base_err[g].sum() for g in groups if base_err[g].sum() != 0]
         return float(np.mean(values)) if values else math.nan
 
@@ -277,8 +280,8 @@ def default_pairs(df: pd.DataFrame, baseline: str | None) -> list[tuple[str, str
         fixed = sub[sub["lambda_mode"] == "fixed"]
         if fixed.empty:
             continue
-        reference = reference_lambda(fixed)
-        ref_variant = str(fixed[fixed["lambda"] == reference]["variant"].iloc[0])
+        ref_lambda = reference_lambda(fixed)
+        ref_variant = str(fixed[fixed["lambda"] == ref_lambda]["variant"].iloc[0])
         for variant in dict.fromkeys(sub.loc[sub["lambda_mode"].str.startswith("adaptive"), "variant"]):
             pairs.append((str(variant), ref_variant))
     order = list(dict.fromkeys(df["variant"]))

@@ -4,7 +4,7 @@ files (clean, adversarial, the perturbation scaled to be visible, and the classe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,20 +21,29 @@ ADVERSARIAL_IMAGES = 4  # adversarial examples per attack and eps
 Warn = Callable[[str], None]
 
 
-def _images(run: Run, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _manifest(run: Run) -> dict[str, Any]:
+    """The run's manifest, which says how to read its images again."""
+    if run.manifest is None:
+        raise RobustlabError(f"run {run.name} has no readable manifest.json")
+    return run.manifest
+
+
+def _images(run: Run, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The run's clean test images at `indices` (uint8 NHWC) and their labels."""
     from robustlab.data import load_dataset
-    args = run.manifest["arguments"]
+    args = _manifest(run)["arguments"]
     data = load_dataset(args["dataset"], args.get("data_dir"))
     order = np.asarray(indices, dtype=np.int64)
     images, labels = next(iter(data.batches(len(order), len(order), order=order)))
     return images.permute(0, 2, 3, 1).numpy(), labels.numpy()
 
 
-def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int], corruption: str, severity: int) -> np.ndarray:
+def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int] | np.ndarray, corruption: str,
+               severity: int) -> np.ndarray:
     """The images at `indices` of a corruption cell as the run evaluated them (`clean`: the same images clean)."""
-    args = run.manifest["arguments"]
-    suite = run.manifest.get("corruption_suite") or {}
+    manifest = _manifest(run)
+    args = manifest["arguments"]
+    suite = manifest.get("corruption_suite") or {}
     if args.get("c_dir"):
         from robustlab.data.corrupted import load_cifar_c, load_imagenet_c
         data = load_imagenet_c(args["c_dir"], corruption, severity) if args["dataset"] == "imagenet" else \
@@ -44,11 +53,12 @@ def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int], corruption: 
         return images.permute(0, 2, 3, 1).numpy()
     from robustlab.corruptions.engine import corrupt
     table = suite.get("table") or ("imagenet" if args["dataset"] == "imagenet" else "cifar")
-    options = dict(table=table, seed=int(args.get("seed", 0)), param=(suite.get("levels") or {}).get(
-        f"{corruption}-{severity}"), reencode=suite.get("jpeg_reencode_quality") is not None)
+    seed = int(args.get("seed", 0))
+    param = (suite.get("levels") or {}).get(f"{corruption}-{severity}")
+    reencode = suite.get("jpeg_reencode_quality") is not None
     # each image's noise is seeded by its index: one call per image keeps it, whichever images are shown
-    return np.concatenate([corrupt(clean[k:k + 1], corruption, severity, start=int(i), **options)
-                           for k, i in enumerate(indices)])
+    return np.concatenate([corrupt(clean[k:k + 1], corruption, severity, start=int(i), table=table, seed=seed,
+                                   param=param, reencode=reencode) for k, i in enumerate(indices)])
 
 
 def _strip(images: np.ndarray) -> np.ndarray:
@@ -201,6 +211,7 @@ def failures_side_by_side(df: pd.DataFrame, runs: Sequence[Run], fig_dir: Path,
         return []
     _, (dataset, corruption, severity), ra, oa, ob = best
     run = next((r for r in runs if str(r.path) == ra["run_dir"]), None)
+    assert run is not None  # df and runs come from one load_runs: every row's run_dir is a run's
     pairs = [(np.flatnonzero(~oa.ok & ob.ok)[:FAILURES_SHOWN], f"{a} wrong, {b} right"),
              (np.flatnonzero(oa.ok & ~ob.ok)[:FAILURES_SHOWN], f"{b} wrong, {a} right")]
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import pandas as pd
 
@@ -56,7 +56,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Run], 
     run's name appended, so that its variants stay apart), the runs, and load warnings."""
     if not run_dirs:
         raise RobustlabError("no run directories given; pass one or more directories holding results.csv")
-    frames, runs, warnings = [], [], []
+    frames: list[pd.DataFrame] = []
+    runs: list[Run] = []
+    warnings: list[str] = []
     for i, given in enumerate(run_dirs):
         df = read_results(given)
         csv_path = df.attrs["path"]
@@ -70,7 +72,9 @@ def load_runs(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[Run], 
             name = f"{name}#{i + 1}"
         runs.append(Run(root, name, _manifest(root, name, warnings), _calibration(root, name, warnings), len(df)))
         # the identity as written (the model is renamed below) and the directory: where a row's outcomes are
-        frames.append(df.assign(run=name, run_dir=str(root), cell=[cell_key(r) for r in df.to_dict("records")]))
+        records = cast(list[dict[str, Any]], df.to_dict("records"))  # results.csv names its columns by str
+        cells = pd.Series([cell_key(r) for r in records], index=df.index, dtype=object)  # a tuple per row
+        frames.append(df.assign(run=name, run_dir=str(root), cell=cells))
     df = pd.concat(frames, ignore_index=True)
     df["base_variant"] = variants(df)  # before the renaming below: one model's variant in every run
     runs_per_model = df.groupby("model")["run"].nunique()
