@@ -150,11 +150,11 @@ class Tally:
         csc = self.first_csc
         if seen.any() and csc is not None and csc.residual is not None:
             self.residual += csc.residual.detach().double().sum().to(self.device)
-        adaptive = isinstance(self.model, AdaptiveLambda)
-        chosen = self.model.last_lambdas if isinstance(self.model, AdaptiveLambda) and seen.any() else None
+        adaptive = self.model if isinstance(self.model, AdaptiveLambda) else None
+        chosen = adaptive.last_lambdas if adaptive is not None and seen.any() else None
         self.lambdas = [a + b for a, b in zip(self.lambdas, lambda_sums(chosen))]
         per_image = None
-        if adaptive:  # a skipped image has no lambda (NaN)
+        if adaptive is not None:  # a skipped image has no lambda (NaN)
             per_image = np.full(len(ok), np.nan, np.float32)
             if chosen is not None:
                 values = chosen.detach().float().reshape(-1).cpu().numpy()

@@ -43,16 +43,24 @@ def _same_images(outcomes: Sequence[Outcomes], rows: pd.DataFrame) -> bool:
     return len(sets) == 1 and "" not in sets and all(np.array_equal(o.index, outcomes[0].index) for o in outcomes)
 
 
+def _paired_outcomes(rows: pd.DataFrame, load: Loader) -> list[Outcomes] | str:
+    """Every row's outcomes, all on one image set; or why they cannot be paired."""
+    loaded = [load(r) for _, r in rows.iterrows()]
+    outcomes = [o for o in loaded if o is not None]
+    if len(outcomes) < len(loaded):
+        return NEEDS_OUTCOMES
+    if not _same_images(outcomes, rows):
+        return OTHER_IMAGES
+    return outcomes
+
+
 def worst_case_images(group: pd.DataFrame, load: Loader) -> tuple[np.ndarray, str] | str:
     """Per image of an attacked group (one variant, dataset, norm, and the attacks at an eps and every smaller eps):
     robust under every attack of the group (clean-correct and never fooled), with the image set; or why it cannot
     be told."""
-    loaded = [load(r) for _, r in group.iterrows()]
-    outcomes = [o for o in loaded if o is not None]
-    if len(outcomes) < len(loaded):
-        return NEEDS_OUTCOMES
-    if not _same_images(outcomes, group):
-        return OTHER_IMAGES
+    outcomes = _paired_outcomes(group, load)
+    if isinstance(outcomes, str):
+        return outcomes
     return np.logical_and.reduce([o.ok for o in outcomes]), str(group["image_set"].iloc[0])
 
 
@@ -173,12 +181,9 @@ def corruption_outcomes(df: pd.DataFrame, variant: str, load: Loader) -> CellOut
               & (df["corruption"].isin(BENCHMARK) | (df["corruption"] == NONE))]
     if not rows["corruption"].isin(BENCHMARK).any():
         return "no corruption cells"
-    loaded = [load(r) for _, r in rows.iterrows()]
-    outcomes = [o for o in loaded if o is not None]
-    if len(outcomes) < len(loaded):
-        return NEEDS_OUTCOMES
-    if not _same_images(outcomes, rows):
-        return OTHER_IMAGES
+    outcomes = _paired_outcomes(rows, load)
+    if isinstance(outcomes, str):
+        return outcomes
     clean, cells = None, {}
     for (_, r), o in zip(rows.iterrows(), outcomes):
         if r["corruption"] == NONE:
