@@ -1,12 +1,13 @@
 """Corruption throughput: robustlab's engine (batched) vs imagecorruptions 1.1.2 (one image at a time).
 
     python bench/corruptions.py [--device cpu|cuda|auto] [--sizes 32,224] [--n 256,16] [--batch-size 256,32]
-                                [--repeats 3] [--severity 3] [--table imagenet] [--corruptions a,b,...] [--threads N]
+                                [--repeats 3] [--severity 3] [--parameters imagenet] [--corruptions a,b,...]
+                                [--threads N]
 
 Images: scikit-learn's digits (32x32, real data) and 224x224 crops of scikit-learn's two sample photographs,
 box-resized for other sizes. Ours is `robustlab.corruptions.corrupt` on batches of --batch-size on --device; theirs
 is `imagecorruptions.corrupt` per image (numpy's global generator seeded first). Both use the ImageNet-C parameters
-by default (--table imagenet), the only ones imagecorruptions has. The two are timed alternately, --repeats times,
+by default (--parameters imagenet), the only ones imagecorruptions has. The two are timed alternately, --repeats times,
 over the same --n images, and the median is reported, so that the ratio compares figures taken side by side under
 the same machine load. Functions that fail in the imagecorruptions release (glass_blur and gaussian_blur: scikit-image
 removed `multichannel`; fog: `np.float_` is gone in NumPy 2) are reported as "broken".
@@ -75,8 +76,8 @@ def main() -> None:
     ap.add_argument("--batch-size", default="256,32", help="our batch size: one value, or one per size")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--severity", type=int, default=3)
-    ap.add_argument("--table", default="imagenet", choices=["imagenet", "cifar"],
-                    help="our parameter table (imagecorruptions always uses ImageNet-C's)")
+    ap.add_argument("--parameters", default="imagenet", choices=["imagenet", "cifar"],
+                    help="our parameter set (imagecorruptions always uses ImageNet-C's)")
     ap.add_argument("--corruptions", default="", help="comma list (default: all 19)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own)")
     args = ap.parse_args()
@@ -91,8 +92,9 @@ def main() -> None:
     theirs_fn = imagecorruptions_corrupt()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"# ours: robustlab.corruptions.corrupt on {where}, table {args.table}; theirs: imagecorruptions 1.1.2, "
-          f"one image at a time on the CPU; severity {args.severity}, median of {args.repeats}", flush=True)
+    print(f"# ours: robustlab.corruptions.corrupt on {where}, parameters {args.parameters}; theirs: "
+          f"imagecorruptions 1.1.2, one image at a time on the CPU; severity {args.severity}, "
+          f"median of {args.repeats}", flush=True)
     print(f"{'size':>5} {'corruption':<18} {'n':>5} {'batch':>5} {'ours img/s':>11} {'imagecorr img/s':>16} "
           f"{'speed-up':>9}", flush=True)
 
@@ -103,7 +105,7 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             for i in range(0, n, bs):
-                corrupt(x[i:i + bs], name, args.severity, table=args.table, seed=0, start=i, device=device,
+                corrupt(x[i:i + bs], name, args.severity, parameters=args.parameters, seed=0, start=i, device=device,
                         reencode=False)
             sync()
             return time.perf_counter() - t0
@@ -116,7 +118,8 @@ def main() -> None:
             return time.perf_counter() - t0
 
         for name in names:
-            corrupt(x[:2], name, args.severity, table=args.table, device=device)  # warm-up: imports, caches, kernels
+            # warm-up: imports, caches, kernels
+            corrupt(x[:2], name, args.severity, parameters=args.parameters, device=device)
             broken = None
             try:
                 with warnings.catch_warnings():

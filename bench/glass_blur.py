@@ -1,6 +1,6 @@
 """glass_blur throughput: the engine's batched glass blur with its compiled pixel loop (robustlab.corruptions.
 uint8_batch) against the per-image Python loop the engine ran before (tests/reference.py), side by side on the same
-images, CIFAR table at 32x32 and ImageNet table at 224x224, one core.
+images, CIFAR parameters at 32x32 and ImageNet parameters at 224x224, one core.
 
     python bench/glass_blur.py [--n32 200] [--n224 3] [--severities 1 2 3 4 5] [--repeats 3]
 """
@@ -56,16 +56,16 @@ def main() -> None:
     print(f"glass_blur, images/s on one core (median of {args.repeats})")
     speedups = []
     for severity in args.severities:
-        for size, table, n in ((32, "cifar", args.n32), (224, "imagenet", args.n224)):
-            xs, c = photos(n, size), parameter("glass_blur", severity, table)
+        for size, parameters, n in ((32, "cifar", args.n32), (224, "imagenet", args.n224)):
+            xs, c = photos(n, size), parameter("glass_blur", severity, parameters)
             ours, loop = [], []
             for _ in range(args.repeats):
                 ours.append(rate_ours(np.repeat(xs, 10 if size == 224 else 5, axis=0), c, 256 if size == 32 else 32))
                 loop.append(rate_loop(xs, c))
             o, p = statistics.median(ours), statistics.median(loop)
             speedups.append(o / p)
-            print(f"severity {severity} {size}x{size} ({table} table {c}): compiled {o:9.1f}   python loop {p:7.2f}"
-                  f"   speed-up {o / p:6.1f}x")
+            print(f"severity {severity} {size}x{size} ({parameters} parameters {c}): compiled {o:9.1f}   "
+                  f"python loop {p:7.2f}   speed-up {o / p:6.1f}x")
     print(f"smallest speed-up: {min(speedups):.1f}x")
 
 if __name__ == "__main__":

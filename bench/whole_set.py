@@ -1,5 +1,5 @@
 """Whole-set generation: the complete CIFAR-10-C layout (15 corruptions x 5 severities) from a 10,000-image set,
-time per corruption and in total with the worker count; then the ImageNet table at 224x224 on a few images, and
+time per corruption and in total with the worker count; then the ImageNet parameters at 224x224 on a few images, and
 what an ImageNet-C generation (50,000 images x 15 x 5) costs per core at those rates.
 
     python bench/whole_set.py [--data-dir /usr/share/datasets/fashion-mnist] [--n 10000] [--workers 2]
@@ -51,7 +51,7 @@ def main() -> None:
     with CorruptionPool(args.workers) as pool:  # one pool for the layout, as `robustlab corrupt` keeps it
         for name in BENCHMARK:
             start = time.perf_counter()
-            write_c_layout(base, out, [name], table="cifar", seed=0, n=None, batch_size=500, device=cpu,
+            write_c_layout(base, out, [name], parameters="cifar", seed=0, n=None, batch_size=500, device=cpu,
                            progress=progress_bars(True), pool=pool)
             seconds = time.perf_counter() - start
             total += seconds
@@ -61,12 +61,12 @@ def main() -> None:
         shutil.rmtree(out)
     big = np.stack([np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(im).resize((224, 224)))
                     for im in base.images[:args.n224]])
-    print(f"ImageNet table at 224x224, {args.n224} images, one process (severity 3, JPEG re-encode included):")
+    print(f"ImageNet parameters at 224x224, {args.n224} images, one process (severity 3, JPEG re-encode included):")
     per_core = 0.0
     for name in BENCHMARK:
-        corrupt(big[:1], name, 3, table="imagenet", seed=0)  # warm-up: numba loads its compiled code on first use
+        corrupt(big[:1], name, 3, parameters="imagenet", seed=0)  # warm-up: numba loads its compiled code on first use
         start = time.perf_counter()
-        corrupt(big, name, 3, table="imagenet", seed=0)
+        corrupt(big, name, 3, parameters="imagenet", seed=0)
         rate = args.n224 / (time.perf_counter() - start)
         per_core += 50000 * 5 / rate
         print(f"  {name:18s} {rate:8.1f} images/s")

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from robustlab.corruptions.engine import reencode_quality
+from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY
 from robustlab.corruptions.pool import CorruptionPool, Job
 from robustlab.corruptions.suites import CorruptionSuite
 from robustlab.data.base import ImageSet
@@ -34,16 +35,16 @@ LAYOUT_FILE = "robustlab-corrupt.json"  # what robustlab wrote here, and with wh
 
 
 def layout_corruptions(suite: CorruptionSuite) -> list[str]:
-    """The corruptions of a suite that a CIFAR-10-C layout can hold (severities 1..5 of a parameter table)."""
+    """The corruptions of a suite that a CIFAR-10-C layout can hold (severities 1..5 of a parameter set)."""
     if any(c.param is not None for c in suite.cells):
         raise RobustlabError(f"suite {suite.name} defines its own levels; the CIFAR-10-C layout holds severities "
-                             "1..5 of the parameter table only: pass a suite without [levels]")
+                             "1..5 of the parameter set only: pass a suite without [levels]")
     return list(dict.fromkeys(c.corruption for c in suite.cells))
 
 
-def layout_description(base: ImageSet, *, table: str, seed: int, total: int) -> dict[str, Any]:
+def layout_description(base: ImageSet, *, parameters: str, seed: int, total: int) -> dict[str, Any]:
     """What a layout's files depend on; a killed `corrupt` resumes only into a layout of the same description."""
-    return {"tool": "robustlab", "dataset": base.name, "split": base.split, "images": total, "table": table,
+    return {"tool": "robustlab", "dataset": base.name, "split": base.split, "images": total, "parameters": parameters,
             "seed": seed}
 
 
@@ -63,6 +64,8 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
             recorded = json.loads(mine.read_text())
         except (OSError, ValueError):
             recorded = None
+        if isinstance(recorded, dict) and OLD_PARAMETERS_KEY in recorded:  # a layout begun before the rename
+            recorded["parameters"] = recorded.pop(OLD_PARAMETERS_KEY)
         if recorded == description:
             return  # the same layout, interrupted: finished corruptions are kept
         raise RobustlabError(f"{out} holds a layout made with other settings ({LAYOUT_FILE}); pass --overwrite to "
@@ -72,12 +75,12 @@ def _check_out(out: Path, description: dict[str, Any], overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def _prepared(base: ImageSet, out: Path, *, table: str, seed: int, total: int, reencode: bool | None,
+def _prepared(base: ImageSet, out: Path, *, parameters: str, seed: int, total: int, reencode: bool | None,
               overwrite: bool, shard: Shard, files: Sequence[str] = ()) -> Iterator[None]:
     """Check --out (and that no directory stands where `files` go), then create it, hold its lock (`_writing`) and
     record the layout's description (every rank alike)."""
-    description = {**layout_description(base, table=table, seed=seed, total=total),
-                   "jpeg": reencode_quality(table, reencode)}
+    description = {**layout_description(base, parameters=parameters, seed=seed, total=total),
+                   "jpeg": reencode_quality(parameters, reencode)}
     if overwrite and shard.world > 1:
         raise RobustlabError("--overwrite with several ranks would let them delete each other's work; delete the "
                              "--out directory first, or run without torchrun")
@@ -157,7 +160,7 @@ def _problem(path: Path, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str, seed: int,
+def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, parameters: str, seed: int,
                    n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
                    overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
                    shard: Shard = Shard()) -> list[Path]:
@@ -176,7 +179,7 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
         raise RobustlabError(f"{base.name} has labels outside 0..255, which the published uint8 labels.npy cannot "
                              "hold; write this split with another tool")
     files = [*(f"{name}.npy" for name in corruptions), "labels.npy"]
-    with _prepared(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
+    with _prepared(base, out, parameters=parameters, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
                    shard=shard, files=files):
         shape = (*base.image_size, 3)
         mine = shard.batch_indices(total, batch_size)
@@ -196,7 +199,8 @@ def write_c_layout(base: ImageSet, out: str | os.PathLike, corruptions: Sequence
                 jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, s, b * batch_size) for s in SEVERITIES
                         for b, (images, _) in zip(mine, base.batches(batch_size, total, shard=shard)))
                 with NpyWriter(target, (len(SEVERITIES) * rows, *shape), np.uint8) as arr:  # named when complete
-                    for batch in pool.corrupted(jobs, table=table, seed=seed, device=device, reencode=reencode):
+                    for batch in pool.corrupted(jobs, parameters=parameters, seed=seed, device=device,
+                                                reencode=reencode):
                         arr.append(batch)
                         next(ticks, None)
             if shard.world == 1 or _assemble(out, name, total=total, batch_size=batch_size, world=shard.world,
@@ -251,19 +255,19 @@ def _assemble(out: Path, name: str, *, total: int, batch_size: int, world: int, 
     return True
 
 
-def write_folder_layout(base: FolderImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, table: str,
+def write_folder_layout(base: FolderImageSet, out: str | os.PathLike, corruptions: Sequence[str], *, parameters: str,
                         seed: int, n: int | None, batch_size: int, device: torch.device, progress: ProgressFactory,
                         overwrite: bool = False, reencode: bool | None = None, pool: CorruptionPool | None = None,
                         shard: Shard = Shard()) -> list[Path]:
     """ImageNet-C's published layout, <corruption>/<severity>/<wnid>/<file>: each corrupted image saved as
-    make_imagenet_c.py saves it (JPEG, quality 85, optimize=True) when the table re-encodes, else as PNG (lossless).
-    Every image is its own file, written atomically, so ranks write their batches' files and nothing is
+    make_imagenet_c.py saves it (JPEG, quality 85, optimize=True) when the parameter set re-encodes, else as PNG
+    (lossless). Every image is its own file, written atomically, so ranks write their batches' files and nothing is
     assembled; a restarted run skips every batch whose files are all there. Returns the complete corruptions."""
     out, pool = Path(out), pool or CorruptionPool(1)
     total = len(base) if n is None else min(n, len(base))
-    with _prepared(base, out, table=table, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
+    with _prepared(base, out, parameters=parameters, seed=seed, total=total, reencode=reencode, overwrite=overwrite,
                    shard=shard):
-        quality = reencode_quality(table, reencode)
+        quality = reencode_quality(parameters, reencode)
         mine = list(shard.batch_indices(total, batch_size))
         complete = []
         for name in corruptions:
@@ -283,7 +287,7 @@ def write_folder_layout(base: FolderImageSet, out: str | os.PathLike, corruption
                     jobs = (Job(images.permute(0, 2, 3, 1).numpy(), name, severity, b * batch_size)
                             for b, (images, _) in zip(pending, base.batches(batch_size, order=order)))
                     ticks = iter(progress(range(len(pending)), total=len(pending), desc=f"{name} {severity}"))
-                    for b, batch in zip(pending, pool.corrupted(jobs, table=table, seed=seed, device=device,
+                    for b, batch in zip(pending, pool.corrupted(jobs, parameters=parameters, seed=seed, device=device,
                                                                 reencode=False)):
                         for i, image in zip(range(b * batch_size, total), batch):
                             _save_image(target(i), image, quality)

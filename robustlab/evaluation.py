@@ -40,16 +40,16 @@ def default_cache_dir() -> Path:
 def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | None) -> CorruptionSuite:
     """`--corruptions`: a suite name or file, else a comma list of corruption names."""
     if Path(spec).suffix != ".toml" and spec not in suite_names("corruptions"):
-        table = "imagenet" if dataset == "imagenet" else "cifar"
-        return suite_from_names(spec, list(severities or [1, 2, 3, 4, 5]), table)
+        parameters = "imagenet" if dataset == "imagenet" else "cifar"
+        return suite_from_names(spec, list(severities or [1, 2, 3, 4, 5]), parameters)
     suite = load_corruption_suite(spec)
     if severities:
         cells = tuple(c for c in suite.cells if c.param is not None or c.severity in severities)
-        suite = CorruptionSuite(suite.name, suite.description, suite.table, cells)
+        suite = CorruptionSuite(suite.name, suite.description, suite.parameters, cells)
     return suite
 
 
-def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: str | None, cache_dir: Path | None,
+def cell_source(base: ImageSet, dataset: str, *, parameters: str, seed: int, c_dir: str | None, cache_dir: Path | None,
                 device: Any, log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
                 pool: CorruptionPool | None = None,
                 digests: dict[int, str] | None = None) -> Callable[[Cell], ImageSet]:
@@ -61,8 +61,8 @@ def cell_source(base: ImageSet, dataset: str, *, table: str, seed: int, c_dir: s
         if cell.corruption == "none":
             return base
         if c_dir is None:
-            return GeneratedImageSet(base, cell.corruption, cell.severity, table=table, seed=seed, param=cell.param,
-                                     cache_dir=cache_dir, device=device, log=log, reencode=reencode,
+            return GeneratedImageSet(base, cell.corruption, cell.severity, parameters=parameters, seed=seed,
+                                     param=cell.param, cache_dir=cache_dir, device=device, log=log, reencode=reencode,
                                      digests=digests, pool=pool)
         if cell.param is not None:
             raise RobustlabError(f"{cell.corruption} level {cell.param} comes from a suite's own levels, which no "
@@ -183,9 +183,9 @@ def _evaluate(cfg: EvalConfig, stack: contextlib.ExitStack, given: Sequence[Robu
     # cores are free for it
     pool = stack.enter_context(CorruptionPool(cfg.workers or (default_workers() if dev.type == "cuda" else 1)))
     digests: dict[int, str] = {}
-    source = cell_source(data, cfg.dataset, table=suite.table if suite else "cifar", seed=cfg.seed, c_dir=cfg.c_dir,
-                         cache_dir=default_cache_dir(), device=dev, log=log, reencode=suite.reencode if suite else None,
-                         pool=pool, digests=digests)
+    source = cell_source(data, cfg.dataset, parameters=suite.parameters if suite else "cifar", seed=cfg.seed,
+                         c_dir=cfg.c_dir, cache_dir=default_cache_dir(), device=dev, log=log,
+                         reencode=suite.reencode if suite else None, pool=pool, digests=digests)
     plans = lambda_plans(models, lmbda=cfg.lmbda, adaptive=cfg.adaptive, per_image=cfg.per_image,
                          lambda_sweep=cfg.lambda_sweep, select_n=cfg.select_n)
     if cfg.c_dir is not None:
@@ -242,8 +242,8 @@ def _describe(run: RunDir, plans: Sequence[ModelPlan], suite: CorruptionSuite | 
     """What the manifest says about the run beyond its configuration: suite levels, models, calibration, attacks."""
     if suite is not None:
         run.describe("corruption_suite", {
-            "name": suite.name, "table": suite.table, "description": suite.description,
-            "jpeg_reencode_quality": reencode_quality(suite.table, suite.reencode),
+            "name": suite.name, "parameters": suite.parameters, "description": suite.description,
+            "jpeg_reencode_quality": reencode_quality(suite.parameters, suite.reencode),
             "levels": {f"{c.corruption}-{c.severity}": c.param for c in suite.cells if c.param is not None}})
     for plan in plans:
         settings = plan.model.csc_settings

@@ -41,12 +41,12 @@ def assert_codes_close(got: torch.Tensor, want: torch.Tensor, layer: CSCConv2d) 
     torch.testing.assert_close(got, want, rtol=0, atol=csc_path_rtol(layer) * max(scale, 1e-30))
 
 
-def rule_choices(calib: Calibration, table: torch.Tensor, rtol: float) -> list[set[float]]:
-    """Per column of a (grid, N) residual table: every grid lambda Algorithm 1's rule could pick if each residual
+def rule_choices(calib: Calibration, residuals: torch.Tensor, rtol: float) -> list[set[float]]:
+    """Per column of (grid, N) residuals: every grid lambda Algorithm 1's rule could pick if each residual
     moved by up to rtol of itself. One lambda where the rule's decision is clear; two or more at a near-tie, where
     which of them wins depends on the residuals' last bits, and so on the kernels that computed them."""
     grid = torch.tensor(calib.grid, dtype=torch.float64).view(-1, 1)
-    r = table.double().cpu()
+    r = residuals.double().cpu()
     ends = torch.stack([calib.fit.predict(r * (1 - rtol)), calib.fit.predict(r * (1 + rtol))])
     low, high = ends.min(dim=0).values, ends.max(dim=0).values
     nearest = torch.maximum(low - grid, grid - high).clamp_min(0)  # smallest gap over the residual's range
@@ -55,10 +55,10 @@ def rule_choices(calib: Calibration, table: torch.Tensor, rtol: float) -> list[s
     return [{float(grid[k]) for k in torch.nonzero(can_win[:, j]).view(-1).tolist()} for j in range(r.shape[1])]
 
 
-def assert_rule_choice(chosen: torch.Tensor, calib: Calibration, table: torch.Tensor, rtol: float) -> int:
-    """The chosen lambdas are the rule's on `table`, where the rule's decision is clear to within rtol of each
+def assert_rule_choice(chosen: torch.Tensor, calib: Calibration, residuals: torch.Tensor, rtol: float) -> int:
+    """The chosen lambdas are the rule's on `residuals`, where the rule's decision is clear to within rtol of each
     residual, and one of the near-tied lambdas where it is not; returns how many columns were near-ties."""
-    choices = rule_choices(calib, table, rtol)
+    choices = rule_choices(calib, residuals, rtol)
     for j, (got, allowed) in enumerate(zip(chosen.tolist(), choices)):
         assert got in torch.tensor(sorted(allowed), dtype=chosen.dtype).tolist(), (j, got, sorted(allowed))
     return sum(len(a) > 1 for a in choices)

@@ -80,17 +80,17 @@ def test_a_near_tie_is_decided_by_the_last_bits_and_admits_either_lambda():
     """At a near-tie the rule's lambda depends on the residuals' rounding, so two kernel paths may pick either of the
     tied lambdas (tests accept exactly those); where the decision is clear, only the rule's lambda is accepted."""
     calib = make_calibration([0.25, 0.5, 0.75], a=1.0, b=0.0)  # lambda = r; binary fractions, so the tie is exact
-    table = torch.tensor([[0.375, 0.3], [0.375, 0.9], [2.0, 2.0]], dtype=torch.float64)  # column 0: gaps 1/8, 1/8
-    assert calib.select(table).tolist() == [0.25, 0.25]
-    nudged = table.clone()
+    residuals = torch.tensor([[0.375, 0.3], [0.375, 0.9], [2.0, 2.0]], dtype=torch.float64)  # column 0: gaps 1/8, 1/8
+    assert calib.select(residuals).tolist() == [0.25, 0.25]
+    nudged = residuals.clone()
     nudged[1, 0] *= 1 + 2.0 ** -24  # one float32 rounding step decides the tie the other way
     assert calib.select(nudged).tolist() == [0.5, 0.25]
-    assert rule_choices(calib, table, 0.0) == [{0.25, 0.5}, {0.25}]
+    assert rule_choices(calib, residuals, 0.0) == [{0.25, 0.5}, {0.25}]
     assert rule_choices(calib, nudged, 1e-6) == [{0.25, 0.5}, {0.25}]
     assert rule_choices(calib, nudged, 0.0) == [{0.5}, {0.25}]
-    assert_rule_choice(torch.tensor([0.5, 0.25]), calib, table, 1e-6)
+    assert_rule_choice(torch.tensor([0.5, 0.25]), calib, residuals, 1e-6)
     with pytest.raises(AssertionError):
-        assert_rule_choice(torch.tensor([0.5, 0.5]), calib, table, 1e-6)
+        assert_rule_choice(torch.tensor([0.5, 0.5]), calib, residuals, 1e-6)
 
 
 def test_per_sample_lambda_equals_scalar_lambda_image_by_image():
@@ -111,12 +111,12 @@ def test_residual_grid_runs_only_the_csc_layer_and_matches_full_forwards():
     model = tiny_model("sdnet18")
     x = torch.rand(4, 3, 32, 32)
     grid = [0.1, 0.3]
-    table = residual_grid(model, x, grid)
+    residuals = residual_grid(model, x, grid)
     for k, lam in enumerate(grid):
         robustlab.set_lambda(model, lam)
         with torch.no_grad():
             model(x)
-        assert_residuals_close(table[k], robustlab.last_residual(model), csc_layer(model))
+        assert_residuals_close(residuals[k], robustlab.last_residual(model), csc_layer(model))
     assert csc_layer(model).lmbda == 0.3  # set by the loop above, not by residual_grid
 
 
@@ -330,15 +330,15 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
     for severity in (0, 3, 5):  # clean and two levels of gaussian noise: residuals across the grid's range
         x = images if severity == 0 else corrupt(images, "gaussian_noise", severity, seed=1)
         x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
-        table = residual_grid(model, x, calib.grid)
-        mid = float(table[len(calib.grid) // 2].median())
+        residuals = residual_grid(model, x, calib.grid)
+        mid = float(residuals[len(calib.grid) // 2].median())
         fits = {"calibrated": calib.fit, "falling": Fit(-2e-3, 0.6, 1.0), "flat": Fit(0.0, 0.2, 1.0),
                 "rising": Fit(0.2 / mid, 0.0, 1.0), "steep": Fit(40.0 / mid, -39.8, 1.0)}
         for name, fit in fits.items():
             c = dataclasses.replace(calib, fit=fit)
             chosen = select_per_image(model, x, c)
             whole[name, severity] = chosen.evaluations / len(x)
-            ties[name, severity] = assert_rule_choice(chosen.lambdas, c, table, rtol)
+            ties[name, severity] = assert_rule_choice(chosen.lambdas, c, residuals, rtol)
             with restored(csc_layer(model)) as csc:  # what is kept is the layer's output at those lambdas
                 csc.lmbda = chosen.lambdas
                 out = []
@@ -348,7 +348,7 @@ def test_per_image_bisection_selects_the_exhaustive_rules_lambdas():
                 handle.remove()
                 assert_codes_close(chosen.presolved.code, out[0], csc)
                 assert_residuals_close(chosen.presolved.residual, csc.residual, csc)
-        assert len(set(c.select(table).tolist())) > 1 or severity == 0
+        assert len(set(c.select(residuals).tolist())) > 1 or severity == 0
     assert sum(ties.values()) <= len(images), f"near-ties must be rare for the equality to mean much: {ties}"
     assert all(whole[name, s] <= 5 for name in ("calibrated", "falling", "flat", "rising") for s in (0, 3, 5))
     assert max(whole["steep", s] for s in (0, 3, 5)) > 8, "a steep line must need more of the grid"
@@ -408,7 +408,7 @@ def test_a_sampled_selection_bounds_the_whole_sets_lambda():
 
 
 def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkeypatch):
-    """select_per_image against Calibration.select on residual tables made by hand (the CSC layer replaced): rising
+    """select_per_image against Calibration.select on residuals made by hand (the CSC layer replaced): rising
     and falling lines, float32 and float64, a grid out of order, residuals that do not grow, and NaN residuals
     (which must neither hang the search nor change the answer where the search sees them)."""
     import robustlab.adaptive.per_image as per_image
@@ -422,25 +422,25 @@ def test_per_image_selection_equals_the_rule_on_hand_made_residual_tables(monkey
     for trial in range(60):
         dtype = (torch.float32, torch.float64)[trial % 2]
         n = 40
-        table = torch.from_numpy(np.cumsum(rng.uniform(0, 30, (n, len(grid))), axis=1) + 500).to(dtype)
+        residuals = torch.from_numpy(np.cumsum(rng.uniform(0, 30, (n, len(grid))), axis=1) + 500).to(dtype)
         order = list(range(len(grid)))
         if trial % 5 == 1:
             rng.shuffle(order)  # a grid out of order
         if trial % 5 == 2:
-            table[:5] = table[:5].flip(1)  # residuals that fall
+            residuals[:5] = residuals[:5].flip(1)  # residuals that fall
         if trial % 5 == 3:
             # NaN pixels give NaN at every lambda; NaN at the ends (always evaluated) tests the rest of the row. A
             # NaN at a single lambda the search never evaluates cannot be seen (select_per_image says so)
-            table[0] = table[1, 0] = table[2, -1] = math.nan
+            residuals[0] = residuals[1, 0] = residuals[2, -1] = math.nan
         shuffled = [grid[k] for k in order]
-        table = table[:, order]
-        mid = float(table[:, len(grid) // 2].nan_to_num(600).median())
+        residuals = residuals[:, order]
+        mid = float(residuals[:, len(grid) // 2].nan_to_num(600).median())
         slope = float(rng.choice([-1, 1])) * (0.1 / mid)
         calib = make_calibration(shuffled, a=slope, b=0.2 - slope * mid)
-        monkeypatch.setattr(csc, "solve_at", lambda x, lambdas, t=table: lambda images, index: iter(
+        monkeypatch.setattr(csc, "solve_at", lambda x, lambdas, t=residuals: lambda images, index: iter(
             [(t[images, index], torch.zeros(len(images), 1))]))
         got = select_per_image(model, torch.zeros(n, 3, 32, 32, dtype=dtype), calib).lambdas
-        want = calib.select(table.t().contiguous())
+        want = calib.select(residuals.t().contiguous())
         assert torch.equal(got, want), trial
         checked += 1
     assert checked == 60
@@ -503,9 +503,9 @@ def test_a_set_search_takes_few_passes_where_d_hardly_changes():
     from robustlab.adaptive import OFFICIAL_GRID
     from robustlab.adaptive.search import MeanSearch
 
-    def search(calib: Calibration, table: np.ndarray) -> tuple[float, int]:
+    def search(calib: Calibration, residuals: np.ndarray) -> tuple[float, int]:
         passes = []
-        chosen = MeanSearch(calib, lambda index: passes.append(index) or table[index]).run()
+        chosen = MeanSearch(calib, lambda index: passes.append(index) or residuals[index]).run()
         return float(calib.grid[chosen[0]]), len(passes)
 
     flat = np.array([5.231, 6.238, 8.304, 8.718, 9.805, 10.621, 10.943, 11.628, 12.499, 12.525, 13.848, 13.955,
@@ -516,6 +516,6 @@ def test_a_set_search_takes_few_passes_where_d_hardly_changes():
     assert passes <= 3, passes
     rng = np.random.default_rng(0)
     for _ in range(300):
-        table = np.cumsum(rng.uniform(0, 2, len(OFFICIAL_GRID))) + 5
+        residuals = np.cumsum(rng.uniform(0, 2, len(OFFICIAL_GRID))) + 5
         calib = make_calibration(OFFICIAL_GRID, a=float(rng.uniform(-0.3, 0.3)), b=float(rng.uniform(-1, 1)))
-        assert search(calib, table)[0] == float(calib.select(torch.tensor(table).view(-1, 1))[0])
+        assert search(calib, residuals)[0] == float(calib.select(torch.tensor(residuals).view(-1, 1))[0])

@@ -496,7 +496,7 @@ def test_shipped_suites_load():
     ('[[attack]]\nname = "pgd-linf"\neps = "8/255"\nsteps = 0\n', ["steps", "got 0"]),
     ('[[attack]]\nname = "pgd-linf"\neps = 8/255\n', ["invalid TOML", "line 3"]),
     ('title = "x"\n', ["unknown top-level key 'title'"]),
-    ('description = "nothing"\n', ["no [[attack]] tables"]),
+    ('description = "nothing"\n', ["no [[attack]] entries"]),
     ('[[attack]]\nname = "fgsm"\neps = ["8/255", 0.0313725490196078431]\n', ["repeats an earlier attack"]),
 ])
 def test_invalid_suite_names_file_line_and_reason(tmp_path, text, words):

@@ -24,7 +24,7 @@ def _cache(tmp_path, monkeypatch):
 
 def test_shipped_suites_parse():
     assert len(load_corruption_suite("cifar10-c").cells) == 75
-    assert load_corruption_suite("imagenet-c").table == "imagenet"
+    assert load_corruption_suite("imagenet-c").parameters == "imagenet"
     calib = load_corruption_suite("noise-calibration")
     gauss = [c.param for c in calib.cells if c.corruption == "gaussian_noise"]
     assert gauss[0] == pytest.approx(0.02)
@@ -35,7 +35,10 @@ def test_shipped_suites_parse():
 @pytest.mark.parametrize("text,match", [
     ('corruptions = ["gaussian_nois"]\n', "line 1 .*did you mean gaussian_noise"),
     ('corruptions = ["fog"]\nseverities = [0, 6]\n', "line 2 .*severities"),
-    ('table = "cifar"\ncorruptions = ["fog"]\ncolour = 3\n', "line 3 .*unknown key"),
+    ('parameters = "cifar"\ncorruptions = ["fog"]\ncolour = 3\n', "line 3 .*unknown key"),
+    ('parameters = "cifr"\ncorruptions = ["fog"]\n', "line 1 .*'cifr' is not a parameter set"),
+    ('corruptions = ["fog"]\ntable = "cifr"\n', r"line 2 \(table\): 'cifr' is not a parameter set"),
+    ('corruptions = ["fog"]\nparameters = "cifar"\ntable = "cifar"\n', "line 3 .*old name of parameters"),
     ('[levels]\ngaussian_noise = ["high"]\n', "line 2 .*not a number"),
     ('corruptions = ["fog"\n', "invalid TOML"),
     ('description = "nothing"\n', "corruption names"),
@@ -45,6 +48,12 @@ def test_invalid_suite_names_line_and_reason(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(RobustlabError, match=match):
         load_corruption_suite(path)
+
+
+def test_a_suite_naming_its_parameter_set_by_the_old_key_still_loads(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('table = "imagenet"\ncorruptions = ["fog"]\n')
+    assert load_corruption_suite(path).parameters == "imagenet"
 
 
 def test_user_suite_with_own_levels_needs_no_code(tmp_path):
@@ -73,7 +82,7 @@ def test_corrupt_writes_the_published_layout_and_eval_reads_it_back(tmp_path):
     assert arr.dtype == np.uint8
     assert labels.shape == (100,)
     clean = load_dataset("digits")
-    expected = corrupt(clean.images[:20], "gaussian_noise", 3, table="cifar", seed=0)
+    expected = corrupt(clean.images[:20], "gaussian_noise", 3, parameters="cifar", seed=0)
     assert np.array_equal(arr[40:60], expected), "severity 3 must be the third block of N"
     assert np.array_equal(labels[:20], clean.labels[:20])
     assert np.array_equal(labels[80:], clean.labels[:20])
@@ -173,7 +182,7 @@ def test_alexnet_normalized_mce():
 def test_generated_cache_hit_returns_the_same_images_and_labels(tmp_path):
     from robustlab.data.corrupted import GeneratedImageSet
     base = load_dataset("digits")
-    gen = GeneratedImageSet(base, "gaussian_noise", 2, table="cifar", seed=3, cache_dir=tmp_path)
+    gen = GeneratedImageSet(base, "gaussian_noise", 2, parameters="cifar", seed=3, cache_dir=tmp_path)
     first = list(gen.batches(7, 20))
     assert len(list(tmp_path.glob("*.npy"))) == 1, "a complete pass writes the cache"
     again = list(gen.batches(5, 20))  # read from the cache, other batch size
@@ -191,7 +200,7 @@ def test_a_cache_pass_removes_only_its_own_stale_temporaries(tmp_path):
     import time
 
     from robustlab.data.corrupted import CACHE_STALE_SECONDS, GeneratedImageSet
-    gen = GeneratedImageSet(load_dataset("digits"), "gaussian_noise", 2, table="cifar", seed=3, cache_dir=tmp_path)
+    gen = GeneratedImageSet(load_dataset("digits"), "gaussian_noise", 2, parameters="cifar", seed=3, cache_dir=tmp_path)
     cache = gen._cache_path(gen._cache_key(20))
     stale, fresh = tmp_path / f".{cache.name}.dead1234.tmp", tmp_path / f".{cache.name}.live5678.tmp"
     other = tmp_path / f".other-{cache.name}.dead1234.tmp"
@@ -229,7 +238,7 @@ def test_a_shard_reads_only_its_own_batches(tmp_path, monkeypatch):
                         real_corrupt(x, *a, **k))
 
     def generated(cache: str) -> GeneratedImageSet:
-        return GeneratedImageSet(arrays, "gaussian_noise", 3, table="cifar", seed=1, cache_dir=tmp_path / cache)
+        return GeneratedImageSet(arrays, "gaussian_noise", 3, parameters="cifar", seed=1, cache_dir=tmp_path / cache)
 
     for data, batch, n in [(arrays, 5, None), (folders, 2, 7), (generated("whole"), 5, 21)]:
         whole = list(data.batches(batch, n))
@@ -396,7 +405,7 @@ def test_corrupt_writes_imagenet_c_folders_that_read_back_as_generated(tmp_path,
         for severity in (1, 5):
             read = load_imagenet_c(tmp_path / "one", name, severity)
             read.workers = 0
-            generated = GeneratedImageSet(base, name, severity, table="imagenet", seed=0)
+            generated = GeneratedImageSet(base, name, severity, parameters="imagenet", seed=0)
             for (a, la), (b, lb) in zip(read.batches(3), generated.batches(3)):
                 assert torch.equal(a, b), (name, severity)
                 assert torch.equal(la, lb), (name, severity)

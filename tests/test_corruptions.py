@@ -1,7 +1,7 @@
 """The corruption engine: shapes, seeding, severity order, and agreement with imagecorruptions 1.1.2 and with the
 published Hendrycks & Dietterich generators (ImageNet-C/create_c/make_imagenet_c.py and make_cifar_c.py).
 
-What agrees with what (224x224, the 'imagenet' table):
+What agrees with what (224x224, the 'imagenet' parameters):
 - identical to imagecorruptions.corrupt: defocus_blur, zoom_blur, contrast, brightness, saturate,
   jpeg_compression, pixelate (see below); and, fed the same random numbers, fog, spatter, motion_blur
   (imagecorruptions' numpy motion blur; the published code calls ImageMagick) and snow (within 2 grey levels:
@@ -130,7 +130,7 @@ def to_u8(out) -> np.ndarray:
     return np.clip(np.asarray(out, dtype=np.float64), 0, 255).astype(np.uint8)
 
 
-# ------------------------------------------------------------------------------------------ the tables
+# ------------------------------------------------------------------------------------------ the parameter sets
 
 # copied from make_cifar_c.py and make_imagenet_c.py, in their own notation
 PUBLISHED = {
@@ -174,22 +174,23 @@ PUBLISHED = {
     },
 }
 FROST_SCALE = {"cifar": 0.2, "imagenet": 1}  # CIFAR-10-C shrinks the frost photographs, ImageNet-C does not
-SIDE = {"cifar": 32, "imagenet": 224}  # elastic_transform's table holds fractions of the image side
+SIDE = {"cifar": 32, "imagenet": 224}  # elastic_transform's parameters are fractions of the image side
 
 
-@pytest.mark.parametrize("table", ["cifar", "imagenet"])
-def test_tables_are_the_published_numbers(table):
+@pytest.mark.parametrize("parameters", ["cifar", "imagenet"])
+def test_parameter_sets_are_the_published_numbers(parameters):
     for name in NAMES:
         for severity in range(1, 6):
-            ours = parameter(name, severity, table)
+            ours = parameter(name, severity, parameters)
             if name == "elastic_transform":
-                np.testing.assert_allclose(np.array(ours) * SIDE[table], PUBLISHED_ELASTIC[table][severity - 1])
+                want = PUBLISHED_ELASTIC[parameters][severity - 1]
+                np.testing.assert_allclose(np.array(ours) * SIDE[parameters], want)
                 continue
-            published = PUBLISHED[table][name][severity - 1]
+            published = PUBLISHED[parameters][name][severity - 1]
             if name == "zoom_blur":
                 np.testing.assert_array_equal(np.arange(*ours), published)
             elif name == "frost":
-                assert tuple(ours) == published + (FROST_SCALE[table],), (name, severity)
+                assert tuple(ours) == published + (FROST_SCALE[parameters],), (name, severity)
             else:
                 assert ours == published, (name, severity, ours, published)
 
@@ -200,26 +201,26 @@ def test_tables_are_the_published_numbers(table):
 def test_shapes_and_dtype_both_tables(name):
     cases = [("cifar", (28, 28)), ("cifar", (32, 32)), ("cifar", (40, 56)), ("cifar", (224, 224)),
              ("imagenet", (40, 56)), ("imagenet", (224, 224))]
-    for table, (h, w) in cases:
+    for parameters, (h, w) in cases:
         images = sized(h, w, n=1 if h == 224 else 2)
         for severity in range(1, 6):
-            out = corrupt(images, name, severity, table=table, seed=3)
-            assert out.dtype == np.uint8, (table, h, w, severity)
-            assert out.shape == images.shape, (table, h, w, severity)
+            out = corrupt(images, name, severity, parameters=parameters, seed=3)
+            assert out.dtype == np.uint8, (parameters, h, w, severity)
+            assert out.shape == images.shape, (parameters, h, w, severity)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_grayscale_inputs_keep_their_shape(name):
     gray = np.ascontiguousarray(photos(2, 32, 32)[..., 1])
-    for table in ("cifar", "imagenet"):
-        flat = corrupt(gray, name, 3, table=table, seed=1)
-        chan = corrupt(gray[..., None], name, 3, table=table, seed=1)
+    for parameters in ("cifar", "imagenet"):
+        flat = corrupt(gray, name, 3, parameters=parameters, seed=1)
+        chan = corrupt(gray[..., None], name, 3, parameters=parameters, seed=1)
         assert flat.shape == gray.shape
         assert flat.dtype == np.uint8
         assert chan.shape == gray.shape + (1,)
         assert chan.dtype == np.uint8
         np.testing.assert_array_equal(flat, chan[..., 0])
-        rgb = corrupt(np.repeat(gray[..., None], 3, axis=-1), name, 3, table=table, seed=1)
+        rgb = corrupt(np.repeat(gray[..., None], 3, axis=-1), name, 3, parameters=parameters, seed=1)
         luma = np.floor(rgb @ np.array([0.299, 0.587, 0.114]) + 0.5).astype(np.uint8)
         np.testing.assert_array_equal(flat, luma)  # corrupted as RGB, then back to one channel
 
@@ -255,14 +256,14 @@ def test_strided_views_give_the_same_bytes(name):
 @pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).kind == "torch"))
 def test_torch_batched_paths_repeat_on_cpu(name):
     x = np.concatenate([digits()[:4], photos(4, 32, 32)])
-    first = corrupt(x, name, 5, table="imagenet", seed=5, device="cpu")
+    first = corrupt(x, name, 5, parameters="imagenet", seed=5, device="cpu")
     for device in ("cpu", torch.device("cpu")):
-        np.testing.assert_array_equal(corrupt(x, name, 5, table="imagenet", seed=5, device=device), first)
+        np.testing.assert_array_equal(corrupt(x, name, 5, parameters="imagenet", seed=5, device=device), first)
 
 
 # ------------------------------------------------------------------------------------------- severity order
 
-MONOTONE = {  # where the published tables make the damage grow with severity
+MONOTONE = {  # where the published parameters make the damage grow with severity
     "cifar": ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "contrast",
               "brightness"],
     "imagenet": ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "contrast",
@@ -270,11 +271,11 @@ MONOTONE = {  # where the published tables make the damage grow with severity
 }
 
 
-@pytest.mark.parametrize("table", ["cifar", "imagenet"])
-def test_severity_is_monotone_where_the_tables_say_so(table):
+@pytest.mark.parametrize("parameters", ["cifar", "imagenet"])
+def test_severity_is_monotone_where_the_published_parameters_say_so(parameters):
     x = photos(8, 32, 32)
-    for name in MONOTONE[table]:
-        mad = [np.abs(corrupt(x, name, s, table=table).astype(float) - x).mean() for s in range(1, 6)]
+    for name in MONOTONE[parameters]:
+        mad = [np.abs(corrupt(x, name, s, parameters=parameters).astype(float) - x).mean() for s in range(1, 6)]
         assert all(a < b for a, b in zip(mad, mad[1:])), (name, mad)
 
 
@@ -285,37 +286,37 @@ def test_severity_is_monotone_where_the_tables_say_so(table):
 def test_deterministic_corruptions_match_imagecorruptions(name, ic):
     x = photos224()
     for severity in range(1, 6):
-        ours = corrupt(x, name, severity, table="imagenet", reencode=False)
+        ours = corrupt(x, name, severity, parameters="imagenet", reencode=False)
         np.random.seed(0)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in x])
         assert within_one(ours, theirs) >= 0.999, (name, severity)
 
 
-@pytest.mark.parametrize("table", ["cifar", "imagenet"])
-def test_pixelate_is_pil_box_down_and_up_as_published(table):
+@pytest.mark.parametrize("parameters", ["cifar", "imagenet"])
+def test_pixelate_is_pil_box_down_and_up_as_published(parameters):
     # the published generators: x.resize((int(S * c), int(S * c)), BOX).resize((S, S), BOX)
     for h, w in [(28, 28), (32, 32), (33, 33), (40, 56), (224, 224)]:
         x = sized(h, w)
         for severity in range(1, 6):
-            c = parameter("pixelate", severity, table)
+            c = parameter("pixelate", severity, parameters)
             ref = np.stack([np.asarray(Image.fromarray(im).resize((int(w * c), int(h * c)), Image.BOX)
                                        .resize((w, h), Image.BOX)) for im in x])
-            np.testing.assert_array_equal(corrupt(x, "pixelate", severity, table=table, reencode=False), ref,
+            np.testing.assert_array_equal(corrupt(x, "pixelate", severity, parameters=parameters, reencode=False), ref,
                                           err_msg=f"{h}x{w} severity {severity}")
 
 
-@pytest.mark.parametrize("table", ["cifar", "imagenet"])
+@pytest.mark.parametrize("parameters", ["cifar", "imagenet"])
 @pytest.mark.parametrize("name", sorted(n for n in NAMES if CORRUPTIONS.get(n).on_accelerator))
-def test_accelerator_paths_give_the_cpu_paths_bytes(name, table):
+def test_accelerator_paths_give_the_cpu_paths_bytes(name, parameters):
     # contrast and pixelate run C libraries on the CPU and torch on a GPU; the torch code, run here on the CPU,
     # must give the same bytes (it runs the same float64 arithmetic wherever it runs)
     spec = CORRUPTIONS.get(name)
     for h, w in [(28, 28), (32, 32), (33, 33), (40, 56), (224, 224)]:
         x = sized(h, w)
         for severity in range(1, 6):
-            p = parameter(name, severity, table)
+            p = parameter(name, severity, parameters)
             np.testing.assert_array_equal(engine.run(spec.on_accelerator, "torch", x, p, None, "cpu"),
-                                          corrupt(x, name, severity, table=table, reencode=False),
+                                          corrupt(x, name, severity, parameters=parameters, reencode=False),
                                           err_msg=f"{h}x{w} {severity}")
 
 
@@ -332,15 +333,16 @@ def test_accelerator_fft_filter_equals_opencv_filter2d(border):
                                    atol=1e-5)
 
 
-@pytest.mark.parametrize("table", ["cifar", "imagenet"])
-def test_gaussian_blur_is_scipys_gaussian_filter(table):
+@pytest.mark.parametrize("parameters", ["cifar", "imagenet"])
+def test_gaussian_blur_is_scipys_gaussian_filter(parameters):
     # skimage.filters.gaussian(x, sigma, multichannel=True): scipy's filter, mode 'nearest', truncate 4
-    x = photos224() if table == "imagenet" else photos(4, 32, 32)
+    x = photos224() if parameters == "imagenet" else photos(4, 32, 32)
     for severity in range(1, 6):
-        sigma = parameter("gaussian_blur", severity, table)
+        sigma = parameter("gaussian_blur", severity, parameters)
         ref = to_u8(np.clip(ndimage.gaussian_filter(x / 255.0, sigma=(0, sigma, sigma, 0), mode="nearest",
                                                     truncate=4.0), 0, 1) * 255)
-        assert within_one(corrupt(x, "gaussian_blur", severity, table=table, reencode=False), ref) >= 0.999, severity
+        ours = corrupt(x, "gaussian_blur", severity, parameters=parameters, reencode=False)
+        assert within_one(ours, ref) >= 0.999, severity
 
 
 # ---------------------------------------------------------- published code, rewritten, fed the same numbers
@@ -357,11 +359,11 @@ def published_glass_blur(x: np.ndarray, c, rs: np.random.RandomState) -> np.ndar
     return np.clip(gaussian(x / 255., sigma=c[0], channel_axis=-1), 0, 1) * 255
 
 
-@pytest.mark.parametrize("table,size,severities", [("cifar", 32, (1, 2, 3, 4, 5)), ("imagenet", 224, (2,))])
-def test_glass_blur_matches_the_published_loop(table, size, severities):
+@pytest.mark.parametrize("parameters,size,severities", [("cifar", 32, (1, 2, 3, 4, 5)), ("imagenet", 224, (2,))])
+def test_glass_blur_matches_the_published_loop(parameters, size, severities):
     x = photos(1, size, size)[0]
     for severity in severities:
-        c = parameter("glass_blur", severity, table)
+        c = parameter("glass_blur", severity, parameters)
         ref = to_u8(published_glass_blur(x, c, np.random.RandomState(severity)))
         ours = uint8_batch.glass_blur(x[None], c, [Legacy(severity)])[0]
         assert within_one(ours, ref) >= 0.999, severity
@@ -398,27 +400,27 @@ PUBLISHED_ELASTIC = {
 }
 
 
-@pytest.mark.parametrize("table,size", [("cifar", 32), ("imagenet", 224)])
-def test_elastic_transform_matches_the_published_code(table, size):
+@pytest.mark.parametrize("parameters,size", [("cifar", 32), ("imagenet", 224)])
+def test_elastic_transform_matches_the_published_code(parameters, size):
     x = photos(2, size, size)
     for severity in range(1, 6):
         for k, im in enumerate(x):
-            ref = to_u8(published_elastic(im, PUBLISHED_ELASTIC[table][severity - 1], np.random.RandomState(k)))
-            ours = to_u8(per_image.elastic_transform(im / 255.0, parameter("elastic_transform", severity, table),
+            ref = to_u8(published_elastic(im, PUBLISHED_ELASTIC[parameters][severity - 1], np.random.RandomState(k)))
+            ours = to_u8(per_image.elastic_transform(im / 255.0, parameter("elastic_transform", severity, parameters),
                                                      Legacy(k)))
             assert within_one(ours, ref) >= 0.999, (severity, k)
 
 
-@pytest.mark.parametrize("table,size", [("cifar", 32), ("imagenet", 224)])
-def test_frost_matches_the_published_code(table, size, icc):
+@pytest.mark.parametrize("parameters,size", [("cifar", 32), ("imagenet", 224)])
+def test_frost_matches_the_published_code(parameters, size, icc):
     names = ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"]
     x = photos(1, size, size)[0]
     for severity in range(1, 6):
         for k in range(3):
-            c = parameter("frost", severity, table)
+            c = parameter("frost", severity, parameters)
             rs = np.random.RandomState(10 * severity + k)
             frost = cv2.imread(os.path.join(os.path.dirname(icc.__file__), "frost", names[rs.randint(5)]))
-            if table == "cifar":
+            if parameters == "cifar":
                 frost = cv2.resize(frost, (0, 0), fx=0.2, fy=0.2)
             x_start, y_start = rs.randint(0, frost.shape[0] - size), rs.randint(0, frost.shape[1] - size)
             frost = frost[x_start:x_start + size, y_start:y_start + size][..., [2, 1, 0]]
@@ -483,7 +485,7 @@ def test_noise_matches_imagecorruptions_in_distribution(name, ic):
     x = photos224()
     clean = np.repeat(x, 2, axis=0).astype(np.float64)
     for severity in range(1, 6):
-        ours = corrupt(np.repeat(x, 2, axis=0), name, severity, table="imagenet", reencode=False, seed=severity)
+        ours = corrupt(np.repeat(x, 2, axis=0), name, severity, parameters="imagenet", reencode=False, seed=severity)
         np.random.seed(severity)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in np.repeat(x, 2, axis=0)])
         _agree(ours - clean, theirs - clean, f"{name} {severity} mean")
@@ -496,11 +498,12 @@ def test_impulse_noise_flips_the_same_fraction_as_imagecorruptions(ic, icc, monk
     for severity in range(1, 6):
         # skimage's random_noise ignores numpy's global seed: give it one
         monkeypatch.setattr(icc.sk.util, "random_noise", functools.partial(skimage.util.random_noise, rng=severity))
-        ours = corrupt(x, "impulse_noise", severity, table="imagenet", reencode=False, seed=severity)
+        ours = corrupt(x, "impulse_noise", severity, parameters="imagenet", reencode=False, seed=severity)
         theirs = np.stack([ic(im, corruption_name="impulse_noise", severity=severity) for im in x])
         for level in (0, 255):
             _agree((ours == level) & (x != level), (theirs == level) & (x != level), f"{severity} set to {level}")
-        # and that fraction is the table's: a share c of all values, half salt, half pepper (some were 0/255 already)
+        # and that fraction is the published parameter: a share c of all values, half salt, half pepper (some were
+        # 0/255 already)
         c = parameter("impulse_noise", severity, "imagenet")
         p = c * (0.5 * np.mean(x != 255) + 0.5 * np.mean(x != 0))
         assert abs((ours != x).mean() - p) <= 5 * math.sqrt(p * (1 - p) / x.size), severity
@@ -514,7 +517,8 @@ def test_weather_and_motion_match_imagecorruptions_in_distribution(name, ic, mon
     x = np.repeat(photos224(), 6, axis=0)
     clean = x.astype(np.float64)
     for severity in (1, 3, 5):
-        ours = corrupt(x, name, severity, table="imagenet", reencode=False, seed=severity).astype(np.float64) - clean
+        ours = corrupt(x, name, severity, parameters="imagenet", reencode=False, seed=severity).astype(np.float64)
+        ours -= clean
         np.random.seed(severity)
         theirs = np.stack([ic(im, corruption_name=name, severity=severity) for im in x]).astype(np.float64) - clean
         _agree(ours.mean(axis=(1, 2, 3)), theirs.mean(axis=(1, 2, 3)), f"{name} {severity} mean")
@@ -525,27 +529,28 @@ def test_weather_and_motion_match_imagecorruptions_in_distribution(name, ic, mon
 def test_our_versions_of_the_corruptions_broken_in_imagecorruptions_work(name):
     x = photos224()
     for severity in range(1, 6) if name != "glass_blur" else (1, 5):
-        out = corrupt(x, name, severity, table="imagenet", reencode=False, seed=2)
+        out = corrupt(x, name, severity, parameters="imagenet", reencode=False, seed=2)
         assert out.shape == x.shape
         assert out.dtype == np.uint8
         assert 0 < np.abs(out.astype(float) - x).mean() < 100  # changed, and still an image of the same scene
 
 
-@pytest.mark.parametrize("table,h,w", [("cifar", 32, 32), ("cifar", 17, 23), ("imagenet", 64, 48),
+@pytest.mark.parametrize("parameters,h,w", [("cifar", 32, 32), ("cifar", 17, 23), ("imagenet", 64, 48),
                                        ("imagenet", 224, 224), ("imagenet", 9, 9), ("imagenet", 8, 8)])
-def test_compiled_glass_blur_is_byte_identical_with_the_same_random_numbers(table, h, w):
+def test_compiled_glass_blur_is_byte_identical_with_the_same_random_numbers(parameters, h, w):
     x = np.stack([p[:h, :w] for p in photos(3, max(h, w), max(h, w))])
     for severity in (1, 2, 3, 4, 5) if h < 224 else (4,):
-        c = parameter("glass_blur", severity, table)
+        c = parameter("glass_blur", severity, parameters)
         for make in (lambda s: np.random.default_rng(s), Legacy):  # the engine's Generator and numpy's legacy one
             want = [to_u8(python_glass_blur(img / 255.0, c, make(severity + k))) for k, img in enumerate(x)]
             got = uint8_batch.glass_blur(x, c, [make(severity + k) for k in range(len(x))])
-            assert np.array_equal(got, np.stack(want)), (table, h, w, severity)
+            assert np.array_equal(got, np.stack(want)), (parameters, h, w, severity)
 
 
 def test_compiled_gaussian_has_the_bits_of_scipy_ndimage():
     rng = np.random.default_rng(0)
-    for sigma in (0.05, 0.25, 0.4, 0.7, 0.9, 1, 1.1, 1.5, 2.3, 3.7):  # both tables' sigmas, and wider than an image
+    # both parameter sets' sigmas, and wider than an image
+    for sigma in (0.05, 0.25, 0.4, 0.7, 0.9, 1, 1.1, 1.5, 2.3, 3.7):
         for h, w in ((1, 1), (2, 5), (7, 3), (32, 32), (17, 23), (60, 41)):
             x = rng.random((h, w, 3)) * rng.choice([1, 255])
             want = ndimage.gaussian_filter(x, (sigma, sigma, 0), mode="nearest", truncate=4.0)
@@ -559,12 +564,12 @@ def test_imagenet_table_is_reencoded_as_the_published_jpeg_files_unless_switched
     import io
     x = photos(2, 224, 224)
     for name in ("gaussian_noise", "fog", "contrast"):
-        raw = corrupt(x, name, 3, table="imagenet", seed=1, reencode=False)
+        raw = corrupt(x, name, 3, parameters="imagenet", seed=1, reencode=False)
         published = []
         for im in raw:  # make_imagenet_c.py: Image.save(quality=85, optimize=True), then read back
             buffer = io.BytesIO()
             Image.fromarray(im).save(buffer, format="JPEG", quality=85, optimize=True)
             published.append(np.asarray(Image.open(buffer).convert("RGB")))
-        assert np.array_equal(corrupt(x, name, 3, table="imagenet", seed=1), np.stack(published)), name
-    assert np.array_equal(corrupt(x[:, :32, :32], "fog", 3, table="cifar", seed=1),
-                          corrupt(x[:, :32, :32], "fog", 3, table="cifar", seed=1, reencode=False))
+        assert np.array_equal(corrupt(x, name, 3, parameters="imagenet", seed=1), np.stack(published)), name
+    assert np.array_equal(corrupt(x[:, :32, :32], "fog", 3, parameters="cifar", seed=1),
+                          corrupt(x[:, :32, :32], "fog", 3, parameters="cifar", seed=1, reencode=False))

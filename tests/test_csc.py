@@ -63,16 +63,16 @@ def test_solve_at_equals_a_forward_per_lambda(kw, chunked, monkeypatch):
     n, size = len(x), len(grid)
     solved = list(layer.solve_at(x, grid)(torch.arange(n).repeat(size), torch.arange(size).repeat_interleave(n)))
     assert len(solved) == (n * size + 1) // 2 if chunked else len(solved) == 1
-    table = torch.cat([r for r, _ in solved]).view(size, n)
+    residuals = torch.cat([r for r, _ in solved]).view(size, n)
     codes = torch.cat([c for _, c in solved]).view(size, n, *solved[0][1].shape[1:])
     for k, lam in enumerate(grid):
         layer.lmbda = lam
         with torch.no_grad():  # an attack's forward decodes by conv_transpose2d (see CSCConv2d._decode)
             code = layer(x)
         # other kernels (decode, batch blocking) than the forward's: equal to float rounding (tests/numerics.py)
-        assert_residuals_close(table[k], layer.residual, layer)
+        assert_residuals_close(residuals[k], layer.residual, layer)
         assert_codes_close(codes[k], code, layer)
-    assert len(set(table[:, 0].tolist())) == len(grid), "every lambda must give its own residual"
+    assert len(set(residuals[:, 0].tolist())) == len(grid), "every lambda must give its own residual"
 
 
 def test_solve_at_asked_for_no_pairs_yields_no_residuals():

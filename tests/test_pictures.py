@@ -2,6 +2,7 @@
 becomes a figure of adversarial examples with the classes the run predicted."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,13 +35,30 @@ def test_the_gallery_shows_the_images_the_run_evaluated(run, tmp_path):
     clean, _ = _images(runs[0], shown)
     base = load_dataset("fashion-mnist")
     for corruption, severity in (("gaussian_noise", 1), ("fog", 4)):
-        evaluated = GeneratedImageSet(base, corruption, severity, table="cifar", seed=7, cache_dir=tmp_path)
+        evaluated = GeneratedImageSet(base, corruption, severity, parameters="cifar", seed=7, cache_dir=tmp_path)
         images, _ = next(iter(evaluated.batches(GALLERY_IMAGES, GALLERY_IMAGES)))
         pictured = _corrupted(runs[0], clean, shown, corruption, severity)
         assert np.array_equal(pictured, images.permute(0, 2, 3, 1).numpy()), (corruption, severity)
         assert not np.array_equal(pictured, clean)
-    other_seed = corrupt(clean, "gaussian_noise", 1, table="cifar", seed=8)
+    other_seed = corrupt(clean, "gaussian_noise", 1, parameters="cifar", seed=8)
     assert not np.array_equal(_corrupted(runs[0], clean, shown, "gaussian_noise", 1), other_seed)
+
+
+def test_a_manifest_naming_the_parameter_set_by_its_old_key_is_read(run):
+    """Run manifests written before `table` was renamed `parameters` picture the images with the set they name."""
+    _, runs, _ = load_runs([run])
+    shown = range(2)
+    clean, _ = _images(runs[0], shown)
+    manifest = json.loads(json.dumps(runs[0].manifest))
+    suite = manifest["corruption_suite"]
+    assert suite.pop("parameters") == "cifar"
+    suite["table"] = "imagenet"
+    old = dataclasses.replace(runs[0], manifest=manifest)
+    want = np.concatenate([corrupt(clean[k:k + 1], "gaussian_noise", 1, parameters="imagenet", seed=7, start=k,
+                                   reencode=False)  # the run recorded no JPEG re-encoding
+                           for k in shown])
+    assert np.array_equal(_corrupted(old, clean, shown, "gaussian_noise", 1), want)
+    assert not np.array_equal(_corrupted(runs[0], clean, shown, "gaussian_noise", 1), want), "the sets differ"
 
 
 def test_the_report_holds_the_gallery_and_each_saved_attack(run, tmp_path):

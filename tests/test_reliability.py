@@ -223,8 +223,8 @@ def test_the_generated_cache_is_written_by_eval_verified_and_keyed_by_content(tm
     rng = np.random.default_rng(1)
     one, two = (ArrayImageSet(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8), np.zeros(6), name="x",
                               split="test", num_classes=10) for _ in range(2))
-    paths = {GeneratedImageSet(d, "fog", 1, table="cifar", seed=0, cache_dir=tmp_path)._cache_path(
-        GeneratedImageSet(d, "fog", 1, table="cifar", seed=0, cache_dir=tmp_path)._cache_key(6)) for d in (one, two)}
+    generated = [GeneratedImageSet(d, "fog", 1, parameters="cifar", seed=0, cache_dir=tmp_path) for d in (one, two)]
+    paths = {g._cache_path(g._cache_key(6)) for g in generated}
     assert len(paths) == 2, "two image sets of the same length and name get different cache files"
 
 
@@ -463,6 +463,27 @@ def test_corrupt_resume_removes_what_a_killed_run_left(tmp_path, monkeypatch):
     monkeypatch.setattr(pool, "corrupt", lambda *a, **k: pytest.fail("a finished file was corrupted again"))
     assert _corrupt_fog(out) == 0
     assert sorted(p.name for p in out.iterdir()) == ["contrast.npy", "fog.npy", "labels.npy", "robustlab-corrupt.json"]
+
+
+def test_corrupt_resumes_a_layout_recorded_under_the_old_key_and_takes_the_old_option(tmp_path, monkeypatch, capsys):
+    """A layout begun before `table` was renamed `parameters` resumes; `--table` still names the parameter set."""
+    import robustlab.corruptions.pool as pool
+    out = tmp_path / "out"
+    assert _corrupt_fog(out) == 0
+    layout = out / "robustlab-corrupt.json"
+    recorded = json.loads(layout.read_text())
+    recorded["table"] = recorded.pop("parameters")
+    layout.write_text(json.dumps(recorded))
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    command = ["corrupt", "--dataset", "digits", "--n", "12", "--corruptions", "fog,contrast", "--workers", "1",
+               "--out", out, "--quiet", "--table"]
+    capsys.readouterr()
+    assert run_cli(*command, "imagenet") == 2, "another parameter set is another layout"
+    assert "holds a layout made with other settings" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files, "a refusal changes nothing"
+    monkeypatch.setattr(pool, "corrupt", lambda *a, **k: pytest.fail("a finished file was corrupted again"))
+    assert run_cli(*command, "cifar") == 0
+    assert json.loads(layout.read_text())["parameters"] == "cifar"
 
 
 def test_corruptions_compile_on_a_read_only_install(tmp_path):

@@ -52,7 +52,7 @@ def main() -> None:
     test = load_dataset("fashion-mnist", args.data_dir)
     train = load_dataset("fashion-mnist", args.data_dir, "train")
     calib = train.images[np.random.default_rng(0).choice(len(train), args.calib, replace=False)]
-    sets = {(c, s): test.images[:args.n] if s == 0 else corrupt(test.images[:args.n], c, s, table="cifar", seed=0)
+    sets = {(c, s): test.images[:args.n] if s == 0 else corrupt(test.images[:args.n], c, s, parameters="cifar", seed=0)
             for c, s in SETS}
     labels = test.labels[:args.n]
     model = robustlab.load_model("zoo:sdnet18-fashion").eval()

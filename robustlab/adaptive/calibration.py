@@ -96,7 +96,7 @@ class Calibration:
         write_json(path, self.to_json())
 
     def select(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Per column of a (grid, N) residual table: the grid lambda closest to a * r(lambda) + b. At a near-tie
+        """Per column of (grid, N) residuals: the grid lambda closest to a * r(lambda) + b. At a near-tie
         (two lambdas' gaps equal to within the residuals' float rounding) the winner depends on the last bits of
         the residuals, which differ between CPUs and code paths: either tied lambda is then the rule's."""
         grid = torch.tensor(self.grid, dtype=residuals.dtype, device=residuals.device).view(-1, 1)

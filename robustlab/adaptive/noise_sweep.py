@@ -23,7 +23,7 @@ def sweep(model: RobustModel, base: ImageSet, *, corruption: str, levels: Sequen
     with restored(csc):
         csc.record_residual = True
         for idx, level in enumerate(progress(levels, total=len(levels), desc=f"sweep {corruption}"), start=1):
-            noisy = GeneratedImageSet(base, corruption, idx, table="cifar", seed=seed, param=level)
+            noisy = GeneratedImageSet(base, corruption, idx, parameters="cifar", seed=seed, param=level)
             batches = [(to_pixels(x, device), y.to(device)) for x, y in noisy.batches(batch_size, n)]
             for lmbda in grid:
                 csc.lmbda = lmbda

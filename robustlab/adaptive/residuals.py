@@ -46,6 +46,6 @@ def residuals_at(solve: GridSolver, n: int, index: Sequence[int]) -> torch.Tenso
 
 
 def residual_grid(model: RobustModel, x: torch.Tensor, grid: Sequence[float], layer: int = 0) -> torch.Tensor:
-    """(len(grid), N) residuals of one CSC layer at every grid lambda (only that layer runs per lambda): the table
+    """(len(grid), N) residuals of one CSC layer at every grid lambda (only that layer runs per lambda): the array
     the exhaustive rule reads, which selection itself never builds whole."""
     return residuals_at(layer_solver(model, x, grid, layer), len(x), range(len(grid)))

@@ -19,16 +19,16 @@ def attack_suite_names() -> list[str]:
 
 
 def _locator(text: str, path: Path) -> Callable[..., str]:
-    """where(table, key) -> "FILE line N ([[attack]] #table, key)", finding lines of [[attack]] tables."""
+    """where(entry, key) -> "FILE line N ([[attack]] #entry, key)", finding the lines of [[attack]] entries."""
     lines = text.splitlines()
     headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*attack\s*\]\]", line)]
 
-    def where(table: int, key: str | None = None) -> str:
-        label = f"[[attack]] #{table + 1}" + (f", key {key!r}" if key else "")
-        if table >= len(headers):  # tables written inline: no line to point at
+    def where(entry: int, key: str | None = None) -> str:
+        label = f"[[attack]] #{entry + 1}" + (f", key {key!r}" if key else "")
+        if entry >= len(headers):  # entries written inline: no line to point at
             return f"{path} ({label})"
-        start = headers[table]
-        end = headers[table + 1] if table + 1 < len(headers) else len(lines)
+        start = headers[entry]
+        end = headers[entry + 1] if entry + 1 < len(headers) else len(lines)
         line = next((i for i in range(start, end) if key and re.match(rf"\s*{re.escape(key)}\s*=", lines[i])), start)
         return f"{path} line {line + 1} ({label})"
 
@@ -36,35 +36,35 @@ def _locator(text: str, path: Path) -> Callable[..., str]:
 
 
 def load_attack_suite(name_or_path: str | Path) -> list[AttackSpec]:
-    """The AttackSpecs of a suite file (one per attack table and eps); bad files name the file, line and reason."""
+    """The AttackSpecs of a suite file (one per [[attack]] entry and eps); bad files name the file, line and reason."""
     path = suites.resolve_suite("attacks", name_or_path)
     data, text = suites.read_toml(path), path.read_text(encoding="utf-8")
     unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise RobustlabError(f"{path}: unknown top-level key {unknown[0]!r}; a suite holds {' and '.join(TOP_KEYS)}")
-    tables = data.get("attack")
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise RobustlabError(f"{path}: no [[attack]] tables; add one [[attack]] table per attack")
+    entries = data.get("attack")
+    if not isinstance(entries, list) or not entries or not all(isinstance(t, dict) for t in entries):
+        raise RobustlabError(f"{path}: no [[attack]] entries; add one [[attack]] entry per attack")
     where = _locator(text, path)
     specs: list[AttackSpec] = []
-    for i, table in enumerate(tables):
-        for key in sorted(table):
+    for i, entry in enumerate(entries):
+        for key in sorted(entry):
             if key not in ATTACK_KEYS:
                 raise RobustlabError(f"{where(i, key)}: unknown key; known keys: {', '.join(ATTACK_KEYS)}")
         for key in ("name", "eps"):
-            if key not in table:
+            if key not in entry:
                 raise RobustlabError(f"{where(i)}: missing key {key!r}; add it (every attack needs name and eps)")
         for key in ("name", "norm"):
-            if key in table and not isinstance(table[key], str):
-                raise RobustlabError(f"{where(i, key)}: {table[key]!r} is not a string; quote it")
-        eps_list = table["eps"] if isinstance(table["eps"], list) else [table["eps"]]
+            if key in entry and not isinstance(entry[key], str):
+                raise RobustlabError(f"{where(i, key)}: {entry[key]!r} is not a string; quote it")
+        eps_list = entry["eps"] if isinstance(entry["eps"], list) else [entry["eps"]]
         if not eps_list:
             raise RobustlabError(f"{where(i, 'eps')}: the eps list is empty; give at least one eps, such as \"8/255\"")
         for eps in eps_list:
             try:
-                spec = make_spec(table["name"], eps=eps, norm=table.get("norm"), steps=table.get("steps"),
-                                 alpha=table.get("alpha"), restarts=table.get("restarts", 1),
-                                 queries=table.get("queries"))
+                spec = make_spec(entry["name"], eps=eps, norm=entry.get("norm"), steps=entry.get("steps"),
+                                 alpha=entry.get("alpha"), restarts=entry.get("restarts", 1),
+                                 queries=entry.get("queries"))
             except RobustlabError as e:
                 raise RobustlabError(f"{where(i)}: {e}") from None
             if spec in specs:

@@ -8,8 +8,8 @@ from typing import Callable
 
 from robustlab.cli.arguments import Command, add_common, add_data, add_workers, positive_int
 from robustlab.corrupt import layout_corruptions, write_c_layout, write_folder_layout
+from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY, PARAMETER_SETS
 from robustlab.corruptions.pool import CorruptionPool, default_workers
-from robustlab.corruptions.tables import TABLES
 from robustlab.data import load_dataset
 from robustlab.data.imagenet import FolderImageSet
 from robustlab.device import resolve_device
@@ -26,7 +26,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     add_workers(p, "the cores, shared among the ranks torchrun starts on a machine")
     p.add_argument("--corruptions", default="cifar10-c", help="suite or comma list (default cifar10-c)")
-    p.add_argument("--table", choices=list(TABLES), help="parameter table (default: the suite's)")
+    p.add_argument("--parameters", choices=list(PARAMETER_SETS), help="parameter set (default: the suite's)")
+    # the option's old name, still accepted so scripts keep working
+    p.add_argument(f"--{OLD_PARAMETERS_KEY}", dest="parameters", choices=list(PARAMETER_SETS), help=argparse.SUPPRESS)
     p.add_argument("--n", type=positive_int, help="first N images only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=256)
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # Callable[...]: the two writers differ in the image set they take, which `folders` decides
     write: Callable[..., list[Path]] = write_folder_layout if folders else write_c_layout
     with CorruptionPool(args.workers or default_workers()) as pool:
-        paths = write(base, args.out, names, table=args.table or suite.table, seed=args.seed, n=args.n,
+        paths = write(base, args.out, names, parameters=args.parameters or suite.parameters, seed=args.seed, n=args.n,
                       batch_size=args.batch_size, device=resolve_device(args.device),
                       progress=progress_bars(args.quiet), overwrite=args.overwrite, reencode=suite.reencode,
                       pool=pool, shard=shard)

@@ -15,7 +15,7 @@ from robustlab.models import ARCHS
 from robustlab.suites import suite_names
 
 # what `robustlab list WHAT` prints: (name, summary) rows, each read from its registry
-TABLES: dict[str, Callable[[], list[tuple[str, str]]]] = {
+LISTINGS: dict[str, Callable[[], list[tuple[str, str]]]] = {
     "models": lambda: [(n, s.summary) for n, s in ARCHS.items()] +
                       [("torchvision:NAME / timm:NAME", "any torchvision or timm architecture")],
     "datasets": lambda: [(n, s.summary) for n, s in DATASETS.items()],
@@ -31,12 +31,12 @@ TABLES: dict[str, Callable[[], list[tuple[str, str]]]] = {
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("what", choices=list(TABLES))
+    p.add_argument("what", choices=list(LISTINGS))
     p.add_argument("--json", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = TABLES[args.what]()
+    rows = LISTINGS[args.what]()
     if args.json:
         print(json.dumps([{"name": n, "summary": s} for n, s in rows], indent=2))
         return 0
@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMAND = Command("list", help=f"list what robustlab knows: {', '.join(TABLES)}",
+COMMAND = Command("list", help=f"list what robustlab knows: {', '.join(LISTINGS)}",
                   epilog="example: robustlab list models",
                   arguments=arguments, run=run)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from robustlab.corruptions import batched, per_image, uint8_batch
-from robustlab.corruptions.tables import BENCHMARK, EXTRA, TABLES
+from robustlab.corruptions.parameters import BENCHMARK, EXTRA, PARAMETER_SETS
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
 
@@ -48,26 +48,26 @@ for _family, _names in _FAMILIES.items():
 assert sorted(CORRUPTIONS) == sorted(BENCHMARK + EXTRA)
 
 
-# The published files of a table were saved as JPEG at this quality (make_imagenet_c.py: quality=85,
+# The published files of a parameter set were saved as JPEG at this quality (make_imagenet_c.py: quality=85,
 # optimize=True, which changes only the entropy coding); CIFAR-10-C was saved as raw uint8 arrays.
 PUBLISHED_JPEG_QUALITY = {"imagenet": 85, "cifar": None}
 
 
-def reencode_quality(table: str, reencode: bool | None) -> int | None:
+def reencode_quality(parameters: str, reencode: bool | None) -> int | None:
     """The JPEG quality generated images are re-encoded at (None: not re-encoded)."""
     if reencode is False:
         return None
-    return PUBLISHED_JPEG_QUALITY[table] or (85 if reencode else None)
+    return PUBLISHED_JPEG_QUALITY[parameters] or (85 if reencode else None)
 
 
-def parameter(name: str, severity: int, table: str) -> Any:
-    """The published parameter of a corruption at a severity in a table ('cifar' or 'imagenet')."""
-    if table not in TABLES:
-        raise RobustlabError(f"unknown parameter table {table!r}; use cifar or imagenet")
+def parameter(name: str, severity: int, parameters: str) -> Any:
+    """The published parameter of a corruption at a severity in a parameter set ('cifar' or 'imagenet')."""
+    if parameters not in PARAMETER_SETS:
+        raise RobustlabError(f"unknown parameter set {parameters!r}; use cifar or imagenet")
     CORRUPTIONS.get(name)
     if severity not in (1, 2, 3, 4, 5):
         raise RobustlabError(f"severity must be 1..5, got {severity}")
-    return TABLES[table][name][severity - 1]
+    return PARAMETER_SETS[parameters][name][severity - 1]
 
 
 def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:
@@ -99,16 +99,16 @@ class ImageStreams(Sequence[np.random.Generator]):
         return image_rng(self.seed, self.name, self.severity, self.start + i)
 
 
-def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar", seed: int = 0,
+def corrupt(images: np.ndarray, name: str, severity: int, *, parameters: str = "cifar", seed: int = 0,
             start: int = 0, device: str | torch.device = "cpu", param: Any = None,
             reencode: bool | None = None) -> np.ndarray:
     """Corrupt uint8 images (N, H, W, 3) or grayscale (N, H, W[, 1]); image i uses index start + i for its seed.
 
-    `param` overrides the table's value (suite files may define their own levels). `reencode` (default: the
-    table's published practice) re-encodes the result as JPEG, as ImageNet-C's files were saved (quality 85).
+    `param` overrides the parameter set's value (suite files may define their own levels). `reencode` (default: the
+    parameter set's published practice) re-encodes the result as JPEG, as ImageNet-C's files were saved (quality 85).
     """
     spec = CORRUPTIONS.get(name)
-    p = parameter(name, severity, table) if param is None else param
+    p = parameter(name, severity, parameters) if param is None else param
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise RobustlabError(f"corrupt() takes uint8 images, got {images.dtype}; convert with (x * 255).astype(uint8)")
@@ -121,7 +121,7 @@ def corrupt(images: np.ndarray, name: str, severity: int, *, table: str = "cifar
         out = run(spec.on_accelerator, "torch", rgb, p, rngs, device)
     else:
         out = run(spec.fn, spec.kind, rgb, p, rngs, device)
-    quality = reencode_quality(table, reencode)
+    quality = reencode_quality(parameters, reencode)
     if quality is not None:
         out = uint8_batch.jpeg_compression(out, quality, rngs)
     if gray:  # back to one channel with ITU-R 601 luma, like PIL's convert("L")

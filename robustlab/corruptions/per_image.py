@@ -109,7 +109,7 @@ def fog(x: np.ndarray, c: tuple[float, float], rng: np.random.Generator) -> np.n
 def elastic_transform(x: np.ndarray, c: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
     import cv2
     h, w = x.shape[:2]
-    alpha, sigma, jitter = (v * min(h, w) for v in c)  # the table holds fractions of the image side
+    alpha, sigma, jitter = (v * min(h, w) for v in c)  # the parameter sets hold fractions of the image side
     img: np.ndarray = x.astype(np.float32)
     centre = np.array([h, w], np.float32) // 2
     size = min(h, w) // 3

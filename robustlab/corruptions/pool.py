@@ -37,8 +37,8 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def _run(job: Job, table: str, seed: int, reencode: bool | None, device: torch.device | str = "cpu") -> np.ndarray:
-    return corrupt(job.images, job.corruption, job.severity, table=table, seed=seed, start=job.start,
+def _run(job: Job, parameters: str, seed: int, reencode: bool | None, device: torch.device | str = "cpu") -> np.ndarray:
+    return corrupt(job.images, job.corruption, job.severity, parameters=parameters, seed=seed, start=job.start,
                    param=job.param, reencode=reencode, device=device)
 
 
@@ -71,13 +71,13 @@ class CorruptionPool:
             self._executor.shutdown(cancel_futures=True)
             self._executor = None
 
-    def corrupted(self, jobs: Iterable[Job], *, table: str, seed: int, device: torch.device,
+    def corrupted(self, jobs: Iterable[Job], *, parameters: str, seed: int, device: torch.device,
                   reencode: bool | None) -> Iterator[np.ndarray]:
         """The corrupted batches of `jobs`, in order; at most twice the workers' number of batches in flight, so
         that memory stays near a few batches however large the split."""
         if self.workers <= 1 or device.type != "cpu":
             for job in jobs:
-                yield _run(job, table, seed, reencode, device)
+                yield _run(job, parameters, seed, reencode, device)
             return
         if self._executor is None:
             self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -85,7 +85,7 @@ class CorruptionPool:
         pending: deque[Future[np.ndarray]] = deque()
         try:
             for job in jobs:
-                pending.append(self._executor.submit(_run, job, table, seed, reencode))
+                pending.append(self._executor.submit(_run, job, parameters, seed, reencode))
                 if len(pending) >= 2 * self.workers:
                     yield pending.popleft().result()
             while pending:

@@ -1,5 +1,5 @@
 """Corruptions computed on whole uint8 batches by C libraries: the 8-bit resampling and codec of the published
-code (Pillow, libjpeg), byte lookup tables, and glass blur compiled with numba.
+code (Pillow, libjpeg), per-byte lookups (cv2.LUT), and glass blur compiled with numba.
 
 Each function takes (N, H, W, 3) uint8 images, the severity's parameter and one numpy Generator per image, and
 returns (N, H, W, 3) uint8. They run on the CPU: Pillow, libjpeg and cv2.LUT process an image several times
@@ -168,7 +168,7 @@ def pixelate(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:
 
 def jpeg_compression(images: np.ndarray, c: int, rngs: Rngs) -> np.ndarray:
     # libjpeg through OpenCV: byte-identical to the published PIL save(quality=c) and reopen (libjpeg-turbo,
-    # 4:2:0, the standard tables), at a quarter of PIL's per-image overhead
+    # 4:2:0, the standard quantization), at a quarter of PIL's per-image overhead
     params = [cv2.IMWRITE_JPEG_QUALITY, int(c)]
     return np.stack([_jpeg(im, params) for im in images])
 
@@ -182,13 +182,13 @@ def _jpeg(image: np.ndarray, params: list[int]) -> np.ndarray:
 
 
 def contrast(images: np.ndarray, c: float, rngs: Rngs) -> np.ndarray:
-    # (x - mean) * c + mean maps each byte value of an image's channel to one output byte: a 256-entry table per
+    # (x - mean) * c + mean maps each byte value of an image's channel to one output byte: a 256-entry lookup per
     # image and channel (float64, from the exact mean), applied by cv2.LUT
     h, w = images.shape[1:3]
     means = np.array([cv2.sumElems(im)[:3] for im in images]) / (255.0 * h * w)
     values = np.arange(256)[None, :, None] / 255.0
-    tables = (np.clip((values - means[:, None]) * c + means[:, None], 0, 1) * 255).astype(np.uint8)
+    lookups = (np.clip((values - means[:, None]) * c + means[:, None], 0, 1) * 255).astype(np.uint8)
     out = np.empty_like(images)
-    for im, table, o in zip(images, tables, out):
-        cv2.LUT(im, table[:, None], dst=o)
+    for im, lookup, o in zip(images, lookups, out):
+        cv2.LUT(im, lookup[:, None], dst=o)
     return out

@@ -78,16 +78,16 @@ def content_digest(data: ImageSet, n: int) -> str:
 
 class GeneratedImageSet(ImageSet):
     """A corruption generated from a clean split, per batch, seeded per image. Generated sets are cached as .npy
-    files keyed by the source images' content, the engine version, table, seed, corruption, severity and level;
+    files keyed by the source images' content, the engine version, parameter set, seed, corruption, severity and level;
     each cache file has a sidecar (.json) with its shape and checksum, verified before use: an invalid one is
     regenerated with a warning (`log`)."""
 
-    def __init__(self, base: ImageSet, corruption: str, severity: int, *, table: str, seed: int,
+    def __init__(self, base: ImageSet, corruption: str, severity: int, *, parameters: str, seed: int,
                  param: float | None = None, cache_dir: Path | None = None, device: str | torch.device = "cpu",
                  log: Callable[[str], None] = lambda _: None, reencode: bool | None = None,
                  digests: dict[int, str] | None = None, pool: CorruptionPool | None = None) -> None:
         self.base, self.corruption, self.severity = base, corruption, severity
-        self.table, self.seed, self.param, self.device = table, seed, param, device
+        self.parameters, self.seed, self.param, self.device = parameters, seed, param, device
         self.name, self.split, self.num_classes = base.name, base.split, base.num_classes
         self.image_size = base.image_size
         self.cache_dir, self.log = cache_dir, log
@@ -106,9 +106,9 @@ class GeneratedImageSet(ImageSet):
     def _cache_key(self, n: int) -> dict[str, Any]:
         if n not in self._digests:
             self._digests[n] = content_digest(self.base, n)
-        return {"source": self._digests[n], "images": n, "engine": ENGINE_VERSION, "table": self.table,
+        return {"source": self._digests[n], "images": n, "engine": ENGINE_VERSION, "parameters": self.parameters,
                 "seed": self.seed, "corruption": self.corruption, "severity": self.severity, "level": self.param,
-                "jpeg": reencode_quality(self.table, self.reencode)}
+                "jpeg": reencode_quality(self.parameters, self.reencode)}
 
     def _cache_path(self, key: dict[str, Any]) -> Path:
         assert self.cache_dir is not None  # only a cached set has cache files
@@ -170,8 +170,8 @@ class GeneratedImageSet(ImageSet):
                     labels.append(y)
                     yield Job(images.permute(0, 2, 3, 1).numpy(), self.corruption, self.severity,
                               index * batch_size, self.param)
-            for out in self.pool.corrupted(jobs(), table=self.table, seed=self.seed, device=torch.device(self.device),
-                                           reencode=self.reencode):
+            for out in self.pool.corrupted(jobs(), parameters=self.parameters, seed=self.seed,
+                                           device=torch.device(self.device), reencode=self.reencode):
                 if writer is not None:
                     writer.append(out)  # complete after the last batch: named before that batch is yielded
                     if writer.committed:

@@ -1,7 +1,7 @@
 """The MNIST family's IDX files (MNIST, Fashion-MNIST) as 32x32 RGB images, and the built-in Fashion-MNIST subset.
 
 Images are zero-padded by 2 pixels to 32x32 and the grey channel is replicated to three, so that the CIFAR
-architectures and the CIFAR corruption table apply unchanged.
+architectures and the CIFAR corruption parameters apply unchanged.
 """
 from __future__ import annotations
 

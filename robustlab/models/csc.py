@@ -319,7 +319,7 @@ class CSCConv2d(nn.Module):
 
 def _rows(index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function t -> t[index] along the first dimension: a view when the rows are consecutive (Algorithm 1's
-    first pass and per-set tables take the images in order), else a copy by index_select (3x faster here than
+    first pass and per-set residuals take the images in order), else a copy by index_select (3x faster here than
     advanced indexing's general kernel)."""
     if len(index) and bool((index.diff() == 1).all()):
         start = int(index[0])

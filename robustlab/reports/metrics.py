@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from robustlab.corruptions.tables import BENCHMARK
+from robustlab.corruptions.parameters import BENCHMARK
 from robustlab.errors import RobustlabError
 from robustlab.schema import read_results
 

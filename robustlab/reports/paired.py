@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from robustlab.corruptions.tables import BENCHMARK
+from robustlab.corruptions.parameters import BENCHMARK
 from robustlab.outcomes import Outcomes
 from robustlab.reports.metrics import reference_lambda
 from robustlab.reports.style import format_eps

@@ -52,13 +52,15 @@ def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int] | np.ndarray,
         images, _ = next(iter(data.batches(len(order), len(order), order=order)))
         return images.permute(0, 2, 3, 1).numpy()
     from robustlab.corruptions.engine import corrupt
-    table = suite.get("table") or ("imagenet" if args["dataset"] == "imagenet" else "cifar")
+    from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY
+    parameters = suite.get("parameters") or suite.get(OLD_PARAMETERS_KEY) or (
+        "imagenet" if args["dataset"] == "imagenet" else "cifar")
     seed = int(args.get("seed", 0))
     param = (suite.get("levels") or {}).get(f"{corruption}-{severity}")
     reencode = suite.get("jpeg_reencode_quality") is not None
     # each image's noise is seeded by its index: one call per image keeps it, whichever images are shown
-    return np.concatenate([corrupt(clean[k:k + 1], corruption, severity, start=int(i), table=table, seed=seed,
-                                   param=param, reencode=reencode) for k, i in enumerate(indices)])
+    return np.concatenate([corrupt(clean[k:k + 1], corruption, severity, start=int(i), parameters=parameters,
+                                   seed=seed, param=param, reencode=reencode) for k, i in enumerate(indices)])
 
 
 def _strip(images: np.ndarray) -> np.ndarray:

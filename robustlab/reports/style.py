@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 
-from robustlab.corruptions.tables import BENCHMARK, EXTRA
+from robustlab.corruptions.parameters import BENCHMARK, EXTRA
 
 
 def variant_colors(labels: Iterable[str]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from robustlab.corruptions.tables import BENCHMARK
+from robustlab.corruptions.parameters import BENCHMARK
 from robustlab.reports.metrics import corruption_summary, reference_lambda
 from robustlab.reports.paired import (
     BOOTSTRAP_RESAMPLES,

@@ -54,7 +54,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise RobustlabError(f"{path} is not UTF-8 text; save the suite file as UTF-8") from None
     except RecursionError:
-        raise RobustlabError(f"{path} nests tables or arrays too deeply; a suite is flat: fix it there") from None
+        raise RobustlabError(f"{path} nests sections or arrays too deeply; a suite is flat: fix it there") from None
     except tomllib.TOMLDecodeError as e:
         raise RobustlabError(f"{path}: invalid TOML ({e}); fix the syntax there (a shipped suite in "
                              f"{suite_dir('corruptions')} shows the format)") from None

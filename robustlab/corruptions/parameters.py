@@ -62,9 +62,12 @@ IMAGENET: dict[str, list[Any]] = {
     "saturate": [(0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2)],
 }
 
-TABLES = {"cifar": CIFAR, "imagenet": IMAGENET}
+PARAMETER_SETS = {"cifar": CIFAR, "imagenet": IMAGENET}
+# the name robustlab gave the choice of parameter set before `parameters` (suite key, --option, layout and manifest
+# field); suites, layouts, run manifests and command lines that use it are still read
+OLD_PARAMETERS_KEY = "table"
 # elastic_transform's three numbers are fractions of the image side (alpha, sigma, affine jitter), so one
-# table serves every image size; CIFAR's were published as IMSIZE * fraction, ImageNet's as 244 * f / 224.
+# parameter set serves every image size; CIFAR's were published as IMSIZE * fraction, ImageNet's as 244 * f / 224.
 
 BENCHMARK = ["gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
              "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
