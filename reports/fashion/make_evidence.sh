@@ -5,7 +5,7 @@
 #   bash reports/fashion/make_evidence.sh [RUN...]     (default: every run, then bn_reestimate.csv and the report)
 #   RUN: main pgd transfer rdsn rdsn-square per-image pgd-lambda sweep-stem64 sweep-stem16 autoattack bn report
 # DATA_DIR (default /usr/share/datasets/fashion-mnist) holds the full Fashion-MNIST IDX files.
-# runs/rdsn, pgd-lambda, sweep-stem16 and sweep-stem64 (and per-image, if it holds no manifest.json) hold rows made
+# runs/rdsn, pgd-lambda, sweep-stem16 and sweep-stem64 hold rows made
 # before per-image outcomes were stored (results.csv only): reports read them unpaired; to remake one, remove its
 # directory and pass its name.
 # `--select-n all`: per-set selection on every image. The RDSN's transfer and Square runs share their 1,000 images,
