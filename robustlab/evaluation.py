@@ -16,6 +16,7 @@ from robustlab.cells import Cell, LambdaSetting, ModelPlan, check_compatible
 from robustlab.checkpoints import load_model, model_digest, nonfinite_warning
 from robustlab.config import ALL_IMAGES, DEFAULT_SELECT_N, EvalConfig
 from robustlab.corruptions.engine import reencode_quality
+from robustlab.corruptions.parameters import default_parameters
 from robustlab.corruptions.pool import CorruptionPool, default_workers
 from robustlab.corruptions.suites import CorruptionSuite, load_corruption_suite, suite_from_names
 from robustlab.counting import BatchLimit, RunInfo
@@ -40,8 +41,7 @@ def default_cache_dir() -> Path:
 def corruption_suite(spec: str, *, dataset: str, severities: Sequence[int] | None) -> CorruptionSuite:
     """`--corruptions`: a suite name or file, else a comma list of corruption names."""
     if Path(spec).suffix != ".toml" and spec not in suite_names("corruptions"):
-        parameters = "imagenet" if dataset == "imagenet" else "cifar"
-        return suite_from_names(spec, list(severities or [1, 2, 3, 4, 5]), parameters)
+        return suite_from_names(spec, list(severities or [1, 2, 3, 4, 5]), default_parameters(dataset))
     suite = load_corruption_suite(spec)
     if severities:
         cells = tuple(c for c in suite.cells if c.param is not None or c.severity in severities)

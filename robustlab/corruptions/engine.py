@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from robustlab.corruptions import batched, per_image, uint8_batch
-from robustlab.corruptions.parameters import BENCHMARK, EXTRA, PARAMETER_SETS
+from robustlab.corruptions.parameters import BENCHMARK, EXTRA, PARAMETER_SETS, SET_NAMES
 from robustlab.errors import RobustlabError
 from robustlab.registry import Registry
 
@@ -63,7 +63,7 @@ def reencode_quality(parameters: str, reencode: bool | None) -> int | None:
 def parameter(name: str, severity: int, parameters: str) -> Any:
     """The published parameter of a corruption at a severity in a parameter set ('cifar' or 'imagenet')."""
     if parameters not in PARAMETER_SETS:
-        raise RobustlabError(f"unknown parameter set {parameters!r}; use cifar or imagenet")
+        raise RobustlabError(f"unknown parameter set {parameters!r}; use {SET_NAMES}")
     CORRUPTIONS.get(name)
     if severity not in (1, 2, 3, 4, 5):
         raise RobustlabError(f"severity must be 1..5, got {severity}")

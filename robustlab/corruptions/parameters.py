@@ -66,6 +66,12 @@ PARAMETER_SETS = {"cifar": CIFAR, "imagenet": IMAGENET}
 # the name robustlab gave the choice of parameter set before `parameters` (suite key, --option, layout and manifest
 # field); suites, layouts, run manifests and command lines that use it are still read
 OLD_PARAMETERS_KEY = "table"
+SET_NAMES = " or ".join(PARAMETER_SETS)  # for the refusal of a name that is none of them
+
+
+def default_parameters(dataset: str) -> str:
+    """The parameter set of a dataset's corruptions when no suite names one: ImageNet-C's for ImageNet."""
+    return "imagenet" if dataset == "imagenet" else "cifar"
 # elastic_transform's three numbers are fractions of the image side (alpha, sigma, affine jitter), so one
 # parameter set serves every image size; CIFAR's were published as IMSIZE * fraction, ImageNet's as 244 * f / 224.
 

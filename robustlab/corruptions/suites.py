@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from robustlab.corruptions.engine import CORRUPTIONS
-from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY, PARAMETER_SETS
+from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY, PARAMETER_SETS, SET_NAMES
 from robustlab.errors import RobustlabError
 from robustlab.suites import read_toml, resolve_suite, suite_error, suite_names
 
@@ -57,7 +57,7 @@ def parameter_set(data: dict[str, Any], path: Path) -> str:
     key = OLD_PARAMETERS_KEY if OLD_PARAMETERS_KEY in data else "parameters"
     parameters = data.get(key, "cifar")
     if parameters not in PARAMETER_SETS:
-        raise suite_error(path, key, f"{parameters!r} is not a parameter set; use cifar or imagenet")
+        raise suite_error(path, key, f"{parameters!r} is not a parameter set; use {SET_NAMES}")
     return str(parameters)
 
 

@@ -52,9 +52,8 @@ def _corrupted(run: Run, clean: np.ndarray, indices: Sequence[int] | np.ndarray,
         images, _ = next(iter(data.batches(len(order), len(order), order=order)))
         return images.permute(0, 2, 3, 1).numpy()
     from robustlab.corruptions.engine import corrupt
-    from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY
-    parameters = suite.get("parameters") or suite.get(OLD_PARAMETERS_KEY) or (
-        "imagenet" if args["dataset"] == "imagenet" else "cifar")
+    from robustlab.corruptions.parameters import OLD_PARAMETERS_KEY, default_parameters
+    parameters = suite.get("parameters") or suite.get(OLD_PARAMETERS_KEY) or default_parameters(args["dataset"])
     seed = int(args.get("seed", 0))
     param = (suite.get("levels") or {}).get(f"{corruption}-{severity}")
     reencode = suite.get("jpeg_reencode_quality") is not None
